@@ -1,5 +1,7 @@
 //! PUBLISH (MQTT 3.1.1 section 3.3, MQTT 5 section 3.3).
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::primitives::{binary_len, put_string, Reader};
@@ -13,8 +15,9 @@ pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// Empty only on MQTT 5 with a topic alias.
-    pub topic: String,
+    /// Empty only on MQTT 5 with a topic alias. Shared, so routing one message to
+    /// many subscribers copies no topic bytes.
+    pub topic: Arc<str>,
     /// Zero for QoS 0.
     pub pkid: u16,
     pub properties: Properties,
@@ -33,7 +36,7 @@ impl Publish {
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::Protocol("DUP set on a QoS 0 PUBLISH (MQTT-3.3.1-2)"));
         }
-        let topic = r.string()?;
+        let topic: Arc<str> = r.string()?.into();
         let pkid = if qos == QoS::AtMostOnce { 0 } else { read_pkid(r)? };
         let properties = match protocol {
             Protocol::V5 => Properties::decode(r, allowed::PUBLISH)?,
@@ -102,7 +105,7 @@ mod tests {
             }
         }
         let mut aliased = publish(QoS::AtLeastOnce);
-        aliased.topic.clear();
+        aliased.topic = "".into();
         aliased.properties.topic_alias = Some(1);
         let p = Packet::Publish(aliased);
         assert_eq!(round_trip(&p, Protocol::V5), p);

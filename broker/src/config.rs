@@ -1,0 +1,241 @@
+//! The broker's configuration: one `config.toml`, every bound explicit.
+//!
+//! Unknown keys and out-of-range values are refused at load with the key and the reason.
+//! Zero never means "unlimited": bounds that must be positive are `NonZero*`.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The embedded default configuration (the repository's `config.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../config.toml");
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Parse { path: Option<PathBuf>, message: String },
+    #[error("invalid config value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Everything `natterd` reads from `config.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// TCP address of the MQTT listener; port 0 picks a free port (logged at start).
+    pub listen: SocketAddr,
+    /// Directory holding the store and the control socket.
+    pub data_dir: PathBuf,
+    /// How long graceful shutdown waits for connections to close, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Let clients without credentials in (they get only what authorization grants).
+    pub allow_anonymous: bool,
+    /// argon2id memory cost in KiB (OWASP: 19456).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (OWASP: 2).
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Password verifications running at once, off the async runtime. A login storm
+    /// queues here instead of starving message traffic.
+    pub verify_workers: NonZeroUsize,
+    /// Failed logins allowed per user name and per source address before throttling.
+    pub throttle_free_failures: u32,
+    /// First lockout after the free failures, in milliseconds; doubles with each failure.
+    pub throttle_base_delay_ms: u64,
+    /// Longest lockout, in seconds.
+    pub throttle_max_delay_secs: u64,
+    /// Throttle entries kept (user names plus addresses); the oldest are evicted beyond it.
+    pub throttle_max_entries: NonZeroUsize,
+}
+
+/// What the broker does when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Drop the new message (logged and counted); the session stays connected.
+    DropNew,
+    /// Drop the new message and disconnect the slow consumer; its persistent session
+    /// keeps what is queued.
+    Disconnect,
+}
+
+/// Every bound of the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Open connections at most; more are closed at accept.
+    pub max_connections: NonZeroUsize,
+    /// Largest MQTT packet accepted, in bytes, fixed header included.
+    pub max_packet_size: NonZeroU32,
+    /// QoS 1/2 messages sent to a client and not yet acknowledged, per session (lowered
+    /// to the client's Receive Maximum on MQTT 5).
+    pub max_inflight: NonZeroU16,
+    /// QoS 1/2 publishes a client may have unacknowledged towards the broker (our MQTT 5
+    /// Receive Maximum); a client exceeding it is disconnected with 0x93.
+    pub receive_maximum: NonZeroU16,
+    /// Messages waiting in one session's queue (online or offline) at most.
+    pub max_queued_messages: NonZeroUsize,
+    /// What happens when that queue is full.
+    pub queue_overflow: OverflowPolicy,
+    /// Longest keepalive a client may ask for, in seconds; longer ones (and 0) are
+    /// lowered to it and announced with Server Keep Alive on MQTT 5. 3.1.1 clients
+    /// cannot be told, so their own value is kept.
+    pub max_keepalive_secs: NonZeroU16,
+    /// A socket that sends no complete CONNECT within this time is closed, in milliseconds.
+    pub connect_timeout_ms: NonZeroU32,
+    /// Longest session expiry granted, in seconds (also the lifetime of a 3.1.1
+    /// persistent session after its last disconnect).
+    pub max_session_expiry_secs: u32,
+    /// Topic aliases a MQTT 5 client may use towards the broker.
+    pub max_topic_aliases: u16,
+    /// Longest client identifier, in bytes.
+    pub max_client_id_len: NonZeroU16,
+    /// Subscriptions per session.
+    pub max_subscriptions_per_session: NonZeroUsize,
+    /// Retained messages kept broker-wide; new topics beyond it are refused (logged).
+    pub max_retained_messages: NonZeroUsize,
+}
+
+impl Limits {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.connect_timeout_ms.get()))
+    }
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn default_config() -> Config {
+        // The embedded file is checked by a unit test; failing here would be a build defect.
+        Config::from_toml(DEFAULT_CONFIG, None).unwrap_or_else(|e| panic!("embedded config.toml is invalid: {e}"))
+    }
+
+    /// Parses and validates a config document.
+    ///
+    /// # Errors
+    /// Unknown keys, wrong types, missing keys and values out of range.
+    pub fn from_toml(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        // Layer the document over the defaults so a file only needs the keys it changes.
+        let mut base: toml::Table = DEFAULT_CONFIG
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: None, message: e.to_string() })?;
+        let overlay: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.map(Path::to_path_buf), message: e.to_string() })?;
+        merge(&mut base, overlay);
+        let config: Config = toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.map(Path::to_path_buf), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path`.
+    ///
+    /// # Errors
+    /// I/O errors and everything [`Config::from_toml`] refuses.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml(&text, Some(path))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if !(8..=4 * 1024 * 1024).contains(&a.argon2_memory_kib) {
+            return Err(invalid("auth.argon2_memory_kib", "must be between 8 and 4194304"));
+        }
+        if !(1..=100).contains(&a.argon2_iterations) {
+            return Err(invalid("auth.argon2_iterations", "must be between 1 and 100"));
+        }
+        if !(1..=64).contains(&a.argon2_parallelism) {
+            return Err(invalid("auth.argon2_parallelism", "must be between 1 and 64"));
+        }
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism {
+            return Err(invalid("auth.argon2_memory_kib", "must be at least 8 x argon2_parallelism"));
+        }
+        if a.throttle_base_delay_ms == 0 {
+            return Err(invalid("auth.throttle_base_delay_ms", "must be positive"));
+        }
+        let l = &self.limits;
+        if l.max_packet_size.get() < 64 || l.max_packet_size.get() as usize > natter_shared::codec::MAX_PACKET_SIZE {
+            return Err(invalid("limits.max_packet_size", "must be between 64 and 268435460"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.to_owned() }
+}
+
+/// Overlays `top` on `base`, table by table.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::default_config();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:1883");
+        assert!(!c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn partial_file_overrides_defaults() {
+        let c = Config::from_toml("[limits]\nmax_connections = 7\n", None).unwrap();
+        assert_eq!(c.limits.max_connections.get(), 7);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:1883");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = Config::from_toml("[limits]\nmax_conections = 7\n", None).unwrap_err().to_string();
+        assert!(e.contains("max_conections"), "{e}");
+        let e = Config::from_toml("[nope]\n", None).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        let e = Config::from_toml("[limits]\nmax_connections = 0\n", None).unwrap_err().to_string();
+        assert!(e.contains("max_connections"), "{e}");
+        let e = Config::from_toml("[limits]\nmax_packet_size = 10\n", None).unwrap_err().to_string();
+        assert!(e.contains("max_packet_size"), "{e}");
+        let e = Config::from_toml("[server]\nlisten = \"nowhere\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::from_toml("[limits]\nqueue_overflow = \"explode\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("explode"), "{e}");
+        assert!(Config::from_toml("not toml at all [", None).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Framed MQTT I/O over a TCP stream: bytes in, packets out, and packets in, bytes
+//! out. Outgoing packets are encoded into one buffer and written with one syscall
+//! per wake-up, not one per packet.
+
+use std::io;
+
+use bytes::BytesMut;
+use natter_shared::codec::{self, DecodeError, Packet, Protocol};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Buffer size above which queued output is written before encoding more.
+pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum ConnectionError {
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("connection closed by peer")]
+    Closed,
+}
+
+/// A TCP stream with a read buffer and a write buffer.
+pub struct Connection {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Largest packet accepted from the peer.
+    max_packet_size: usize,
+    /// Set while a write is in progress: if that write is cancelled, part of a packet
+    /// may be on the wire and nothing more can be written.
+    writing: bool,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, max_packet_size: usize) -> Connection {
+        Connection { stream, rbuf: BytesMut::with_capacity(1024), wbuf: BytesMut::new(), max_packet_size, writing: false }
+    }
+
+    /// Decodes one buffered packet, if a whole one is there.
+    ///
+    /// # Errors
+    /// Malformed input, or a packet over the size limit (seen from its fixed header).
+    pub fn next_packet(&mut self, protocol: Protocol) -> Result<Option<Packet>, DecodeError> {
+        codec::decode(&mut self.rbuf, protocol, self.max_packet_size)
+    }
+
+    /// Reads more bytes from the socket. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Closed`] on end of stream, I/O errors.
+    pub async fn fill(&mut self) -> Result<(), ConnectionError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(4096);
+        }
+        match self.stream.read_buf(&mut self.rbuf).await? {
+            0 => Err(ConnectionError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads until a whole packet is buffered.
+    ///
+    /// # Errors
+    /// As [`Connection::fill`] and [`Connection::next_packet`].
+    pub async fn read_packet(&mut self, protocol: Protocol) -> Result<Packet, ConnectionError> {
+        loop {
+            if let Some(p) = self.next_packet(protocol)? {
+                return Ok(p);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Encodes a packet into the write buffer.
+    pub fn queue(&mut self, packet: &Packet, protocol: Protocol) {
+        packet.encode(&mut self.wbuf, protocol);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes the buffer out. Not cancel-safe: on cancellation the connection must be
+    /// dropped.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.writing = true;
+            self.stream.write_all(&self.wbuf).await?;
+            self.writing = false;
+            self.wbuf.clear();
+            if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+                self.wbuf = BytesMut::with_capacity(1024);
+            }
+        }
+        Ok(())
+    }
+
+    /// False when a write was interrupted midway: the stream is then unusable.
+    pub fn is_clean(&self) -> bool {
+        !self.writing
+    }
+
+    /// Writes what is buffered, then shuts the write side down.
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}

@@ -1,0 +1,205 @@
+//! The local control socket: how `natterd user ...` administers accounts while a
+//! broker runs (sled locks the store, so the CLI cannot open it then).
+//!
+//! A Unix socket at `{data_dir}/natterd.sock`, mode 0600, that only the broker's own
+//! user (or root) may use (checked with the peer's credentials). One JSON request per
+//! line, one JSON response per line.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::accounts::{self, AccountInfo};
+use crate::auth::password::PasswordHasherConfig;
+use crate::router::Router;
+use crate::session::Kick;
+use crate::store::Store;
+
+/// File name of the socket inside the data directory.
+pub const SOCKET_NAME: &str = "natterd.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Bound on each exchange, so neither side ever hangs.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    UserAdd { name: String, password: String, admin: bool },
+    UserPasswd { name: String, password: String },
+    UserDel { name: String },
+    UserList,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<AccountInfo>>,
+}
+
+impl Response {
+    fn error(e: impl ToString) -> Response {
+        Response { ok: false, error: Some(e.to_string()), users: None }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("control socket {0}: no answer within {TIMEOUT:?}")]
+    Timeout(PathBuf),
+    #[error("control socket {0}: unreadable answer")]
+    BadAnswer(PathBuf),
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// What the control server needs.
+#[derive(Clone)]
+pub struct ControlState {
+    pub store: Store,
+    pub hasher: PasswordHasherConfig,
+    pub router: Router,
+    /// The broker's user (owner of the socket file): the only one, with root, allowed in.
+    pub owner_uid: u32,
+}
+
+/// Binds the socket, replacing a stale file (the store lock already proved that no
+/// other broker uses this data dir). Returns the listener, its path and its owner.
+///
+/// # Errors
+/// Bind and permission errors.
+pub fn bind(data_dir: &Path) -> io::Result<(UnixListener, PathBuf, u32)> {
+    let path = socket_path(data_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path)?);
+    Ok((listener, path, owner))
+}
+
+/// Serves the control socket until shutdown.
+pub async fn serve(listener: UnixListener, state: ControlState, mut shutdown: watch::Receiver<bool>) {
+    let state = Arc::new(state);
+    loop {
+        tokio::select! {
+            _ = crate::server::stopped(&mut shutdown) => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = tokio::time::timeout(TIMEOUT, handle(stream, &state)).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())) {
+                            tracing::warn!(error = %e, "control connection failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+fn peer_allowed(stream: &UnixStream, owner_uid: u32) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) => cred.uid() == owner_uid || cred.uid() == 0,
+        Err(_) => false,
+    }
+}
+
+async fn handle(stream: UnixStream, state: &ControlState) -> io::Result<()> {
+    if !peer_allowed(&stream, state.owner_uid) {
+        tracing::warn!("control socket: refused a peer of another user");
+        return Ok(());
+    }
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let n = BufReader::new(read.take(MAX_REQUEST as u64)).read_line(&mut line).await?;
+    let response = if n == 0 {
+        return Ok(());
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(req) => apply(req, state).await,
+            Err(e) => Response::error(format!("bad request: {e}")),
+        }
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+async fn apply(req: Request, state: &ControlState) -> Response {
+    let st = state.clone();
+    let kick = match &req {
+        Request::UserDel { name } => Some(name.clone()),
+        _ => None,
+    };
+    let result = tokio::task::spawn_blocking(move || match req {
+        Request::UserAdd { name, password, admin } => {
+            tracing::info!(user = %name, admin, "control: add user");
+            accounts::add(&st.store, &st.hasher, &name, password.as_bytes(), admin).map(|()| None)
+        }
+        Request::UserPasswd { name, password } => {
+            tracing::info!(user = %name, "control: change password");
+            accounts::passwd(&st.store, &st.hasher, &name, password.as_bytes()).map(|()| None)
+        }
+        Request::UserDel { name } => {
+            tracing::info!(user = %name, "control: delete user");
+            accounts::delete(&st.store, &name).map(|()| None)
+        }
+        Request::UserList => accounts::list(&st.store).map(Some),
+    })
+    .await;
+    match result {
+        Ok(Ok(users)) => {
+            if let Some(name) = kick {
+                let n = state.router.kick_user(&name, Kick::Administrative);
+                tracing::info!(user = %name, connections = n, "disconnected the deleted user's connections");
+            }
+            Response { ok: true, error: None, users }
+        }
+        Ok(Err(e)) => Response::error(e),
+        Err(e) => Response::error(format!("internal error: {e}")),
+    }
+}
+
+/// Sends one request to a running broker.
+///
+/// # Errors
+/// Connection failures (no broker: `NotFound` / `ConnectionRefused`), timeouts and
+/// unreadable answers.
+pub async fn request(data_dir: &Path, req: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(data_dir);
+    let io_err = |source| ControlError::Io { path: path.clone(), source };
+    let exchange = async {
+        let mut stream = UnixStream::connect(&path).await.map_err(io_err)?;
+        let mut line = serde_json::to_vec(req).map_err(|e| io_err(io::Error::other(e)))?;
+        line.push(b'\n');
+        stream.write_all(&line).await.map_err(io_err)?;
+        let mut answer = String::new();
+        BufReader::new(stream.take(16 * 1024 * 1024)).read_line(&mut answer).await.map_err(io_err)?;
+        serde_json::from_str(&answer).map_err(|_| ControlError::BadAnswer(path.clone()))
+    };
+    tokio::time::timeout(TIMEOUT, exchange).await.unwrap_or_else(|_| Err(ControlError::Timeout(path.clone())))
+}

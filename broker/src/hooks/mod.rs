@@ -1,0 +1,231 @@
+//! The plugin layer: the points where policy lives, as one typed trait.
+//!
+//! The MQTT core calls [`Hooks`] (the ordered registry) and knows nothing else of
+//! accounts, authorization rules or IM. Each decision hook answers allow, deny, or
+//! abstain ("let the next plugin decide"); plugins are asked in registration order and
+//! the first answer that is not `Abstain` wins. When every plugin abstains the answer
+//! is deny: the broker fails closed.
+//!
+//! | hook | called | may |
+//! |---|---|---|
+//! | [`Hook::authenticate`] | on CONNECT, before the session is touched | allow (with role), deny with a reason |
+//! | [`Hook::authorize_subscribe`] | per filter of a SUBSCRIBE | allow, deny (SUBACK failure) |
+//! | [`Hook::authorize_publish`] | per PUBLISH and per will | allow, deny (v5 0x87), or take the message over |
+//! | [`Hook::on_connected`] / [`Hook::on_disconnected`] | after CONNACK / when the connection ends | observe |
+//! | [`Hook::on_acked`] | a QoS 1/2 delivery was acknowledged by the client | observe |
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::message::{ClientInfo, Message};
+
+/// A boxed future, so hooks can be stored as trait objects.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a client presented in CONNECT.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<Bytes>,
+    pub client_id: String,
+    pub addr: std::net::SocketAddr,
+}
+
+/// Why authentication failed; mapped to CONNACK codes by the session layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Unknown user, wrong password, or missing credentials.
+    BadCredentials,
+    /// Known, but not allowed to connect.
+    NotAuthorized,
+    /// Too many recent failures for this user name or address.
+    Throttled,
+    /// The check itself failed (store error); the client may retry.
+    Unavailable,
+}
+
+/// An authentication answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Let the client in; `admin` grants admin rights.
+    Allow { admin: bool },
+    Deny(AuthFailure),
+    Abstain,
+}
+
+/// An authorization answer for a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Allow,
+    Deny,
+    Abstain,
+}
+
+/// An authorization answer for a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishDecision {
+    /// Route it through the core router.
+    Allow,
+    /// Refuse it (v5: PUBACK/PUBREC 0x87; 3.1.1: acknowledged and dropped).
+    Deny,
+    /// The plugin has taken the message over (stored and routed it itself); the core
+    /// acknowledges it and does not route it.
+    Handled,
+    Abstain,
+}
+
+/// One plugin. Every method has a default that abstains or does nothing, so a plugin
+/// implements only the points it cares about.
+pub trait Hook: Send + Sync + 'static {
+    /// Name for logs.
+    fn name(&self) -> &'static str;
+
+    fn authenticate<'a>(&'a self, _creds: &'a Credentials) -> HookFuture<'a, AuthDecision> {
+        Box::pin(async { AuthDecision::Abstain })
+    }
+
+    fn authorize_subscribe(&self, _client: &ClientInfo, _filter: &str) -> Access {
+        Access::Abstain
+    }
+
+    fn authorize_publish(&self, _client: &ClientInfo, _msg: &Message) -> PublishDecision {
+        PublishDecision::Abstain
+    }
+
+    fn on_connected(&self, _client: &ClientInfo) {}
+
+    fn on_disconnected(&self, _client: &ClientInfo) {}
+
+    fn on_acked(&self, _client: &ClientInfo, _msg: &Message) {}
+}
+
+/// The ordered registry of plugins; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    list: Arc<Vec<Arc<dyn Hook>>>,
+}
+
+impl Hooks {
+    pub fn new(list: Vec<Arc<dyn Hook>>) -> Hooks {
+        Hooks { list: Arc::new(list) }
+    }
+
+    /// First non-abstaining answer; deny ([`AuthFailure::NotAuthorized`]) if none.
+    pub async fn authenticate(&self, creds: &Credentials) -> AuthDecision {
+        for h in self.list.iter() {
+            match h.authenticate(creds).await {
+                AuthDecision::Abstain => continue,
+                decision => {
+                    tracing::trace!(hook = h.name(), ?decision, "authenticate");
+                    return decision;
+                }
+            }
+        }
+        AuthDecision::Deny(AuthFailure::NotAuthorized)
+    }
+
+    /// First non-abstaining answer; deny if none.
+    pub fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> bool {
+        for h in self.list.iter() {
+            match h.authorize_subscribe(client, filter) {
+                Access::Abstain => continue,
+                a => return a == Access::Allow,
+            }
+        }
+        false
+    }
+
+    /// First non-abstaining answer; deny if none.
+    pub fn authorize_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
+        for h in self.list.iter() {
+            match h.authorize_publish(client, msg) {
+                PublishDecision::Abstain => continue,
+                d => return d,
+            }
+        }
+        PublishDecision::Deny
+    }
+
+    pub fn on_connected(&self, client: &ClientInfo) {
+        self.list.iter().for_each(|h| h.on_connected(client));
+    }
+
+    pub fn on_disconnected(&self, client: &ClientInfo) {
+        self.list.iter().for_each(|h| h.on_disconnected(client));
+    }
+
+    pub fn on_acked(&self, client: &ClientInfo, msg: &Message) {
+        self.list.iter().for_each(|h| h.on_acked(client, msg));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_shared::codec::{Properties, Protocol, QoS};
+
+    struct Fixed(&'static str, Access, PublishDecision);
+    impl Hook for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn authorize_subscribe(&self, _: &ClientInfo, _: &str) -> Access {
+            self.1
+        }
+        fn authorize_publish(&self, _: &ClientInfo, _: &Message) -> PublishDecision {
+            self.2
+        }
+    }
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            username: None,
+            client_id: "c".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            protocol: Protocol::V311,
+            admin: false,
+        }
+    }
+
+    fn msg() -> Message {
+        Message {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn empty_registry_denies() {
+        let h = Hooks::default();
+        assert!(!h.authorize_subscribe(&client(), "a"));
+        assert_eq!(h.authorize_publish(&client(), &msg()), PublishDecision::Deny);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let creds = Credentials { username: None, password: None, client_id: "c".into(), addr: client().addr };
+        assert_eq!(rt.block_on(h.authenticate(&creds)), AuthDecision::Deny(AuthFailure::NotAuthorized));
+    }
+
+    #[test]
+    fn first_non_abstaining_answer_wins_in_order() {
+        let h = Hooks::new(vec![
+            Arc::new(Fixed("a", Access::Abstain, PublishDecision::Abstain)),
+            Arc::new(Fixed("b", Access::Deny, PublishDecision::Handled)),
+            Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
+        ]);
+        assert!(!h.authorize_subscribe(&client(), "a"));
+        assert_eq!(h.authorize_publish(&client(), &msg()), PublishDecision::Handled);
+        let h = Hooks::new(vec![
+            Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
+            Arc::new(Fixed("b", Access::Deny, PublishDecision::Deny)),
+        ]);
+        assert!(h.authorize_subscribe(&client(), "a"));
+        assert_eq!(h.authorize_publish(&client(), &msg()), PublishDecision::Allow);
+    }
+}

@@ -1,0 +1,23 @@
+//! `natterd`: Natter's MQTT 3.1.1/5.0 broker.
+//!
+//! Data flows one way: [`listener`] accepts, [`connection`] turns bytes into packets,
+//! [`session`] applies the protocol and asks the [`hooks`] (plugins: [`auth`], [`acl`]),
+//! the [`router`] matches topics and queues deliveries into the target sessions, whose
+//! connections write them out. [`store`] keeps durable state and knows no MQTT.
+
+pub mod accounts;
+pub mod acl;
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod control;
+pub mod hooks;
+pub mod listener;
+pub mod message;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod store;
+
+pub use config::Config;
+pub use server::{start, RunningBroker};

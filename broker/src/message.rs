@@ -1,0 +1,52 @@
+//! The broker's view of an application message and of one client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use natter_shared::codec::{Properties, Protocol, QoS};
+
+/// A message as routed: shared by every session it is delivered to.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    /// QoS it was published with; each delivery is downgraded to the subscription's.
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5 properties passed through to subscribers (user properties, content type,
+    /// response topic, correlation data, payload format). Topic alias and subscription
+    /// identifiers are per connection and never stored here.
+    pub properties: Properties,
+    /// When the message expires (MQTT 5 Message Expiry Interval), if ever.
+    pub expires_at: Option<Instant>,
+    /// Session that published it (for the No Local option); `None` for broker messages.
+    pub origin: Option<u64>,
+}
+
+impl Message {
+    /// True once its expiry has passed.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Seconds left before expiry, rounded up, for the Message Expiry Interval sent on.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// Who a connection is, as hooks see it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Authenticated user name; `None` for anonymous clients.
+    pub username: Option<Arc<str>>,
+    pub client_id: Arc<str>,
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub admin: bool,
+}

@@ -1,0 +1,396 @@
+//! The router: the subscription trie, the retained store and the session registry.
+//!
+//! Publishing is "match, then queue to each session": the trie is read under a shared
+//! lock, matches are grouped per session (one delivery per session at the highest
+//! granted QoS, with every matching subscription identifier), then each session's
+//! bounded queue takes its delivery. The router holds sessions, never connections.
+
+mod retained;
+mod trie;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use natter_shared::codec::{QoS, RetainHandling};
+use natter_shared::topic::parse_shared;
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+use crate::message::Message;
+use crate::session::{Delivery, Enqueued, Kick, Session, SessionKey, Subscription};
+pub use retained::RetainedFull;
+use retained::RetainedStore;
+use trie::{Subscriber, Trie};
+
+/// Counters, read by stats and tests.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+struct Inner {
+    trie: RwLock<Trie>,
+    retained: RwLock<RetainedStore>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
+    next_session_id: AtomicU64,
+    limits: Limits,
+    stats: RouterStats,
+}
+
+/// Cheap-to-clone handle on the routing state.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// The result of opening a session for a new connection.
+pub struct Opened {
+    pub session: Arc<Session>,
+    /// True when an existing session was resumed (CONNACK Session Present).
+    pub present: bool,
+    /// The attached connection's generation.
+    pub generation: u64,
+}
+
+/// The result of adding a subscription.
+pub struct Subscribed {
+    /// Retained messages to send for it, per its Retain Handling option.
+    pub retained: Vec<Arc<Message>>,
+}
+
+fn split_group(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Some(Ok((group, inner))) => (Some(group), inner),
+        _ => (None, filter),
+    }
+}
+
+impl Router {
+    pub fn new(limits: Limits) -> Router {
+        Router {
+            inner: Arc::new(Inner {
+                trie: RwLock::new(Trie::default()),
+                retained: RwLock::new(RetainedStore::new(limits.max_retained_messages.get())),
+                sessions: Mutex::new(HashMap::new()),
+                next_session_id: AtomicU64::new(1),
+                limits,
+                stats: RouterStats::default(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &RouterStats {
+        &self.inner.stats
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Arc<Session>>> {
+        self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of (filter, session) subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.inner.trie.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.inner.retained.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// Finds or creates the session for `key` and attaches a new connection to it,
+    /// atomically: a connection already attached is kicked (session takeover), the
+    /// generation is bumped and `kick` installed. With `clean_start` an existing
+    /// session is discarded first.
+    pub fn open_session(&self, key: SessionKey, clean_start: bool, kick: oneshot::Sender<Kick>) -> Opened {
+        let mut sessions = self.sessions();
+        let mut discarded = None;
+        let mut resumed = None;
+        if let Some(existing) = sessions.get(&key).cloned() {
+            if let Some(old) = existing.lock().kick.take() {
+                let _ = old.send(Kick::TakenOver);
+            }
+            if clean_start {
+                sessions.remove(&key);
+                discarded = Some(existing);
+            } else {
+                resumed = Some(existing);
+            }
+        }
+        let present = resumed.is_some();
+        let session = resumed.unwrap_or_else(|| {
+            let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
+            let limits = &self.inner.limits;
+            let s = Arc::new(Session::new(id, key.clone(), limits.max_queued_messages.get(), limits.queue_overflow));
+            sessions.insert(key, s.clone());
+            s
+        });
+        let generation = {
+            let mut st = session.lock();
+            st.generation += 1;
+            st.kick = Some(kick);
+            st.generation
+        };
+        session.set_online(true);
+        drop(sessions);
+        if let Some(old) = discarded {
+            // Bump its generation so a connection still attached to it stops acting on it.
+            old.lock().generation += 1;
+            self.drop_subscriptions(&old);
+        }
+        Opened { session, present, generation }
+    }
+
+    /// Removes `session` from the registry (if it is still the registered one for its
+    /// key) and all its subscriptions from the trie.
+    pub fn remove_session(&self, session: &Arc<Session>) {
+        {
+            let mut sessions = self.sessions();
+            if sessions.get(&session.key).is_some_and(|s| s.id == session.id) {
+                sessions.remove(&session.key);
+            }
+        }
+        self.drop_subscriptions(session);
+    }
+
+    /// Kicks every connection of `username` (for example when the account is deleted).
+    pub fn kick_user(&self, username: &str, why: Kick) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter(|s| s.key.username.as_deref() == Some(username))
+            .cloned()
+            .collect();
+        let mut n = 0;
+        for s in sessions {
+            if let Some(kick) = s.lock().kick.take() {
+                let _ = kick.send(why);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn drop_subscriptions(&self, session: &Arc<Session>) {
+        let filters: Vec<String> = session.lock().subscriptions.drain().map(|(f, _)| f).collect();
+        if filters.is_empty() {
+            return;
+        }
+        let mut trie = self.inner.trie.write().unwrap_or_else(|p| p.into_inner());
+        for f in filters {
+            let (group, inner) = split_group(&f);
+            trie.remove(inner, group, session.id);
+        }
+    }
+
+    /// Adds or replaces a subscription of `session`.
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, sub: Subscription) -> Subscribed {
+        let (group, inner) = split_group(filter);
+        let existed = session.lock().subscriptions.insert(filter.to_owned(), sub).is_some();
+        self.inner.trie.write().unwrap_or_else(|p| p.into_inner()).insert(
+            inner,
+            group,
+            Subscriber { session: session.clone(), sub },
+        );
+        // Retained messages are not sent for shared subscriptions (MQTT-3.8.4-? / 4.8.2).
+        let send_retained = group.is_none()
+            && match sub.options.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscription => !existed,
+                RetainHandling::Never => false,
+            };
+        let mut retained = Vec::new();
+        if send_retained {
+            self.inner.retained.read().unwrap_or_else(|p| p.into_inner()).matching(
+                inner,
+                Instant::now(),
+                &mut retained,
+            );
+        }
+        Subscribed { retained }
+    }
+
+    /// Removes a subscription of `session`. True when it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        if session.lock().subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        let (group, inner) = split_group(filter);
+        self.inner.trie.write().unwrap_or_else(|p| p.into_inner()).remove(inner, group, session.id);
+        true
+    }
+
+    /// Routes a message: stores or clears it as retained when flagged, then queues one
+    /// delivery to each matching session. Returns the number of sessions it reached.
+    ///
+    /// # Errors
+    /// [`RetainedFull`] when it asks to be retained on a new topic beyond the bound; it
+    /// is still routed to current subscribers.
+    pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RetainedFull> {
+        let stats = &self.inner.stats;
+        stats.published.fetch_add(1, Ordering::Relaxed);
+        let retained = if msg.retain {
+            self.inner.retained.write().unwrap_or_else(|p| p.into_inner()).set(msg.clone())
+        } else {
+            Ok(())
+        };
+        let mut matches = Vec::new();
+        self.inner.trie.read().unwrap_or_else(|p| p.into_inner()).matches(&msg.topic, &mut matches);
+        let reached = self.deliver(&msg, matches);
+        retained.map(|()| reached)
+    }
+
+    fn deliver(&self, msg: &Arc<Message>, matches: Vec<Subscriber>) -> usize {
+        // One delivery per session: highest granted QoS, every subscription id.
+        let mut targets: Vec<(Arc<Session>, QoS, bool, Vec<u32>)> = Vec::with_capacity(matches.len());
+        let mut index: HashMap<u64, usize> = HashMap::new();
+        for m in matches {
+            let opts = m.sub.options;
+            if opts.no_local && msg.origin == Some(m.session.id) {
+                continue;
+            }
+            let slot = match index.get(&m.session.id) {
+                Some(&i) => i,
+                None => {
+                    index.insert(m.session.id, targets.len());
+                    targets.push((m.session, QoS::AtMostOnce, false, Vec::new()));
+                    targets.len() - 1
+                }
+            };
+            let t = &mut targets[slot];
+            t.1 = t.1.max(opts.qos);
+            t.2 |= opts.retain_as_published;
+            t.3.extend(m.sub.id);
+        }
+        let stats = &self.inner.stats;
+        let mut reached = 0;
+        for (session, granted, rap, sub_ids) in targets {
+            let delivery = Delivery { msg: msg.clone(), qos: granted.min(msg.qos), retain: rap && msg.retain, sub_ids };
+            match session.enqueue(delivery) {
+                Enqueued::Queued => {
+                    reached += 1;
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Enqueued::Dropped => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        reached
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use bytes::Bytes;
+    use natter_shared::codec::{Properties, SubscriptionOptions};
+
+    fn router() -> Router {
+        Router::new(Config::default_config().limits)
+    }
+
+    fn key(c: &str) -> SessionKey {
+        SessionKey { username: Some("u".into()), client_id: c.into() }
+    }
+
+    fn msg(topic: &str, qos: QoS, retain: bool, origin: Option<u64>) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain,
+            properties: Properties::default(),
+            expires_at: None,
+            origin,
+        })
+    }
+
+    fn sub(qos: QoS, id: Option<u32>) -> Subscription {
+        Subscription { options: SubscriptionOptions { qos, ..Default::default() }, id }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_deliver_once_at_highest_qos_with_all_ids() {
+        let r = router();
+        let s = r.open_session(key("a"), true, oneshot::channel().0).session;
+        s.set_online(true);
+        r.subscribe(&s, "a/+", sub(QoS::AtMostOnce, Some(1)));
+        r.subscribe(&s, "a/#", sub(QoS::ExactlyOnce, Some(2)));
+        r.subscribe(&s, "a/b", sub(QoS::AtLeastOnce, None));
+        assert_eq!(r.publish(msg("a/b", QoS::ExactlyOnce, false, None)), Ok(1));
+        let st = s.lock();
+        assert_eq!(st.queue.len(), 1);
+        let d = &st.queue[0];
+        assert_eq!(d.qos, QoS::ExactlyOnce);
+        let mut ids = d.sub_ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn qos_is_downgraded_and_no_local_is_honoured() {
+        let r = router();
+        let s = r.open_session(key("a"), true, oneshot::channel().0).session;
+        s.set_online(true);
+        r.subscribe(
+            &s,
+            "t",
+            Subscription {
+                options: SubscriptionOptions { qos: QoS::AtLeastOnce, no_local: true, ..Default::default() },
+                id: None,
+            },
+        );
+        assert_eq!(r.publish(msg("t", QoS::AtLeastOnce, false, Some(s.id))), Ok(0));
+        assert_eq!(r.publish(msg("t", QoS::ExactlyOnce, false, None)), Ok(1));
+        assert_eq!(s.lock().queue[0].qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn retained_on_subscribe_per_retain_handling() {
+        let r = router();
+        r.publish(msg("r/1", QoS::AtMostOnce, true, None)).unwrap();
+        let s = r.open_session(key("a"), true, oneshot::channel().0).session;
+        let mut sb = sub(QoS::AtMostOnce, None);
+        assert_eq!(r.subscribe(&s, "r/#", sb).retained.len(), 1);
+        sb.options.retain_handling = RetainHandling::OnNewSubscription;
+        assert_eq!(r.subscribe(&s, "r/#", sb).retained.len(), 0, "existing subscription");
+        sb.options.retain_handling = RetainHandling::Never;
+        assert_eq!(r.subscribe(&s, "r/+", sb).retained.len(), 0);
+        assert_eq!(r.subscribe(&s, "$share/g/r/#", sub(QoS::AtMostOnce, None)).retained.len(), 0);
+    }
+
+    #[test]
+    fn takeover_kicks_and_clean_start_discards() {
+        let r = router();
+        let (tx, mut rx) = oneshot::channel();
+        let first = r.open_session(key("a"), false, tx);
+        assert!(!first.present);
+        r.subscribe(&first.session, "x", sub(QoS::AtLeastOnce, None));
+        let second = r.open_session(key("a"), false, oneshot::channel().0);
+        assert_eq!(second.generation, first.generation + 1);
+        assert!(second.present);
+        assert_eq!(second.session.id, first.session.id);
+        assert_eq!(rx.try_recv(), Ok(Kick::TakenOver));
+        let third = r.open_session(key("a"), true, oneshot::channel().0);
+        assert!(!third.present);
+        assert_ne!(third.session.id, first.session.id);
+        assert_eq!(r.publish(msg("x", QoS::AtLeastOnce, false, None)), Ok(0), "old subscriptions gone");
+        // Same client id, other user: a different session.
+        let other =
+            r.open_session(SessionKey { username: Some("v".into()), client_id: "a".into() }, false, oneshot::channel().0);
+        assert!(!other.present);
+        assert_eq!(r.session_count(), 2);
+        r.remove_session(&other.session);
+        assert_eq!(r.session_count(), 1);
+    }
+}

@@ -1,0 +1,248 @@
+//! The subscription trie: topic levels to subscribers, so matching a topic costs
+//! what its matching subscriptions cost, not what all subscriptions cost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::session::{Session, Subscription};
+
+/// One subscriber of one filter.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub session: Arc<Session>,
+    pub sub: Subscription,
+}
+
+#[derive(Default)]
+struct SharedGroup {
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Round robin, preferring members whose client is connected.
+    fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|m| m.session.is_online())
+            .or_else(|| self.members.get(start % n.max(1)))
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subscribers: HashMap<u64, Subscriber>,
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
+    }
+
+    fn collect_here(&self, out: &mut Vec<Subscriber>) {
+        out.extend(self.subscribers.values().cloned());
+        out.extend(self.shared.values().filter_map(|g| g.pick().cloned()));
+    }
+}
+
+/// Filters to subscribers. Not synchronized: the router wraps it in a lock.
+#[derive(Default)]
+pub struct Trie {
+    root: Node,
+    count: usize,
+}
+
+impl Trie {
+    /// Number of (filter, subscriber) entries.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Adds or replaces `subscriber` on `filter` (within `group` for a shared
+    /// subscription). Returns true when it did not exist before.
+    pub fn insert(&mut self, filter: &str, group: Option<&str>, subscriber: Subscriber) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let id = subscriber.session.id;
+        let new = match group {
+            None => node.subscribers.insert(id, subscriber).is_none(),
+            Some(g) => {
+                let group = node.shared.entry(g.into()).or_default();
+                match group.members.iter_mut().find(|m| m.session.id == id) {
+                    Some(m) => {
+                        *m = subscriber;
+                        false
+                    }
+                    None => {
+                        group.members.push(subscriber);
+                        true
+                    }
+                }
+            }
+        };
+        if new {
+            self.count += 1;
+        }
+        new
+    }
+
+    /// Removes a session's subscription. Returns true when it existed. Empty nodes
+    /// are pruned so the trie does not grow with churn.
+    pub fn remove(&mut self, filter: &str, group: Option<&str>, session_id: u64) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = remove_rec(&mut self.root, &levels, group, session_id);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// Every subscriber whose filter matches `topic` (one member per shared group).
+    /// A session may appear several times, once per matching filter.
+    pub fn matches(&self, topic: &str, out: &mut Vec<Subscriber>) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let dollar = topic.starts_with('$');
+        match_rec(&self.root, &levels, 0, dollar, out);
+    }
+}
+
+fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, id: u64) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        return match group {
+            None => node.subscribers.remove(&id).is_some(),
+            Some(g) => {
+                let Some(grp) = node.shared.get_mut(g) else {
+                    return false;
+                };
+                let before = grp.members.len();
+                grp.members.retain(|m| m.session.id != id);
+                let removed = grp.members.len() != before;
+                if grp.members.is_empty() {
+                    node.shared.remove(g);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
+    let removed = remove_rec(child, rest, group, id);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+fn match_rec(node: &Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<Subscriber>) {
+    // Wildcards at the first level never match topics starting with '$' (MQTT-4.7.2-1).
+    let wildcards = !(depth == 0 && dollar);
+    if wildcards {
+        if let Some(hash) = node.children.get("#") {
+            hash.collect_here(out);
+        }
+    }
+    let Some((first, rest)) = levels.split_first() else {
+        node.collect_here(out);
+        return;
+    };
+    if wildcards {
+        if let Some(plus) = node.children.get("+") {
+            match_rec(plus, rest, depth + 1, dollar, out);
+        }
+    }
+    if let Some(child) = node.children.get(*first) {
+        match_rec(child, rest, depth + 1, dollar, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OverflowPolicy;
+    use crate::session::SessionKey;
+    use natter_shared::codec::SubscriptionOptions;
+    use natter_shared::topic;
+
+    fn sub(id: u64) -> Subscriber {
+        Subscriber {
+            session: Arc::new(Session::new(
+                id,
+                SessionKey { username: None, client_id: id.to_string().into() },
+                10,
+                OverflowPolicy::DropNew,
+            )),
+            sub: Subscription { options: SubscriptionOptions::default(), id: None },
+        }
+    }
+
+    fn ids(t: &Trie, topic: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        t.matches(topic, &mut out);
+        let mut v: Vec<u64> = out.iter().map(|s| s.session.id).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn agrees_with_the_reference_matcher() {
+        let filters = ["#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "/+", "a/+/c", "$SYS/#", "+/#", "a//c"];
+        let topics = ["a", "a/b", "a/b/c", "/b", "b/b", "$SYS/x", "a//c", "/", "$x"];
+        let mut t = Trie::default();
+        for (i, f) in filters.iter().enumerate() {
+            assert!(t.insert(f, None, sub(i as u64)));
+        }
+        for topic_name in topics {
+            let expected: Vec<u64> = filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| topic::matches(f, topic_name))
+                .map(|(i, _)| i as u64)
+                .collect();
+            assert_eq!(ids(&t, topic_name), expected, "topic {topic_name}");
+        }
+    }
+
+    #[test]
+    fn replace_remove_and_prune() {
+        let mut t = Trie::default();
+        assert!(t.insert("a/b", None, sub(1)));
+        assert!(!t.insert("a/b", None, sub(1)));
+        assert_eq!(t.len(), 1);
+        assert!(!t.remove("a/c", None, 1));
+        assert!(t.remove("a/b", None, 1));
+        assert!(!t.remove("a/b", None, 1));
+        assert_eq!(t.len(), 0);
+        assert!(t.root.children.is_empty(), "pruned");
+    }
+
+    #[test]
+    fn shared_groups_deliver_to_one_member_in_turn() {
+        let mut t = Trie::default();
+        for id in 1..=3 {
+            let s = sub(id);
+            s.session.set_online(true);
+            t.insert("jobs/+", Some("workers"), s);
+        }
+        t.insert("jobs/+", None, sub(9));
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let got = ids(&t, "jobs/1");
+            assert_eq!(got.len(), 2, "one group member plus the plain subscriber");
+            assert!(got.contains(&9));
+            seen.extend(got.into_iter().filter(|&i| i != 9));
+        }
+        for id in 1..=3 {
+            assert_eq!(seen.iter().filter(|&&i| i == id).count(), 2, "round robin");
+        }
+        assert!(t.remove("jobs/+", Some("workers"), 2));
+        assert_eq!(t.len(), 3);
+    }
+}

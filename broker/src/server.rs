@@ -1,0 +1,144 @@
+//! Wires the broker together: store, plugins, router, listener, control socket; and
+//! shuts it down gracefully (stop accepting, close connections with their wills,
+//! wait for them within the grace period, flush the store).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::acl::FoundationAcl;
+use crate::auth::password::{PasswordError, PasswordHasherConfig};
+use crate::auth::PasswordAuth;
+use crate::config::Config;
+use crate::control::{self, ControlState};
+use crate::hooks::{Hook, Hooks};
+use crate::listener::Listener;
+use crate::router::Router;
+use crate::session::Context;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the control socket in {dir}: {source}")]
+    Control { dir: PathBuf, source: std::io::Error },
+    #[error("startup task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// A running broker.
+pub struct RunningBroker {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    /// Ends when the listener stopped and every connection ended (or the grace passed).
+    accept_task: JoinHandle<()>,
+    control_task: JoinHandle<()>,
+    connections_done: mpsc::Receiver<()>,
+    grace: Duration,
+    store: Store,
+    router: Router,
+    socket_path: PathBuf,
+}
+
+/// Opens the store, binds the listener and starts serving.
+///
+/// # Errors
+/// A locked or corrupt store, a port in use, a data dir that cannot hold the socket.
+pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
+    let data_dir = config.server.data_dir.clone();
+    let store = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir)).await??
+    };
+    let auth_cfg = config.auth.clone();
+    let store2 = store.clone();
+    let auth = tokio::task::spawn_blocking(move || PasswordAuth::new(store2, &auth_cfg)).await??;
+    let hasher = PasswordHasherConfig::new(&config.auth)?;
+    let plugins: Vec<Arc<dyn Hook>> = vec![Arc::new(auth), Arc::new(FoundationAcl)];
+    let hooks = Hooks::new(plugins);
+    let router = Router::new(config.limits.clone());
+
+    let listen = config.server.listen;
+    let tcp = TcpListener::bind(listen).await.map_err(|source| ServerError::Bind { addr: listen, source })?;
+    let local_addr = tcp.local_addr().map_err(|source| ServerError::Bind { addr: listen, source })?;
+    let (unix, socket_path, owner_uid) =
+        control::bind(&data_dir).map_err(|source| ServerError::Control { dir: data_dir.clone(), source })?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (tracker, connections_done) = mpsc::channel(1);
+    let ctx = Context {
+        router: router.clone(),
+        hooks,
+        limits: Arc::new(config.limits.clone()),
+        shutdown: shutdown_rx.clone(),
+    };
+    let listener = Listener {
+        listener: tcp,
+        permits: Arc::new(Semaphore::new(config.limits.max_connections.get())),
+        ctx,
+        tracker,
+    };
+    let accept_task = tokio::spawn(listener.run(shutdown_rx.clone()));
+    let control_state = ControlState { store: store.clone(), hasher, router: router.clone(), owner_uid };
+    let control_task = tokio::spawn(control::serve(unix, control_state, shutdown_rx));
+    tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "natterd listening");
+    Ok(RunningBroker {
+        local_addr,
+        shutdown,
+        accept_task,
+        control_task,
+        connections_done,
+        grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        store,
+        router,
+        socket_path,
+    })
+}
+
+impl RunningBroker {
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The routing state (for stats and tests).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Graceful shutdown: stop accepting, tell every connection (v5: DISCONNECT 0x8B),
+    /// publish wills, wait up to the grace period, flush the store.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown.send(true);
+        let _ = self.accept_task.await;
+        let _ = self.control_task.await;
+        if tokio::time::timeout(self.grace, self.connections_done.recv()).await.is_err() {
+            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "connections still open after the grace period");
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "store flush failed at shutdown"),
+            Err(e) => tracing::error!(error = %e, "store flush task failed"),
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,501 @@
+//! The connected state: one task per connection reads packets, applies the protocol
+//! to the session, drains the session's queue within the inflight window, and writes
+//! everything it produced in one batch per wake-up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natter_shared::codec::{
+    reason, Ack, Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol, Publish, QoS, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
+};
+use tokio::sync::oneshot;
+
+use super::inflight::Stage;
+use super::state::{Delivery, Kick, Session, Subscription};
+use super::{will, Context};
+use crate::connection::{Connection, WRITE_HIGH_WATER};
+use crate::hooks::PublishDecision;
+use crate::message::{ClientInfo, Message};
+use crate::router::{Opened, RetainedFull};
+
+/// Why the connection ended.
+#[derive(Debug)]
+pub(super) enum End {
+    /// DISCONNECT from the client; `with_will` for MQTT 5 reason 0x04.
+    ClientDisconnect { with_will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Abrupt(String),
+    Kicked(Kick),
+    Shutdown,
+    KeepAliveTimeout,
+    Malformed(DecodeError),
+    /// A protocol violation, with the MQTT 5 reason code and what was violated.
+    Protocol(u8, &'static str),
+}
+
+pub(super) struct Handler {
+    conn: Connection,
+    ctx: Context,
+    info: ClientInfo,
+    session: Arc<Session>,
+    generation: u64,
+    kick: oneshot::Receiver<Kick>,
+    protocol: Protocol,
+    /// Zero: no keepalive.
+    keep_alive: Duration,
+    last_seen: Instant,
+    will: Option<LastWill>,
+    session_expiry: u32,
+    /// Outgoing QoS 1/2 window: min(our max_inflight, client's Receive Maximum).
+    window: usize,
+    /// Client's Maximum Packet Size (MQTT 5).
+    client_max_packet: usize,
+    /// Topic aliases set by the client (MQTT 5), index = alias - 1.
+    aliases: Vec<Option<Arc<str>>>,
+}
+
+impl Handler {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        conn: Connection,
+        ctx: Context,
+        info: ClientInfo,
+        opened: Opened,
+        kick: oneshot::Receiver<Kick>,
+        connect: &Connect,
+        keep_alive: u16,
+        session_expiry: u32,
+    ) -> Handler {
+        let limits = &ctx.limits;
+        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let window = usize::from(limits.max_inflight.get().min(client_receive_max));
+        let client_max_packet = connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
+        let aliases = vec![None; usize::from(limits.max_topic_aliases)];
+        Handler {
+            conn,
+            protocol: connect.protocol,
+            keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            last_seen: Instant::now(),
+            will: connect.will.clone(),
+            session_expiry,
+            window,
+            client_max_packet,
+            aliases,
+            ctx,
+            info,
+            session: opened.session,
+            generation: opened.generation,
+            kick,
+        }
+    }
+
+    /// Queues the CONNACK, then re-sends what was in flight when the session's previous
+    /// connection ended (PUBLISH with DUP, or PUBREL), in the original order.
+    pub(super) fn with_connack(mut self, connack: Packet) -> Handler {
+        self.conn.queue(&connack, self.protocol);
+        let now = Instant::now();
+        let st = self.session.lock();
+        for o in st.inflight.iter() {
+            let packet = match o.stage {
+                Stage::Published => publish_packet(self.protocol, &o.delivery, o.pkid, true, now),
+                Stage::Released => Packet::PubRel(Ack::new(o.pkid)),
+            };
+            self.conn.queue(&packet, self.protocol);
+        }
+        drop(st);
+        self.ctx.hooks.on_connected(&self.info);
+        self
+    }
+
+    pub(super) async fn run(mut self) {
+        let end = self.event_loop().await;
+        self.finish(end).await;
+    }
+
+    async fn event_loop(&mut self) -> End {
+        let mut shutdown = self.ctx.shutdown.clone();
+        if *shutdown.borrow() {
+            return End::Shutdown;
+        }
+        loop {
+            let more = self.drain();
+            if self.conn.pending() > 0 {
+                // Stay responsive to kicks and shutdown while a slow reader blocks the write.
+                tokio::select! {
+                    r = self.conn.flush() => if let Err(e) = r {
+                        return End::Abrupt(e.to_string());
+                    },
+                    k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
+                    _ = shutdown.changed() => return End::Shutdown,
+                }
+            }
+            if more {
+                continue;
+            }
+            let keepalive_on = !self.keep_alive.is_zero();
+            let deadline = self.last_seen + self.keep_alive.mul_f32(1.5);
+            tokio::select! {
+                biased;
+                k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
+                _ = shutdown.changed() => return End::Shutdown,
+                r = self.conn.fill() => {
+                    if let Err(e) = r {
+                        return End::Abrupt(e.to_string());
+                    }
+                    self.last_seen = Instant::now();
+                    if let Some(end) = self.process_input().await {
+                        return end;
+                    }
+                }
+                _ = self.session.woken() => {}
+                _ = tokio::time::sleep_until(deadline.into()), if keepalive_on => return End::KeepAliveTimeout,
+            }
+        }
+    }
+
+    /// Handles every whole packet buffered.
+    async fn process_input(&mut self) -> Option<End> {
+        loop {
+            match self.conn.next_packet(self.protocol) {
+                Ok(Some(packet)) => {
+                    if let Some(end) = self.handle(packet) {
+                        return Some(end);
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => return Some(End::Malformed(e)),
+            }
+            if self.conn.pending() >= WRITE_HIGH_WATER {
+                if let Err(e) = self.conn.flush().await {
+                    return Some(End::Abrupt(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Moves queued deliveries into the write buffer within the inflight window.
+    /// Returns true when more could be sent right away (the buffer filled up first).
+    fn drain(&mut self) -> bool {
+        let now = Instant::now();
+        let mut st = self.session.lock();
+        if st.generation != self.generation {
+            return false;
+        }
+        while let Some(d) = st.queue.pop_front() {
+            if d.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
+                st.queue.push_front(d);
+                return false;
+            }
+            if d.msg.is_expired(now) {
+                continue;
+            }
+            let pkid = if d.qos == QoS::AtMostOnce { 0 } else { st.inflight.next_pkid() };
+            let packet = publish_packet(self.protocol, &d, pkid, false, now);
+            if packet.encoded_len(self.protocol) > self.client_max_packet {
+                // MQTT-3.1.2-25: discard, as if delivered.
+                tracing::warn!(client_id = %self.info.client_id, topic = %d.msg.topic, "message exceeds the client's maximum packet size: dropped");
+                continue;
+            }
+            self.conn.queue(&packet, self.protocol);
+            if d.qos != QoS::AtMostOnce {
+                st.inflight.push(pkid, d);
+            }
+            if self.conn.pending() >= WRITE_HIGH_WATER {
+                return !st.queue.is_empty();
+            }
+        }
+        false
+    }
+
+    fn send(&mut self, packet: Packet) {
+        self.conn.queue(&packet, self.protocol);
+    }
+
+    fn handle(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p),
+            Packet::PubAck(a) => {
+                let done = self.session.lock().inflight.complete(a.pkid, Stage::Published);
+                match done {
+                    Some(o) => self.ctx.hooks.on_acked(&self.info, &o.delivery.msg),
+                    None => tracing::debug!(client_id = %self.info.client_id, pkid = a.pkid, "PUBACK for unknown packet id"),
+                }
+            }
+            Packet::PubRec(a) => {
+                let mut st = self.session.lock();
+                let reply = if a.reason >= 0x80 {
+                    // MQTT 5: the receiver refused it; the flow ends here.
+                    st.inflight.complete(a.pkid, Stage::Published);
+                    None
+                } else if st.inflight.release(a.pkid) || st.inflight.is_released(a.pkid) {
+                    Some(Ack::new(a.pkid))
+                } else {
+                    Some(Ack::with_reason(a.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND))
+                };
+                drop(st);
+                if let Some(ack) = reply {
+                    self.send(Packet::PubRel(ack));
+                }
+            }
+            Packet::PubComp(a) => {
+                let done = self.session.lock().inflight.complete(a.pkid, Stage::Released);
+                if let Some(o) = done {
+                    self.ctx.hooks.on_acked(&self.info, &o.delivery.msg);
+                }
+            }
+            Packet::PubRel(a) => {
+                let known = self.session.lock().incoming_qos2.remove(&a.pkid);
+                let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+                self.send(Packet::PubComp(Ack::with_reason(a.pkid, code)));
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(Packet::PingResp),
+            Packet::Disconnect(d) => return self.on_disconnect(d),
+            Packet::Connect(_) => return Some(End::Protocol(reason::PROTOCOL_ERROR, "second CONNECT (MQTT-3.1.0-2)")),
+            Packet::Auth(_) => {
+                return Some(End::Protocol(reason::PROTOCOL_ERROR, "AUTH without extended authentication (MQTT-4.12.0-1)"))
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(End::Protocol(reason::PROTOCOL_ERROR, "server-to-client packet sent by a client"))
+            }
+        }
+        None
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+        if self.protocol == Protocol::V5 {
+            if let Some(alias) = p.properties.topic_alias.take() {
+                let Some(slot) = self.aliases.get_mut(usize::from(alias) - 1) else {
+                    return Some(End::Protocol(reason::TOPIC_ALIAS_INVALID, "topic alias above our maximum"));
+                };
+                if p.topic.is_empty() {
+                    match slot {
+                        Some(t) => p.topic = t.clone(),
+                        None => return Some(End::Protocol(reason::PROTOCOL_ERROR, "unknown topic alias (MQTT-3.3.4-?)")),
+                    }
+                } else {
+                    *slot = Some(p.topic.clone());
+                }
+            }
+            if !p.properties.subscription_identifiers.is_empty() {
+                return Some(End::Protocol(reason::PROTOCOL_ERROR, "subscription identifier from a client (MQTT-3.3.4-6)"));
+            }
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let st = self.session.lock();
+            if st.incoming_qos2.contains(&p.pkid) {
+                // A re-sent QoS 2 publish we already routed: acknowledge, don't route again.
+                drop(st);
+                self.send(Packet::PubRec(Ack::new(p.pkid)));
+                return None;
+            }
+            if st.incoming_qos2.len() >= usize::from(self.ctx.limits.receive_maximum.get()) {
+                return Some(End::Protocol(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+            }
+        }
+        let code = if self.protocol == Protocol::V5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            reason::PAYLOAD_FORMAT_INVALID
+        } else {
+            let now = Instant::now();
+            let mut properties = p.properties;
+            let expires_at = properties
+                .message_expiry_interval
+                .take()
+                .map(|secs| now + Duration::from_secs(u64::from(secs)));
+            let msg = Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties,
+                expires_at,
+                origin: Some(self.session.id),
+            };
+            self.route(msg)
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(p.pkid, code))),
+            QoS::ExactlyOnce => {
+                if code < 0x80 || self.protocol == Protocol::V311 {
+                    self.session.lock().incoming_qos2.insert(p.pkid);
+                }
+                self.send(Packet::PubRec(Ack::with_reason(p.pkid, code)));
+            }
+        }
+        None
+    }
+
+    /// Authorizes and routes a client's message; returns the MQTT 5 reason code.
+    fn route(&self, msg: Message) -> u8 {
+        match self.ctx.hooks.authorize_publish(&self.info, &msg) {
+            PublishDecision::Allow => match self.ctx.router.publish(Arc::new(msg)) {
+                Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
+                Ok(_) => reason::SUCCESS,
+                Err(RetainedFull) => {
+                    tracing::warn!(client_id = %self.info.client_id, "retained store full: message not retained");
+                    reason::QUOTA_EXCEEDED
+                }
+            },
+            PublishDecision::Handled => reason::SUCCESS,
+            PublishDecision::Deny | PublishDecision::Abstain => {
+                tracing::info!(
+                    client_id = %self.info.client_id,
+                    user = self.info.username.as_deref().unwrap_or(""),
+                    topic = %msg.topic,
+                    "publish refused by authorization"
+                );
+                reason::NOT_AUTHORIZED
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let v5 = self.protocol == Protocol::V5;
+        let failure = |code: u8| if v5 { code } else { reason::v3::SUBACK_FAILURE };
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let max_subs = self.ctx.limits.max_subscriptions_per_session.get();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for f in s.filters {
+            let (count, exists) = {
+                let st = self.session.lock();
+                (st.subscriptions.len(), st.subscriptions.contains_key(&f.filter))
+            };
+            if !exists && count >= max_subs {
+                tracing::warn!(client_id = %self.info.client_id, filter = %f.filter, "subscription limit reached");
+                codes.push(failure(reason::QUOTA_EXCEEDED));
+                continue;
+            }
+            if !self.ctx.hooks.authorize_subscribe(&self.info, &f.filter) {
+                tracing::info!(
+                    client_id = %self.info.client_id,
+                    user = self.info.username.as_deref().unwrap_or(""),
+                    filter = %f.filter,
+                    "subscribe refused by authorization"
+                );
+                codes.push(failure(reason::NOT_AUTHORIZED));
+                continue;
+            }
+            let sub = Subscription { options: f.options, id: sub_id };
+            let subscribed = self.ctx.router.subscribe(&self.session, &f.filter, sub);
+            retained.extend(subscribed.retained.into_iter().map(|m| (m, sub)));
+            codes.push(f.options.qos as u8);
+        }
+        self.send(Packet::SubAck(SubAck { pkid: s.pkid, properties: Properties::default(), codes }));
+        for (msg, sub) in retained {
+            let qos = msg.qos.min(sub.options.qos);
+            self.session.enqueue(Delivery { msg, qos, retain: true, sub_ids: sub.id.into_iter().collect() });
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.ctx.router.unsubscribe(&self.session, f) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(Packet::UnsubAck(UnsubAck { pkid: u.pkid, properties: Properties::default(), codes }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Option<End> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session_expiry == 0 && expiry != 0 {
+                return Some(End::Protocol(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 (MQTT-3.14.2-2)"));
+            }
+            self.session_expiry = expiry.min(self.ctx.limits.max_session_expiry_secs);
+        }
+        Some(End::ClientDisconnect { with_will: d.reason == reason::DISCONNECT_WITH_WILL })
+    }
+
+    async fn finish(mut self, end: End) {
+        let code = match &end {
+            End::Kicked(Kick::TakenOver) => Some(reason::SESSION_TAKEN_OVER),
+            End::Kicked(Kick::SlowConsumer) => Some(reason::QUOTA_EXCEEDED),
+            End::Kicked(Kick::Administrative) => Some(reason::ADMINISTRATIVE_ACTION),
+            End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            End::KeepAliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
+            End::Malformed(e) => Some(e.reason_code()),
+            End::Protocol(code, _) => Some(*code),
+            End::ClientDisconnect { .. } | End::Abrupt(_) => None,
+        };
+        match &end {
+            End::ClientDisconnect { .. } => tracing::info!(client_id = %self.info.client_id, "client disconnected"),
+            End::Malformed(e) => {
+                tracing::warn!(client_id = %self.info.client_id, addr = %self.info.addr, error = %e, "closed: malformed packet")
+            }
+            End::Protocol(_, what) => {
+                tracing::warn!(client_id = %self.info.client_id, addr = %self.info.addr, violation = what, "closed: protocol error")
+            }
+            End::Abrupt(why) => tracing::info!(client_id = %self.info.client_id, reason = %why, "connection lost"),
+            other => tracing::info!(client_id = %self.info.client_id, reason = ?other, "connection closed"),
+        }
+        if let (Some(code), Protocol::V5) = (code, self.protocol) {
+            if self.conn.is_clean() {
+                self.conn.queue(&Packet::Disconnect(Disconnect::with_reason(code)), self.protocol);
+            }
+        }
+        if self.conn.is_clean() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.close()).await;
+        }
+        self.ctx.hooks.on_disconnected(&self.info);
+
+        let will = match end {
+            End::ClientDisconnect { with_will: false } => None,
+            _ => self.will.take(),
+        };
+        let attached = {
+            let mut st = self.session.lock();
+            if st.generation == self.generation {
+                st.kick = None;
+                self.session.set_online(false);
+                true
+            } else {
+                false
+            }
+        };
+        will::after_disconnect(will::Ended {
+            ctx: self.ctx.clone(),
+            info: self.info.clone(),
+            session: self.session.clone(),
+            generation: self.generation,
+            attached,
+            will,
+            session_expiry: self.session_expiry,
+            shutting_down: matches!(end, End::Shutdown),
+        });
+    }
+}
+
+/// The PUBLISH for one delivery, with MQTT 5 properties when the client speaks 5.
+fn publish_packet(protocol: Protocol, d: &Delivery, pkid: u16, dup: bool, now: Instant) -> Packet {
+    let properties = match protocol {
+        Protocol::V5 => {
+            let mut p = d.msg.properties.clone();
+            p.subscription_identifiers.clone_from(&d.sub_ids);
+            p.message_expiry_interval = d.msg.remaining_expiry(now);
+            p
+        }
+        Protocol::V311 => Properties::default(),
+    };
+    Packet::Publish(Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: d.msg.topic.clone(),
+        pkid,
+        properties,
+        payload: d.msg.payload.clone(),
+    })
+}

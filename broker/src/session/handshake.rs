@@ -1,0 +1,165 @@
+//! CONNECT to CONNACK: client identifier rules, authentication through the hooks,
+//! session open or takeover, keepalive and session-expiry negotiation.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_shared::codec::{reason, ConnAck, Connect, Packet, Properties, Protocol};
+use rand_core::RngCore;
+use tokio::sync::oneshot;
+
+use super::handler::Handler;
+use super::{Context, SessionKey};
+use crate::connection::Connection;
+use crate::hooks::{AuthDecision, AuthFailure, Credentials};
+use crate::message::ClientInfo;
+
+/// Answers a CONNECT with an unsupported protocol level, then closes.
+pub(super) async fn refuse_protocol_level(mut conn: Connection, level: u8) {
+    let (protocol, code) = if level >= 5 {
+        (Protocol::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
+    } else {
+        (Protocol::V311, reason::v3::UNACCEPTABLE_PROTOCOL_VERSION)
+    };
+    conn.queue(&Packet::ConnAck(ConnAck { session_present: false, code, properties: Properties::default() }), protocol);
+    close_soon(&mut conn).await;
+}
+
+async fn close_soon(conn: &mut Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+}
+
+async fn refuse(mut conn: Connection, protocol: Protocol, v3: u8, v5: u8) {
+    let code = if protocol == Protocol::V5 { v5 } else { v3 };
+    conn.queue(&Packet::ConnAck(ConnAck { session_present: false, code, properties: Properties::default() }), protocol);
+    close_soon(&mut conn).await;
+}
+
+fn random_client_id() -> String {
+    let mut bytes = [0u8; 12];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("natter-{hex}")
+}
+
+/// Runs the handshake; returns the connected handler, or `None` when the client was
+/// refused (CONNACK with the reason already sent and the socket closed).
+pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect, ctx: Context) -> Option<Handler> {
+    let protocol = connect.protocol;
+    let limits = ctx.limits.clone();
+
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if protocol == Protocol::V311 && !connect.clean_start {
+            tracing::info!(%addr, "refused: empty client id without clean session (MQTT-3.1.3-8)");
+            refuse(conn, protocol, reason::v3::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+            return None;
+        }
+        let id = random_client_id();
+        if protocol == Protocol::V5 {
+            assigned = Some(id.clone());
+        }
+        id.into()
+    } else if connect.client_id.len() > usize::from(limits.max_client_id_len.get()) {
+        tracing::info!(%addr, len = connect.client_id.len(), "refused: client id too long");
+        refuse(conn, protocol, reason::v3::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return None;
+    } else {
+        connect.client_id.as_str().into()
+    };
+
+    if connect.properties.authentication_method.is_some() {
+        tracing::info!(%addr, %client_id, "refused: extended authentication is not supported");
+        refuse(conn, protocol, reason::v3::NOT_AUTHORIZED, reason::BAD_AUTHENTICATION_METHOD).await;
+        return None;
+    }
+
+    let creds = Credentials {
+        username: connect.username.clone(),
+        password: connect.password.clone(),
+        client_id: client_id.to_string(),
+        addr,
+    };
+    let admin = match ctx.hooks.authenticate(&creds).await {
+        AuthDecision::Allow { admin } => admin,
+        AuthDecision::Deny(failure) => {
+            let (v3, v5) = match failure {
+                AuthFailure::BadCredentials => (reason::v3::NOT_AUTHORIZED, reason::BAD_USERNAME_OR_PASSWORD),
+                AuthFailure::NotAuthorized => (reason::v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED),
+                AuthFailure::Throttled => (reason::v3::NOT_AUTHORIZED, reason::CONNECTION_RATE_EXCEEDED),
+                AuthFailure::Unavailable => (reason::v3::SERVER_UNAVAILABLE, reason::SERVER_UNAVAILABLE),
+            };
+            tracing::info!(%addr, %client_id, user = creds.username.as_deref().unwrap_or(""), ?failure, "connection refused");
+            refuse(conn, protocol, v3, v5).await;
+            return None;
+        }
+        AuthDecision::Abstain => {
+            refuse(conn, protocol, reason::v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED).await;
+            return None;
+        }
+    };
+
+    let info = ClientInfo {
+        username: connect.username.as_deref().map(Arc::from),
+        client_id: client_id.clone(),
+        addr,
+        protocol,
+        admin,
+    };
+
+    // Session expiry: 3.1.1 clean session 0 keeps the session as long as we allow.
+    let requested_expiry = match protocol {
+        Protocol::V311 if connect.clean_start => 0,
+        Protocol::V311 => u32::MAX,
+        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+    };
+    let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+
+    // Keepalive: 0 means none; values above the cap are lowered on MQTT 5 and announced.
+    let max_keepalive = limits.max_keepalive_secs.get();
+    let (keep_alive, server_keep_alive) = if protocol == Protocol::V5 && connect.keep_alive > max_keepalive {
+        (max_keepalive, Some(max_keepalive))
+    } else {
+        (connect.keep_alive, None)
+    };
+
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let key = SessionKey { username: info.username.clone(), client_id: client_id.clone() };
+    let opened = ctx.router.open_session(key, connect.clean_start, kick_tx);
+
+    let mut properties = Properties::default();
+    if protocol == Protocol::V5 {
+        properties.receive_maximum = Some(limits.receive_maximum.get());
+        properties.maximum_packet_size = Some(limits.max_packet_size.get());
+        if limits.max_topic_aliases > 0 {
+            properties.topic_alias_maximum = Some(limits.max_topic_aliases);
+        }
+        properties.server_keep_alive = server_keep_alive;
+        properties.assigned_client_identifier = assigned;
+        if expiry != requested_expiry {
+            properties.session_expiry_interval = Some(expiry);
+        }
+    }
+    let connack = Packet::ConnAck(ConnAck { session_present: opened.present, code: reason::SUCCESS, properties });
+
+    tracing::info!(
+        %addr,
+        %client_id,
+        user = info.username.as_deref().unwrap_or(""),
+        protocol = protocol.level(),
+        session_present = opened.present,
+        "client connected"
+    );
+    let handler = Handler::new(
+        conn,
+        ctx,
+        info,
+        opened,
+        kick_rx,
+        &connect,
+        keep_alive,
+        expiry,
+    );
+    Some(handler.with_connack(connack))
+}

@@ -1,0 +1,226 @@
+//! A session's state, shared between the router (which queues deliveries into it)
+//! and the connection currently attached to it (which drains the queue and tracks
+//! acknowledgements). It outlives connections: a persistent session keeps its queue,
+//! inflight messages and subscriptions while its client is away.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use natter_shared::codec::{QoS, SubscriptionOptions};
+use tokio::sync::{oneshot, Notify};
+
+use super::inflight::Inflight;
+use crate::config::OverflowPolicy;
+use crate::message::Message;
+
+/// Sessions are keyed by (user name, client id): two users that pick the same client
+/// id get two sessions and never take over each other's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub username: Option<Arc<str>>,
+    pub client_id: Arc<str>,
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// The RETAIN flag to send (retained on subscribe, or Retain As Published).
+    pub retain: bool,
+    /// Identifiers of every matching subscription (MQTT 5).
+    pub sub_ids: Vec<u32>,
+}
+
+/// Why the broker closes a connection from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection took the session over (v5 DISCONNECT 0x8E).
+    TakenOver,
+    /// The client does not read fast enough and the policy is to disconnect (0x97).
+    SlowConsumer,
+    /// An administrator removed the account (0x98).
+    Administrative,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+/// What queuing a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Dropped: queue full, or QoS 0 for an offline session.
+    Dropped,
+}
+
+/// The mutable part of a session, behind the session's mutex.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Deliveries not yet sent.
+    pub queue: VecDeque<Delivery>,
+    /// QoS 1/2 deliveries sent and not yet fully acknowledged.
+    pub inflight: Inflight,
+    /// Packet ids of QoS 2 publishes received and not yet released (PUBREL).
+    pub incoming_qos2: HashSet<u16>,
+    pub subscriptions: HashMap<String, Subscription>,
+    /// Bumped by each connection that attaches; a connection acts on the session only
+    /// while its generation is current, so a taken-over connection cannot steal work.
+    pub generation: u64,
+    /// Signals the attached connection to close.
+    pub kick: Option<oneshot::Sender<Kick>>,
+    /// Deliveries dropped since the session began (logged, counted).
+    pub dropped: u64,
+}
+
+/// A session: identity, limits and the state behind a mutex.
+pub struct Session {
+    /// Unique for the broker's lifetime; used by the router as the subscriber key.
+    pub id: u64,
+    pub key: SessionKey,
+    max_queued: usize,
+    overflow: OverflowPolicy,
+    online: AtomicBool,
+    state: Mutex<SessionState>,
+    /// Wakes the attached connection when deliveries arrive.
+    wake: Notify,
+}
+
+impl PartialEq for Session {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+impl Eq for Session {}
+impl Hash for Session {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl Session {
+    pub fn new(id: u64, key: SessionKey, max_queued: usize, overflow: OverflowPolicy) -> Session {
+        Session {
+            id,
+            key,
+            max_queued,
+            overflow,
+            online: AtomicBool::new(false),
+            state: Mutex::new(SessionState::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Locks the state. A poisoned lock (a panic elsewhere while holding it) is
+    /// recovered: the state stays structurally valid between statements.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    /// Waits until deliveries are queued.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Wakes the attached connection.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Queues a delivery, applying the queue bound and the overflow policy.
+    pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
+        let online = self.is_online();
+        let mut st = self.lock();
+        if !online && delivery.qos == QoS::AtMostOnce {
+            return Enqueued::Dropped;
+        }
+        if st.queue.len() >= self.max_queued {
+            st.dropped += 1;
+            if st.dropped.is_power_of_two() {
+                tracing::warn!(
+                    client_id = %self.key.client_id,
+                    user = self.key.username.as_deref().unwrap_or(""),
+                    dropped = st.dropped,
+                    "session queue full: dropping messages"
+                );
+            }
+            if self.overflow == OverflowPolicy::Disconnect {
+                if let Some(kick) = st.kick.take() {
+                    let _ = kick.send(Kick::SlowConsumer);
+                }
+            }
+            return Enqueued::Dropped;
+        }
+        st.queue.push_back(delivery);
+        drop(st);
+        if online {
+            self.wake();
+        }
+        Enqueued::Queued
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use natter_shared::codec::Properties;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::new(),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                origin: None,
+            }),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+        }
+    }
+
+    fn session(policy: OverflowPolicy) -> Session {
+        Session::new(1, SessionKey { username: None, client_id: "c".into() }, 2, policy)
+    }
+
+    #[test]
+    fn offline_sessions_drop_qos0_and_keep_qos1() {
+        let s = session(OverflowPolicy::DropNew);
+        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce)), Enqueued::Dropped);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce)), Enqueued::Queued);
+    }
+
+    #[test]
+    fn queue_is_bounded_and_disconnect_policy_kicks() {
+        let s = session(OverflowPolicy::Disconnect);
+        s.set_online(true);
+        let (tx, mut rx) = oneshot::channel();
+        s.lock().kick = Some(tx);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce)), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce)), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce)), Enqueued::Dropped);
+        assert_eq!(s.lock().queue.len(), 2);
+        assert_eq!(s.lock().dropped, 1);
+        assert_eq!(rx.try_recv(), Ok(Kick::SlowConsumer));
+    }
+}

@@ -1,0 +1,113 @@
+//! Durable state in sled, behind a small interface that knows nothing of MQTT.
+//!
+//! Today it holds accounts; the IM and durability steps add mailboxes, contacts,
+//! groups and sessions as more trees here, so callers never touch sled directly.
+//! Every method is synchronous: callers on the async runtime run writes (which
+//! flush) through [`tokio::task::spawn_blocking`].
+
+mod users;
+
+use std::path::Path;
+
+use thiserror::Error;
+
+pub use users::UserRecord;
+
+/// Schema version written at creation; a later version migrates from it on open.
+const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("the store at {path} is in use by another process (a running natterd?)")]
+    Locked { path: String },
+    #[error("store I/O error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in {tree}: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+    #[error("store schema version {found} is newer than this natterd supports ({supported})")]
+    UnsupportedSchema { found: u32, supported: u32 },
+    #[error("user {0} already exists")]
+    UserExists(String),
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+}
+
+/// A cheap-to-clone handle on the database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir`.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when another process holds it, corruption and I/O errors.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let path = dir.join("store");
+        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if is_lock_error(io) => StoreError::Locked { path: path.display().to_string() },
+            other => StoreError::Sled(other),
+        })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt { tree: "meta", reason: "schema_version is not 4 bytes".into() })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::UnsupportedSchema { found, supported: SCHEMA_VERSION });
+                }
+            }
+        }
+        let users = db.open_tree("users")?;
+        Ok(Store { db, users })
+    }
+
+    /// Writes everything to disk. Blocking.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(11)
+        || e.to_string().contains("lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_reports_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Store::open(dir.path()).unwrap();
+        match Store::open(dir.path()) {
+            Err(StoreError::Locked { .. }) => {}
+            Err(other) => panic!("expected Locked, got {other}"),
+            Ok(_) => panic!("second open succeeded"),
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.db.open_tree("meta").unwrap().insert("schema_version", &99u32.to_be_bytes()).unwrap();
+            s.flush().unwrap();
+        }
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::UnsupportedSchema { found: 99, .. })));
+    }
+}
