@@ -36,17 +36,32 @@ fn check_name(name: &str) -> Result<(), AccountError> {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Creates an account; an existing one is never overwritten.
 ///
 /// # Errors
 /// Invalid name or password, existing user, store errors.
-pub fn add(store: &Store, hasher: &PasswordHasherConfig, name: &str, password: &[u8], admin: bool) -> Result<(), AccountError> {
+pub fn add(
+    store: &Store,
+    hasher: &PasswordHasherConfig,
+    name: &str,
+    password: &[u8],
+    admin: bool,
+) -> Result<(), AccountError> {
     check_name(name)?;
     let password_hash = hasher.hash(password)?;
-    store.create_user(name, &UserRecord { password_hash, admin, created_at: now_secs() })?;
+    store.create_user(
+        name,
+        &UserRecord {
+            password_hash,
+            admin,
+            created_at: now_secs(),
+        },
+    )?;
     Ok(())
 }
 
@@ -79,7 +94,11 @@ pub fn list(store: &Store) -> Result<Vec<AccountInfo>, AccountError> {
     Ok(store
         .users()?
         .into_iter()
-        .map(|(name, r)| AccountInfo { name, admin: r.admin, created_at: r.created_at })
+        .map(|(name, r)| AccountInfo {
+            name,
+            admin: r.admin,
+            created_at: r.created_at,
+        })
         .collect())
 }
 
@@ -96,9 +115,15 @@ mod tests {
         cfg.argon2_memory_kib = 64;
         cfg.argon2_iterations = 1;
         let h = PasswordHasherConfig::new(&cfg).unwrap();
-        assert!(matches!(add(&store, &h, "Bad Name", b"pw", false), Err(AccountError::InvalidName(_))));
+        assert!(matches!(
+            add(&store, &h, "Bad Name", b"pw", false),
+            Err(AccountError::InvalidName(_))
+        ));
         add(&store, &h, "alice", b"pw", true).unwrap();
-        assert!(matches!(add(&store, &h, "alice", b"pw2", false), Err(AccountError::Store(StoreError::UserExists(_)))));
+        assert!(matches!(
+            add(&store, &h, "alice", b"pw2", false),
+            Err(AccountError::Store(StoreError::UserExists(_)))
+        ));
         passwd(&store, &h, "alice", b"new").unwrap();
         let rec = store.user("alice").unwrap().unwrap();
         assert!(crate::auth::password::verify(b"new", &rec.password_hash));

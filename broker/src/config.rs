@@ -137,14 +137,21 @@ impl Config {
         // Layer the document over the defaults so a file only needs the keys it changes.
         let mut base: toml::Table = DEFAULT_CONFIG
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: None, message: e.to_string() })?;
-        let overlay: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.map(Path::to_path_buf), message: e.to_string() })?;
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: None,
+                message: e.to_string(),
+            })?;
+        let overlay: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
         merge(&mut base, overlay);
         let config: Config = toml::Value::Table(base)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.map(Path::to_path_buf), message: e.to_string() })?;
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.map(Path::to_path_buf),
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -154,8 +161,10 @@ impl Config {
     /// # Errors
     /// I/O errors and everything [`Config::from_toml`] refuses.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::from_toml(&text, Some(path))
     }
 
@@ -171,7 +180,10 @@ impl Config {
             return Err(invalid("auth.argon2_parallelism", "must be between 1 and 64"));
         }
         if a.argon2_memory_kib < 8 * a.argon2_parallelism {
-            return Err(invalid("auth.argon2_memory_kib", "must be at least 8 x argon2_parallelism"));
+            return Err(invalid(
+                "auth.argon2_memory_kib",
+                "must be at least 8 x argon2_parallelism",
+            ));
         }
         if a.throttle_base_delay_ms == 0 {
             return Err(invalid("auth.throttle_base_delay_ms", "must be positive"));
@@ -185,7 +197,10 @@ impl Config {
 }
 
 fn invalid(key: &'static str, reason: &str) -> ConfigError {
-    ConfigError::Invalid { key, reason: reason.to_owned() }
+    ConfigError::Invalid {
+        key,
+        reason: reason.to_owned(),
+    }
 }
 
 /// Overlays `top` on `base`, table by table.
@@ -220,7 +235,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let e = Config::from_toml("[limits]\nmax_conections = 7\n", None).unwrap_err().to_string();
+        let e = Config::from_toml("[limits]\nmax_conections = 7\n", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_conections"), "{e}");
         let e = Config::from_toml("[nope]\n", None).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
@@ -228,13 +245,21 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_their_key() {
-        let e = Config::from_toml("[limits]\nmax_connections = 0\n", None).unwrap_err().to_string();
+        let e = Config::from_toml("[limits]\nmax_connections = 0\n", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_connections"), "{e}");
-        let e = Config::from_toml("[limits]\nmax_packet_size = 10\n", None).unwrap_err().to_string();
+        let e = Config::from_toml("[limits]\nmax_packet_size = 10\n", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_packet_size"), "{e}");
-        let e = Config::from_toml("[server]\nlisten = \"nowhere\"\n", None).unwrap_err().to_string();
+        let e = Config::from_toml("[server]\nlisten = \"nowhere\"\n", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
-        let e = Config::from_toml("[limits]\nqueue_overflow = \"explode\"\n", None).unwrap_err().to_string();
+        let e = Config::from_toml("[limits]\nqueue_overflow = \"explode\"\n", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("explode"), "{e}");
         assert!(Config::from_toml("not toml at all [", None).is_err());
     }

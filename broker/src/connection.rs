@@ -37,7 +37,13 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: TcpStream, max_packet_size: usize) -> Connection {
-        Connection { stream, rbuf: BytesMut::with_capacity(1024), wbuf: BytesMut::new(), max_packet_size, writing: false }
+        Connection {
+            stream,
+            rbuf: BytesMut::with_capacity(1024),
+            wbuf: BytesMut::new(),
+            max_packet_size,
+            writing: false,
+        }
     }
 
     /// Decodes one buffered packet, if a whole one is there.
@@ -69,6 +75,25 @@ impl Connection {
     pub async fn read_packet(&mut self, protocol: Protocol) -> Result<Packet, ConnectionError> {
         loop {
             if let Some(p) = self.next_packet(protocol)? {
+                return Ok(p);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads the first packet, refusing at its first byte anything but a CONNECT
+    /// (MQTT-3.1.0-1), so a stray protocol (HTTP, TLS) is closed at once rather than
+    /// waited on.
+    ///
+    /// # Errors
+    /// As [`Connection::read_packet`]; a first byte other than CONNECT's is
+    /// [`DecodeError::Protocol`].
+    pub async fn read_connect(&mut self) -> Result<Packet, ConnectionError> {
+        loop {
+            if self.rbuf.first().is_some_and(|&b| b != 0x10) {
+                return Err(DecodeError::Protocol("first packet is not CONNECT (MQTT-3.1.0-1)").into());
+            }
+            if let Some(p) = self.next_packet(Protocol::V311)? {
                 return Ok(p);
             }
             self.fill().await?;

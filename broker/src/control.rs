@@ -32,9 +32,18 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    UserAdd { name: String, password: String, admin: bool },
-    UserPasswd { name: String, password: String },
-    UserDel { name: String },
+    UserAdd {
+        name: String,
+        password: String,
+        admin: bool,
+    },
+    UserPasswd {
+        name: String,
+        password: String,
+    },
+    UserDel {
+        name: String,
+    },
     UserList,
 }
 
@@ -49,7 +58,11 @@ pub struct Response {
 
 impl Response {
     fn error(e: impl ToString) -> Response {
-        Response { ok: false, error: Some(e.to_string()), users: None }
+        Response {
+            ok: false,
+            error: Some(e.to_string()),
+            users: None,
+        }
     }
 }
 
@@ -134,7 +147,9 @@ async fn handle(stream: UnixStream, state: &ControlState) -> io::Result<()> {
     }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let n = BufReader::new(read.take(MAX_REQUEST as u64)).read_line(&mut line).await?;
+    let n = BufReader::new(read.take(MAX_REQUEST as u64))
+        .read_line(&mut line)
+        .await?;
     let response = if n == 0 {
         return Ok(());
     } else {
@@ -177,7 +192,11 @@ async fn apply(req: Request, state: &ControlState) -> Response {
                 let n = state.router.kick_user(&name, Kick::Administrative);
                 tracing::info!(user = %name, connections = n, "disconnected the deleted user's connections");
             }
-            Response { ok: true, error: None, users }
+            Response {
+                ok: true,
+                error: None,
+                users,
+            }
         }
         Ok(Err(e)) => Response::error(e),
         Err(e) => Response::error(format!("internal error: {e}")),
@@ -191,15 +210,23 @@ async fn apply(req: Request, state: &ControlState) -> Response {
 /// unreadable answers.
 pub async fn request(data_dir: &Path, req: &Request) -> Result<Response, ControlError> {
     let path = socket_path(data_dir);
-    let io_err = |source| ControlError::Io { path: path.clone(), source };
+    let io_err = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
     let exchange = async {
         let mut stream = UnixStream::connect(&path).await.map_err(io_err)?;
         let mut line = serde_json::to_vec(req).map_err(|e| io_err(io::Error::other(e)))?;
         line.push(b'\n');
         stream.write_all(&line).await.map_err(io_err)?;
         let mut answer = String::new();
-        BufReader::new(stream.take(16 * 1024 * 1024)).read_line(&mut answer).await.map_err(io_err)?;
+        BufReader::new(stream.take(16 * 1024 * 1024))
+            .read_line(&mut answer)
+            .await
+            .map_err(io_err)?;
         serde_json::from_str(&answer).map_err(|_| ControlError::BadAnswer(path.clone()))
     };
-    tokio::time::timeout(TIMEOUT, exchange).await.unwrap_or_else(|_| Err(ControlError::Timeout(path.clone())))
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(ControlError::Timeout(path.clone())))
 }

@@ -20,4 +20,4 @@ pub mod session;
 pub mod store;
 
 pub use config::Config;
-pub use server::{start, RunningBroker};
+pub use server::{start, start_with, RunningBroker};

@@ -14,7 +14,11 @@ use natterd::store::{Store, StoreError};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "natterd", version, about = "Natter's MQTT 3.1.1/5.0 instant-messaging broker")]
+#[command(
+    name = "natterd",
+    version,
+    about = "Natter's MQTT 3.1.1/5.0 instant-messaging broker"
+)]
 struct Cli {
     /// Config file (default: ./config.toml when present, else built-in defaults).
     #[arg(long, global = true, value_name = "PATH")]
@@ -76,7 +80,10 @@ fn run() -> Result<()> {
     if let Some(addr) = cli.listen {
         config.server.listen = addr;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
         Command::User(cmd) => runtime.block_on(user(cmd, &config)),
@@ -119,7 +126,10 @@ fn read_password(name: &str) -> Result<String> {
         first
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
         line.trim_end_matches(['\n', '\r']).to_owned()
     };
     if password.is_empty() {
@@ -145,7 +155,10 @@ async fn user(cmd: UserCommand, config: &Config) -> Result<()> {
     let response = match control::request(data_dir, &request).await {
         Ok(r) => r,
         Err(ControlError::Io { source, .. })
-            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
         {
             let config = config.clone();
             let data_dir = data_dir.clone();
@@ -155,7 +168,12 @@ async fn user(cmd: UserCommand, config: &Config) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     if !response.ok {
-        bail!("{}", response.error.unwrap_or_else(|| "the broker refused the request".into()));
+        bail!(
+            "{}",
+            response
+                .error
+                .unwrap_or_else(|| "the broker refused the request".into())
+        );
     }
     report(&request, response.users.unwrap_or_default());
     Ok(())

@@ -56,11 +56,24 @@ pub struct RunningBroker {
     socket_path: PathBuf,
 }
 
-/// Opens the store, binds the listener and starts serving.
+/// Opens the store, binds the listener and starts serving with the default plugins
+/// (password authentication, then the foundation ACL).
 ///
 /// # Errors
 /// A locked or corrupt store, a port in use, a data dir that cannot hold the socket.
 pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
+    start_with(config, |_, _| Vec::new()).await
+}
+
+/// Like [`start`], with extra plugins asked before the default ones. `plugins` gets
+/// the router and the store, for plugins that route or store messages themselves.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(
+    config: Config,
+    plugins: impl FnOnce(&Router, &Store) -> Vec<Arc<dyn Hook>>,
+) -> Result<RunningBroker, ServerError> {
     let data_dir = config.server.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
@@ -70,15 +83,23 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     let store2 = store.clone();
     let auth = tokio::task::spawn_blocking(move || PasswordAuth::new(store2, &auth_cfg)).await??;
     let hasher = PasswordHasherConfig::new(&config.auth)?;
-    let plugins: Vec<Arc<dyn Hook>> = vec![Arc::new(auth), Arc::new(FoundationAcl)];
-    let hooks = Hooks::new(plugins);
     let router = Router::new(config.limits.clone());
+    let mut list = plugins(&router, &store);
+    list.push(Arc::new(auth));
+    list.push(Arc::new(FoundationAcl));
+    let hooks = Hooks::new(list);
 
     let listen = config.server.listen;
-    let tcp = TcpListener::bind(listen).await.map_err(|source| ServerError::Bind { addr: listen, source })?;
-    let local_addr = tcp.local_addr().map_err(|source| ServerError::Bind { addr: listen, source })?;
-    let (unix, socket_path, owner_uid) =
-        control::bind(&data_dir).map_err(|source| ServerError::Control { dir: data_dir.clone(), source })?;
+    let tcp = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: listen, source })?;
+    let local_addr = tcp
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: listen, source })?;
+    let (unix, socket_path, owner_uid) = control::bind(&data_dir).map_err(|source| ServerError::Control {
+        dir: data_dir.clone(),
+        source,
+    })?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tracker, connections_done) = mpsc::channel(1);
@@ -95,7 +116,12 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
         tracker,
     };
     let accept_task = tokio::spawn(listener.run(shutdown_rx.clone()));
-    let control_state = ControlState { store: store.clone(), hasher, router: router.clone(), owner_uid };
+    let control_state = ControlState {
+        store: store.clone(),
+        hasher,
+        router: router.clone(),
+        owner_uid,
+    };
     let control_task = tokio::spawn(control::serve(unix, control_state, shutdown_rx));
     tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "natterd listening");
     Ok(RunningBroker {
@@ -129,8 +155,14 @@ impl RunningBroker {
         let _ = self.shutdown.send(true);
         let _ = self.accept_task.await;
         let _ = self.control_task.await;
-        if tokio::time::timeout(self.grace, self.connections_done.recv()).await.is_err() {
-            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "connections still open after the grace period");
+        if tokio::time::timeout(self.grace, self.connections_done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "connections still open after the grace period"
+            );
         }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {

@@ -52,7 +52,9 @@ fn check(server: &str, user: Option<String>) -> Result<()> {
     let password = match &user {
         Some(_) => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the password from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the password from stdin")?;
             Some(Bytes::from(s.trim_end_matches(['\n', '\r']).to_owned()))
         }
         None => None,
@@ -89,7 +91,10 @@ fn check(server: &str, user: Option<String>) -> Result<()> {
             let mut out = BytesMut::new();
             Packet::Disconnect(Default::default()).encode(&mut out, Protocol::V5);
             let _ = stream.write_all(&out);
-            println!("ok: logged in to {server} as {}", user.as_deref().unwrap_or("anonymous"));
+            println!(
+                "ok: logged in to {server} as {}",
+                user.as_deref().unwrap_or("anonymous")
+            );
             Ok(())
         }
         Packet::ConnAck(a) => bail!("refused by {server}: reason code {:#04x}", a.code),

@@ -1,1 +1,410 @@
+//! Helpers for the end-to-end tests: a real broker on 127.0.0.1:0 with a temporary
+//! data dir, rumqttc clients (3.1.1 and 5), and a raw TCP client that speaks the
+//! shared codec byte by byte for malformed and hostile input.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use natter_shared::codec::{self, Connect, Packet, Properties, Protocol};
+use natterd::auth::password::PasswordHasherConfig;
+use natterd::config::Config;
+use natterd::hooks::Hook;
+use natterd::router::Router;
+use natterd::store::Store;
+use natterd::RunningBroker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The accounts every test broker has: (name, password, admin).
+pub const USERS: &[(&str, &str, bool)] = &[
+    ("alice", "alice-pw", false),
+    ("bob", "bob-pw", false),
+    ("carol", "carol-pw", false),
+    ("root", "root-pw", true),
+];
+
+/// A config for tests: port 0, cheap argon2, short timeouts.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default_config();
+    c.server.listen = "127.0.0.1:0".parse().expect("literal address");
+    c.server.data_dir = dir.to_path_buf();
+    c.server.shutdown_grace_ms = 2000;
+    c.auth.argon2_memory_kib = 8;
+    c.auth.argon2_iterations = 1;
+    c.auth.verify_workers = 2.try_into().expect("nonzero");
+    c
+}
+
+/// A broker running in this process.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    broker: Option<RunningBroker>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}, |_, _| Vec::new()).await
+    }
+
+    pub async fn start_config(f: impl FnOnce(&mut Config)) -> TestBroker {
+        Self::start_with(f, |_, _| Vec::new()).await
+    }
+
+    /// Starts with a modified config and extra plugins (asked before the defaults).
+    pub async fn start_with(
+        f: impl FnOnce(&mut Config),
+        plugins: impl FnOnce(&Router, &Store) -> Vec<Arc<dyn Hook>>,
+    ) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        f(&mut config);
+        {
+            let store = Store::open(dir.path()).expect("store");
+            let hasher = PasswordHasherConfig::new(&config.auth).expect("argon2 params");
+            for (name, pw, admin) in USERS {
+                natterd::accounts::add(&store, &hasher, name, pw.as_bytes(), *admin).expect("add user");
+            }
+        }
+        let broker = natterd::start_with(config, plugins).await.expect("broker starts");
+        TestBroker {
+            addr: broker.local_addr(),
+            broker: Some(broker),
+            dir,
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        self.broker.as_ref().expect("running").router()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(b) = self.broker.take() {
+            b.shutdown().await;
+        }
+    }
+}
+
+pub fn password(user: &str) -> &'static str {
+    USERS
+        .iter()
+        .find(|u| u.0 == user)
+        .map(|u| u.1)
+        .expect("known test user")
+}
+
+/// A client that writes and reads MQTT packets directly.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub protocol: Protocol,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw {
+            stream,
+            protocol,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Opens and sends CONNECT; returns the client and the CONNACK.
+    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, codec::ConnAck) {
+        let mut raw = Raw::open(addr, connect.protocol).await;
+        raw.send(&Packet::Connect(Box::new(connect))).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(a)) => (raw, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects as a known test user with the given client id; asserts success.
+    pub async fn login(addr: SocketAddr, protocol: Protocol, user: &str, client_id: &str) -> Raw {
+        let (raw, ack) = Raw::connect(addr, connect_packet(protocol, Some(user), client_id)).await;
+        assert_eq!(ack.code, 0, "login of {user} refused");
+        raw
+    }
+
+    pub async fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        p.encode(&mut out, self.protocol);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet, or `None` when the broker closed the connection. Panics after
+    /// [`WAIT`] without either.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        self.recv_within(WAIT)
+            .await
+            .expect("no packet and no close within the wait")
+    }
+
+    /// `Err` on timeout, `Ok(None)` on close.
+    pub async fn recv_within(&mut self, wait: Duration) -> Result<Option<Packet>, ()> {
+        tokio::time::timeout(wait, async {
+            loop {
+                if let Some(p) = codec::decode(&mut self.buf, self.protocol, codec::MAX_PACKET_SIZE)
+                    .expect("broker sent a valid packet")
+                {
+                    return Some(p);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| ())
+    }
+
+    /// Reads until the broker closes; returns the packets seen before (e.g. DISCONNECT).
+    pub async fn until_closed(&mut self) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        while let Some(p) = self.recv().await {
+            seen.push(p);
+        }
+        seen
+    }
+}
+
+/// A CONNECT for a known test user (or anonymous with `None`), clean start, keepalive 30.
+pub fn connect_packet(protocol: Protocol, user: Option<&str>, client_id: &str) -> Connect {
+    Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: client_id.into(),
+        will: None,
+        username: user.map(Into::into),
+        password: user.map(|u| bytes::Bytes::from_static(password(u).as_bytes())),
+        properties: Properties::default(),
+    }
+}
+
+pub mod v3 {
+    //! rumqttc 3.1.1 helpers.
+    use super::*;
+    pub use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+    use tokio::sync::mpsc;
+
+    pub fn options(addr: SocketAddr, client_id: &str, user: Option<&str>) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        if let Some(u) = user {
+            o.set_credentials(u, password(u));
+        }
+        o
+    }
+
+    /// A connected client whose incoming packets arrive on `rx`.
+    pub struct Client {
+        pub client: AsyncClient,
+        pub rx: mpsc::UnboundedReceiver<Packet>,
+        pub session_present: bool,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Connects; returns the CONNACK refusal as an error.
+    pub async fn connect(opts: MqttOptions) -> Result<Client, ConnectionError> {
+        let (client, mut ev) = AsyncClient::new(opts, 100);
+        let session_present = loop {
+            match tokio::time::timeout(WAIT, ev.poll())
+                .await
+                .expect("connect timed out")?
+            {
+                Event::Incoming(Packet::ConnAck(a)) => break a.session_present,
+                _ => continue,
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(e) = ev.poll().await {
+                if let Event::Incoming(p) = e {
+                    if tx.send(p).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Client {
+            client,
+            rx,
+            session_present,
+            task,
+        })
+    }
+
+    impl Client {
+        /// Next PUBLISH received.
+        pub async fn publish(&mut self) -> rumqttc::Publish {
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("no publish in time")
+                {
+                    Some(Packet::Publish(p)) => return p,
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
+                }
+            }
+        }
+
+        /// Next SUBACK received.
+        pub async fn suback(&mut self) -> rumqttc::SubAck {
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("no suback in time")
+                {
+                    Some(Packet::SubAck(a)) => return a,
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
+                }
+            }
+        }
+
+        /// Waits for a packet matching `f`.
+        pub async fn expect(&mut self, mut f: impl FnMut(&Packet) -> bool) -> Packet {
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("expected packet not received")
+                {
+                    Some(p) if f(&p) => return p,
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
+                }
+            }
+        }
+
+        /// Asserts that no PUBLISH arrives within `d`.
+        pub async fn no_publish(&mut self, d: Duration) {
+            let end = tokio::time::Instant::now() + d;
+            loop {
+                match tokio::time::timeout_at(end, self.rx.recv()).await {
+                    Err(_) | Ok(None) => return,
+                    Ok(Some(Packet::Publish(p))) => panic!("unexpected publish on {}", p.topic),
+                    Ok(Some(_)) => continue,
+                }
+            }
+        }
+    }
+}
+
+pub mod v5 {
+    //! rumqttc 5 helpers.
+    use super::*;
+    pub use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, Publish};
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+    use tokio::sync::mpsc;
+
+    pub fn options(addr: SocketAddr, client_id: &str, user: Option<&str>) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        if let Some(u) = user {
+            o.set_credentials(u, password(u));
+        }
+        o
+    }
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub rx: mpsc::UnboundedReceiver<Packet>,
+        pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    pub async fn connect(opts: MqttOptions) -> Result<Client, ConnectionError> {
+        let (client, mut ev) = AsyncClient::new(opts, 100);
+        let connack = loop {
+            match tokio::time::timeout(WAIT, ev.poll())
+                .await
+                .expect("connect timed out")?
+            {
+                Event::Incoming(Packet::ConnAck(a)) => break a,
+                _ => continue,
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(e) = ev.poll().await {
+                if let Event::Incoming(p) = e {
+                    if tx.send(p).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Client {
+            client,
+            rx,
+            connack,
+            task,
+        })
+    }
+
+    impl Client {
+        pub async fn publish(&mut self) -> Publish {
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("no publish in time")
+                {
+                    Some(Packet::Publish(p)) => return p,
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
+                }
+            }
+        }
+
+        pub async fn expect(&mut self, mut f: impl FnMut(&Packet) -> bool) -> Packet {
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("expected packet not received")
+                {
+                    Some(p) if f(&p) => return p,
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
+                }
+            }
+        }
+
+        pub async fn no_publish(&mut self, d: Duration) {
+            let end = tokio::time::Instant::now() + d;
+            loop {
+                match tokio::time::timeout_at(end, self.rx.recv()).await {
+                    Err(_) | Ok(None) => return,
+                    Ok(Some(Packet::Publish(p))) => panic!("unexpected publish on {:?}", p.topic),
+                    Ok(Some(_)) => continue,
+                }
+            }
+        }
+    }
+}

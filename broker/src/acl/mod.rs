@@ -78,7 +78,13 @@ mod tests {
             expires_at: None,
             origin: None,
         };
-        assert_eq!(acl.authorize_publish(&client(true), &msg("$SYS/x")), PublishDecision::Deny);
-        assert_eq!(acl.authorize_publish(&client(false), &msg("a/b")), PublishDecision::Allow);
+        assert_eq!(
+            acl.authorize_publish(&client(true), &msg("$SYS/x")),
+            PublishDecision::Deny
+        );
+        assert_eq!(
+            acl.authorize_publish(&client(false), &msg("a/b")),
+            PublishDecision::Allow
+        );
     }
 }

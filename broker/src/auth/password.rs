@@ -29,8 +29,13 @@ impl PasswordHasherConfig {
     /// # Errors
     /// Parameters argon2 refuses.
     pub fn new(cfg: &AuthConfig) -> Result<Self, PasswordError> {
-        let params = Params::new(cfg.argon2_memory_kib, cfg.argon2_iterations, cfg.argon2_parallelism, None)
-            .map_err(|e| PasswordError::Params(e.to_string()))?;
+        let params = Params::new(
+            cfg.argon2_memory_kib,
+            cfg.argon2_iterations,
+            cfg.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| PasswordError::Params(e.to_string()))?;
         Ok(PasswordHasherConfig { params })
     }
 

@@ -45,7 +45,9 @@ impl Throttle {
     }
 
     fn keys(user: Option<&str>, addr: IpAddr) -> impl Iterator<Item = Key> {
-        user.map(|u| Key::User(u.to_owned())).into_iter().chain(std::iter::once(Key::Addr(addr)))
+        user.map(|u| Key::User(u.to_owned()))
+            .into_iter()
+            .chain(std::iter::once(Key::Addr(addr)))
     }
 
     /// When the user name or the address is locked, how long remains.
@@ -65,7 +67,11 @@ impl Throttle {
             if !table.contains_key(&key) && table.len() >= self.max_entries {
                 evict_oldest(&mut table);
             }
-            let e = table.entry(key).or_insert(Entry { failures: 0, last_failure: now, locked_until: None });
+            let e = table.entry(key).or_insert(Entry {
+                failures: 0,
+                last_failure: now,
+                locked_until: None,
+            });
             // Failures older than the longest lockout are forgotten.
             if now.saturating_duration_since(e.last_failure) > self.max.max(self.base) * 2 {
                 e.failures = 0;
@@ -84,7 +90,10 @@ impl Throttle {
     /// so one good account does not unlock guessing at others from the same address).
     pub fn success(&self, user: Option<&str>) {
         if let Some(u) = user {
-            self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&Key::User(u.to_owned()));
+            self.table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&Key::User(u.to_owned()));
         }
     }
 }
@@ -137,7 +146,11 @@ mod tests {
         let t = throttle(4);
         let now = Instant::now();
         for i in 0..10u8 {
-            t.failure(Some(&format!("u{i}")), IpAddr::from([10, 0, 0, i]), now + Duration::from_millis(i.into()));
+            t.failure(
+                Some(&format!("u{i}")),
+                IpAddr::from([10, 0, 0, i]),
+                now + Duration::from_millis(i.into()),
+            );
         }
         assert!(t.table.lock().unwrap().len() <= 4);
         let ip: IpAddr = "10.1.1.1".parse().unwrap();

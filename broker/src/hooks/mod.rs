@@ -51,7 +51,9 @@ pub enum AuthFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
     /// Let the client in; `admin` grants admin rights.
-    Allow { admin: bool },
+    Allow {
+        admin: bool,
+    },
     Deny(AuthFailure),
     Abstain,
 }
@@ -208,8 +210,16 @@ mod tests {
         assert!(!h.authorize_subscribe(&client(), "a"));
         assert_eq!(h.authorize_publish(&client(), &msg()), PublishDecision::Deny);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let creds = Credentials { username: None, password: None, client_id: "c".into(), addr: client().addr };
-        assert_eq!(rt.block_on(h.authenticate(&creds)), AuthDecision::Deny(AuthFailure::NotAuthorized));
+        let creds = Credentials {
+            username: None,
+            password: None,
+            client_id: "c".into(),
+            addr: client().addr,
+        };
+        assert_eq!(
+            rt.block_on(h.authenticate(&creds)),
+            AuthDecision::Deny(AuthFailure::NotAuthorized)
+        );
     }
 
     #[test]

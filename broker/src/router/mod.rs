@@ -129,7 +129,12 @@ impl Router {
         let session = resumed.unwrap_or_else(|| {
             let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
             let limits = &self.inner.limits;
-            let s = Arc::new(Session::new(id, key.clone(), limits.max_queued_messages.get(), limits.queue_overflow));
+            let s = Arc::new(Session::new(
+                id,
+                key.clone(),
+                limits.max_queued_messages.get(),
+                limits.queue_overflow,
+            ));
             sessions.insert(key, s.clone());
             s
         });
@@ -146,7 +151,11 @@ impl Router {
             old.lock().generation += 1;
             self.drop_subscriptions(&old);
         }
-        Opened { session, present, generation }
+        Opened {
+            session,
+            present,
+            generation,
+        }
     }
 
     /// Removes `session` from the registry (if it is still the registered one for its
@@ -198,7 +207,10 @@ impl Router {
         self.inner.trie.write().unwrap_or_else(|p| p.into_inner()).insert(
             inner,
             group,
-            Subscriber { session: session.clone(), sub },
+            Subscriber {
+                session: session.clone(),
+                sub,
+            },
         );
         // Retained messages are not sent for shared subscriptions (MQTT-3.8.4-? / 4.8.2).
         let send_retained = group.is_none()
@@ -224,7 +236,11 @@ impl Router {
             return false;
         }
         let (group, inner) = split_group(filter);
-        self.inner.trie.write().unwrap_or_else(|p| p.into_inner()).remove(inner, group, session.id);
+        self.inner
+            .trie
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(inner, group, session.id);
         true
     }
 
@@ -238,12 +254,20 @@ impl Router {
         let stats = &self.inner.stats;
         stats.published.fetch_add(1, Ordering::Relaxed);
         let retained = if msg.retain {
-            self.inner.retained.write().unwrap_or_else(|p| p.into_inner()).set(msg.clone())
+            self.inner
+                .retained
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(msg.clone())
         } else {
             Ok(())
         };
         let mut matches = Vec::new();
-        self.inner.trie.read().unwrap_or_else(|p| p.into_inner()).matches(&msg.topic, &mut matches);
+        self.inner
+            .trie
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches(&msg.topic, &mut matches);
         let reached = self.deliver(&msg, matches);
         retained.map(|()| reached)
     }
@@ -273,7 +297,12 @@ impl Router {
         let stats = &self.inner.stats;
         let mut reached = 0;
         for (session, granted, rap, sub_ids) in targets {
-            let delivery = Delivery { msg: msg.clone(), qos: granted.min(msg.qos), retain: rap && msg.retain, sub_ids };
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos: granted.min(msg.qos),
+                retain: rap && msg.retain,
+                sub_ids,
+            };
             match session.enqueue(delivery) {
                 Enqueued::Queued => {
                     reached += 1;
@@ -300,7 +329,10 @@ mod tests {
     }
 
     fn key(c: &str) -> SessionKey {
-        SessionKey { username: Some("u".into()), client_id: c.into() }
+        SessionKey {
+            username: Some("u".into()),
+            client_id: c.into(),
+        }
     }
 
     fn msg(topic: &str, qos: QoS, retain: bool, origin: Option<u64>) -> Arc<Message> {
@@ -316,7 +348,13 @@ mod tests {
     }
 
     fn sub(qos: QoS, id: Option<u32>) -> Subscription {
-        Subscription { options: SubscriptionOptions { qos, ..Default::default() }, id }
+        Subscription {
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+            id,
+        }
     }
 
     #[test]
@@ -346,7 +384,11 @@ mod tests {
             &s,
             "t",
             Subscription {
-                options: SubscriptionOptions { qos: QoS::AtLeastOnce, no_local: true, ..Default::default() },
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    no_local: true,
+                    ..Default::default()
+                },
                 id: None,
             },
         );
@@ -366,7 +408,12 @@ mod tests {
         assert_eq!(r.subscribe(&s, "r/#", sb).retained.len(), 0, "existing subscription");
         sb.options.retain_handling = RetainHandling::Never;
         assert_eq!(r.subscribe(&s, "r/+", sb).retained.len(), 0);
-        assert_eq!(r.subscribe(&s, "$share/g/r/#", sub(QoS::AtMostOnce, None)).retained.len(), 0);
+        assert_eq!(
+            r.subscribe(&s, "$share/g/r/#", sub(QoS::AtMostOnce, None))
+                .retained
+                .len(),
+            0
+        );
     }
 
     #[test]
@@ -384,10 +431,20 @@ mod tests {
         let third = r.open_session(key("a"), true, oneshot::channel().0);
         assert!(!third.present);
         assert_ne!(third.session.id, first.session.id);
-        assert_eq!(r.publish(msg("x", QoS::AtLeastOnce, false, None)), Ok(0), "old subscriptions gone");
+        assert_eq!(
+            r.publish(msg("x", QoS::AtLeastOnce, false, None)),
+            Ok(0),
+            "old subscriptions gone"
+        );
         // Same client id, other user: a different session.
-        let other =
-            r.open_session(SessionKey { username: Some("v".into()), client_id: "a".into() }, false, oneshot::channel().0);
+        let other = r.open_session(
+            SessionKey {
+                username: Some("v".into()),
+                client_id: "a".into(),
+            },
+            false,
+            oneshot::channel().0,
+        );
         assert!(!other.present);
         assert_eq!(r.session_count(), 2);
         r.remove_session(&other.session);

@@ -32,7 +32,11 @@ pub struct RetainedStore {
 
 impl RetainedStore {
     pub fn new(max: usize) -> RetainedStore {
-        RetainedStore { root: Node::default(), count: 0, max }
+        RetainedStore {
+            root: Node::default(),
+            count: 0,
+            max,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -173,9 +177,14 @@ mod tests {
         for t in names {
             s.set(msg(t, "x")).unwrap();
         }
-        for f in ["#", "+", "a/#", "a/+", "+/b", "+/+", "/+", "$SYS/#", "+/#", "a//c", "a/b/c", "x/#"] {
-            let mut expected: Vec<String> =
-                names.iter().filter(|t| topic::matches(f, t)).map(|t| t.to_string()).collect();
+        for f in [
+            "#", "+", "a/#", "a/+", "+/b", "+/+", "/+", "$SYS/#", "+/#", "a//c", "a/b/c", "x/#",
+        ] {
+            let mut expected: Vec<String> = names
+                .iter()
+                .filter(|t| topic::matches(f, t))
+                .map(|t| t.to_string())
+                .collect();
             expected.sort();
             assert_eq!(topics(&s, f), expected, "filter {f}");
         }

@@ -175,11 +175,17 @@ mod tests {
         Subscriber {
             session: Arc::new(Session::new(
                 id,
-                SessionKey { username: None, client_id: id.to_string().into() },
+                SessionKey {
+                    username: None,
+                    client_id: id.to_string().into(),
+                },
                 10,
                 OverflowPolicy::DropNew,
             )),
-            sub: Subscription { options: SubscriptionOptions::default(), id: None },
+            sub: Subscription {
+                options: SubscriptionOptions::default(),
+                id: None,
+            },
         }
     }
 
@@ -193,7 +199,9 @@ mod tests {
 
     #[test]
     fn agrees_with_the_reference_matcher() {
-        let filters = ["#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "/+", "a/+/c", "$SYS/#", "+/#", "a//c"];
+        let filters = [
+            "#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "/+", "a/+/c", "$SYS/#", "+/#", "a//c",
+        ];
         let topics = ["a", "a/b", "a/b/c", "/b", "b/b", "$SYS/x", "a//c", "/", "$x"];
         let mut t = Trie::default();
         for (i, f) in filters.iter().enumerate() {

@@ -23,7 +23,9 @@ use crate::router::{Opened, RetainedFull};
 #[derive(Debug)]
 pub(super) enum End {
     /// DISCONNECT from the client; `with_will` for MQTT 5 reason 0x04.
-    ClientDisconnect { with_will: bool },
+    ClientDisconnect {
+        with_will: bool,
+    },
     /// The socket closed or failed without DISCONNECT.
     Abrupt(String),
     Kicked(Kick),
@@ -70,7 +72,10 @@ impl Handler {
         let limits = &ctx.limits;
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         let window = usize::from(limits.max_inflight.get().min(client_receive_max));
-        let client_max_packet = connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
+        let client_max_packet = connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize);
         let aliases = vec![None; usize::from(limits.max_topic_aliases)];
         Handler {
             conn,
@@ -190,7 +195,11 @@ impl Handler {
             if d.msg.is_expired(now) {
                 continue;
             }
-            let pkid = if d.qos == QoS::AtMostOnce { 0 } else { st.inflight.next_pkid() };
+            let pkid = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                st.inflight.next_pkid()
+            };
             let packet = publish_packet(self.protocol, &d, pkid, false, now);
             if packet.encoded_len(self.protocol) > self.client_max_packet {
                 // MQTT-3.1.2-25: discard, as if delivered.
@@ -219,7 +228,9 @@ impl Handler {
                 let done = self.session.lock().inflight.complete(a.pkid, Stage::Published);
                 match done {
                     Some(o) => self.ctx.hooks.on_acked(&self.info, &o.delivery.msg),
-                    None => tracing::debug!(client_id = %self.info.client_id, pkid = a.pkid, "PUBACK for unknown packet id"),
+                    None => {
+                        tracing::debug!(client_id = %self.info.client_id, pkid = a.pkid, "PUBACK for unknown packet id")
+                    }
                 }
             }
             Packet::PubRec(a) => {
@@ -246,7 +257,11 @@ impl Handler {
             }
             Packet::PubRel(a) => {
                 let known = self.session.lock().incoming_qos2.remove(&a.pkid);
-                let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
                 self.send(Packet::PubComp(Ack::with_reason(a.pkid, code)));
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -255,10 +270,16 @@ impl Handler {
             Packet::Disconnect(d) => return self.on_disconnect(d),
             Packet::Connect(_) => return Some(End::Protocol(reason::PROTOCOL_ERROR, "second CONNECT (MQTT-3.1.0-2)")),
             Packet::Auth(_) => {
-                return Some(End::Protocol(reason::PROTOCOL_ERROR, "AUTH without extended authentication (MQTT-4.12.0-1)"))
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH without extended authentication (MQTT-4.12.0-1)",
+                ))
             }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                return Some(End::Protocol(reason::PROTOCOL_ERROR, "server-to-client packet sent by a client"))
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "server-to-client packet sent by a client",
+                ))
             }
         }
         None
@@ -268,19 +289,30 @@ impl Handler {
         if self.protocol == Protocol::V5 {
             if let Some(alias) = p.properties.topic_alias.take() {
                 let Some(slot) = self.aliases.get_mut(usize::from(alias) - 1) else {
-                    return Some(End::Protocol(reason::TOPIC_ALIAS_INVALID, "topic alias above our maximum"));
+                    return Some(End::Protocol(
+                        reason::TOPIC_ALIAS_INVALID,
+                        "topic alias above our maximum",
+                    ));
                 };
                 if p.topic.is_empty() {
                     match slot {
                         Some(t) => p.topic = t.clone(),
-                        None => return Some(End::Protocol(reason::PROTOCOL_ERROR, "unknown topic alias (MQTT-3.3.4-?)")),
+                        None => {
+                            return Some(End::Protocol(
+                                reason::PROTOCOL_ERROR,
+                                "unknown topic alias (MQTT-3.3.4-?)",
+                            ))
+                        }
                     }
                 } else {
                     *slot = Some(p.topic.clone());
                 }
             }
             if !p.properties.subscription_identifiers.is_empty() {
-                return Some(End::Protocol(reason::PROTOCOL_ERROR, "subscription identifier from a client (MQTT-3.3.4-6)"));
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "subscription identifier from a client (MQTT-3.3.4-6)",
+                ));
             }
         }
         if p.qos == QoS::ExactlyOnce {
@@ -292,7 +324,10 @@ impl Handler {
                 return None;
             }
             if st.incoming_qos2.len() >= usize::from(self.ctx.limits.receive_maximum.get()) {
-                return Some(End::Protocol(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+                return Some(End::Protocol(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded",
+                ));
             }
         }
         let code = if self.protocol == Protocol::V5
@@ -382,15 +417,27 @@ impl Handler {
                 codes.push(failure(reason::NOT_AUTHORIZED));
                 continue;
             }
-            let sub = Subscription { options: f.options, id: sub_id };
+            let sub = Subscription {
+                options: f.options,
+                id: sub_id,
+            };
             let subscribed = self.ctx.router.subscribe(&self.session, &f.filter, sub);
             retained.extend(subscribed.retained.into_iter().map(|m| (m, sub)));
             codes.push(f.options.qos as u8);
         }
-        self.send(Packet::SubAck(SubAck { pkid: s.pkid, properties: Properties::default(), codes }));
+        self.send(Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            properties: Properties::default(),
+            codes,
+        }));
         for (msg, sub) in retained {
             let qos = msg.qos.min(sub.options.qos);
-            self.session.enqueue(Delivery { msg, qos, retain: true, sub_ids: sub.id.into_iter().collect() });
+            self.session.enqueue(Delivery {
+                msg,
+                qos,
+                retain: true,
+                sub_ids: sub.id.into_iter().collect(),
+            });
         }
     }
 
@@ -406,17 +453,26 @@ impl Handler {
                 }
             })
             .collect();
-        self.send(Packet::UnsubAck(UnsubAck { pkid: u.pkid, properties: Properties::default(), codes }));
+        self.send(Packet::UnsubAck(UnsubAck {
+            pkid: u.pkid,
+            properties: Properties::default(),
+            codes,
+        }));
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Option<End> {
         if let Some(expiry) = d.properties.session_expiry_interval {
             if self.session_expiry == 0 && expiry != 0 {
-                return Some(End::Protocol(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 (MQTT-3.14.2-2)"));
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "session expiry set on DISCONNECT after 0 (MQTT-3.14.2-2)",
+                ));
             }
             self.session_expiry = expiry.min(self.ctx.limits.max_session_expiry_secs);
         }
-        Some(End::ClientDisconnect { with_will: d.reason == reason::DISCONNECT_WITH_WILL })
+        Some(End::ClientDisconnect {
+            with_will: d.reason == reason::DISCONNECT_WITH_WILL,
+        })
     }
 
     async fn finish(mut self, end: End) {
@@ -443,7 +499,8 @@ impl Handler {
         }
         if let (Some(code), Protocol::V5) = (code, self.protocol) {
             if self.conn.is_clean() {
-                self.conn.queue(&Packet::Disconnect(Disconnect::with_reason(code)), self.protocol);
+                self.conn
+                    .queue(&Packet::Disconnect(Disconnect::with_reason(code)), self.protocol);
             }
         }
         if self.conn.is_clean() {

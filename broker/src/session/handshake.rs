@@ -22,7 +22,14 @@ pub(super) async fn refuse_protocol_level(mut conn: Connection, level: u8) {
     } else {
         (Protocol::V311, reason::v3::UNACCEPTABLE_PROTOCOL_VERSION)
     };
-    conn.queue(&Packet::ConnAck(ConnAck { session_present: false, code, properties: Properties::default() }), protocol);
+    conn.queue(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        }),
+        protocol,
+    );
     close_soon(&mut conn).await;
 }
 
@@ -32,7 +39,14 @@ async fn close_soon(conn: &mut Connection) {
 
 async fn refuse(mut conn: Connection, protocol: Protocol, v3: u8, v5: u8) {
     let code = if protocol == Protocol::V5 { v5 } else { v3 };
-    conn.queue(&Packet::ConnAck(ConnAck { session_present: false, code, properties: Properties::default() }), protocol);
+    conn.queue(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        }),
+        protocol,
+    );
     close_soon(&mut conn).await;
 }
 
@@ -53,7 +67,13 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         if protocol == Protocol::V311 && !connect.clean_start {
             tracing::info!(%addr, "refused: empty client id without clean session (MQTT-3.1.3-8)");
-            refuse(conn, protocol, reason::v3::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+            refuse(
+                conn,
+                protocol,
+                reason::v3::IDENTIFIER_REJECTED,
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+            )
+            .await;
             return None;
         }
         let id = random_client_id();
@@ -63,7 +83,13 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         id.into()
     } else if connect.client_id.len() > usize::from(limits.max_client_id_len.get()) {
         tracing::info!(%addr, len = connect.client_id.len(), "refused: client id too long");
-        refuse(conn, protocol, reason::v3::IDENTIFIER_REJECTED, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        refuse(
+            conn,
+            protocol,
+            reason::v3::IDENTIFIER_REJECTED,
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+        )
+        .await;
         return None;
     } else {
         connect.client_id.as_str().into()
@@ -71,7 +97,13 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
 
     if connect.properties.authentication_method.is_some() {
         tracing::info!(%addr, %client_id, "refused: extended authentication is not supported");
-        refuse(conn, protocol, reason::v3::NOT_AUTHORIZED, reason::BAD_AUTHENTICATION_METHOD).await;
+        refuse(
+            conn,
+            protocol,
+            reason::v3::NOT_AUTHORIZED,
+            reason::BAD_AUTHENTICATION_METHOD,
+        )
+        .await;
         return None;
     }
 
@@ -125,7 +157,10 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
     };
 
     let (kick_tx, kick_rx) = oneshot::channel();
-    let key = SessionKey { username: info.username.clone(), client_id: client_id.clone() };
+    let key = SessionKey {
+        username: info.username.clone(),
+        client_id: client_id.clone(),
+    };
     let opened = ctx.router.open_session(key, connect.clean_start, kick_tx);
 
     let mut properties = Properties::default();
@@ -141,7 +176,11 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
             properties.session_expiry_interval = Some(expiry);
         }
     }
-    let connack = Packet::ConnAck(ConnAck { session_present: opened.present, code: reason::SUCCESS, properties });
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: opened.present,
+        code: reason::SUCCESS,
+        properties,
+    });
 
     tracing::info!(
         %addr,
@@ -151,15 +190,6 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         session_present = opened.present,
         "client connected"
     );
-    let handler = Handler::new(
-        conn,
-        ctx,
-        info,
-        opened,
-        kick_rx,
-        &connect,
-        keep_alive,
-        expiry,
-    );
+    let handler = Handler::new(conn, ctx, info, opened, kick_rx, &connect, keep_alive, expiry);
     Some(handler.with_connack(connack))
 }

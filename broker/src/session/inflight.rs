@@ -53,7 +53,11 @@ impl Inflight {
     }
 
     pub fn push(&mut self, pkid: u16, delivery: Delivery) {
-        self.entries.push_back(Outgoing { pkid, delivery, stage: Stage::Published });
+        self.entries.push_back(Outgoing {
+            pkid,
+            delivery,
+            stage: Stage::Published,
+        });
     }
 
     fn position(&self, pkid: u16, stage: Stage) -> Option<usize> {
@@ -110,7 +114,10 @@ mod tests {
 
     #[test]
     fn ids_skip_zero_and_those_in_use() {
-        let mut f = Inflight { last_pkid: u16::MAX - 1, ..Default::default() };
+        let mut f = Inflight {
+            last_pkid: u16::MAX - 1,
+            ..Default::default()
+        };
         let a = f.next_pkid();
         f.push(a, d());
         assert_eq!(a, u16::MAX);

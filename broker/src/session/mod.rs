@@ -11,7 +11,7 @@ mod will;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use natter_shared::codec::{DecodeError, Packet, Protocol};
+use natter_shared::codec::{DecodeError, Packet};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -36,7 +36,7 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, ctx: Context) {
     let mut conn = Connection::new(stream, ctx.limits.max_packet_size.get() as usize);
     let mut shutdown = ctx.shutdown.clone();
     let first = tokio::select! {
-        r = tokio::time::timeout(ctx.limits.connect_timeout(), conn.read_packet(Protocol::V311)) => r,
+        r = tokio::time::timeout(ctx.limits.connect_timeout(), conn.read_connect()) => r,
         _ = crate::server::stopped(&mut shutdown) => return,
     };
     let connect = match first {

@@ -200,7 +200,15 @@ mod tests {
     }
 
     fn session(policy: OverflowPolicy) -> Session {
-        Session::new(1, SessionKey { username: None, client_id: "c".into() }, 2, policy)
+        Session::new(
+            1,
+            SessionKey {
+                username: None,
+                client_id: "c".into(),
+            },
+            2,
+            policy,
+        )
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub(super) struct Ended {
 }
 
 pub(super) fn after_disconnect(e: Ended) {
-    let will_delay = e.will.as_ref().and_then(|w| w.properties.will_delay_interval).unwrap_or(0);
+    let will_delay = e
+        .will
+        .as_ref()
+        .and_then(|w| w.properties.will_delay_interval)
+        .unwrap_or(0);
     let delay = will_delay.min(e.session_expiry);
     let mut will = e.will;
     if !e.attached {
@@ -48,7 +52,14 @@ pub(super) fn after_disconnect(e: Ended) {
     if e.shutting_down {
         return;
     }
-    let Ended { ctx, info, session, generation, session_expiry, .. } = e;
+    let Ended {
+        ctx,
+        info,
+        session,
+        generation,
+        session_expiry,
+        ..
+    } = e;
     tokio::spawn(async move {
         if let Some(w) = will {
             tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;

@@ -48,7 +48,9 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.join("store");
         let db = sled::Config::new().path(&path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if is_lock_error(io) => StoreError::Locked { path: path.display().to_string() },
+            sled::Error::Io(ref io) if is_lock_error(io) => StoreError::Locked {
+                path: path.display().to_string(),
+            },
             other => StoreError::Sled(other),
         })?;
         let meta = db.open_tree("meta")?;
@@ -57,11 +59,18 @@ impl Store {
                 meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
             }
             Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt { tree: "meta", reason: "schema_version is not 4 bytes".into() })?;
+                let found =
+                    <[u8; 4]>::try_from(v.as_ref())
+                        .map(u32::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt {
+                            tree: "meta",
+                            reason: "schema_version is not 4 bytes".into(),
+                        })?;
                 if found > SCHEMA_VERSION {
-                    return Err(StoreError::UnsupportedSchema { found, supported: SCHEMA_VERSION });
+                    return Err(StoreError::UnsupportedSchema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
                 }
             }
         }
@@ -80,9 +89,7 @@ impl Store {
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock
-        || e.raw_os_error() == Some(11)
-        || e.to_string().contains("lock")
+    e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) || e.to_string().contains("lock")
 }
 
 #[cfg(test)]
@@ -105,9 +112,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.db.open_tree("meta").unwrap().insert("schema_version", &99u32.to_be_bytes()).unwrap();
+            s.db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &99u32.to_be_bytes())
+                .unwrap();
             s.flush().unwrap();
         }
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::UnsupportedSchema { found: 99, .. })));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::UnsupportedSchema { found: 99, .. })
+        ));
     }
 }

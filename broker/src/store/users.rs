@@ -15,11 +15,17 @@ pub struct UserRecord {
 }
 
 fn decode(bytes: &[u8]) -> Result<UserRecord, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt { tree: "users", reason: e.to_string() })
+    bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt {
+        tree: "users",
+        reason: e.to_string(),
+    })
 }
 
 fn encode(rec: &UserRecord) -> Result<Vec<u8>, StoreError> {
-    bincode::serialize(rec).map_err(|e| StoreError::Corrupt { tree: "users", reason: e.to_string() })
+    bincode::serialize(rec).map_err(|e| StoreError::Corrupt {
+        tree: "users",
+        reason: e.to_string(),
+    })
 }
 
 impl Store {
@@ -54,7 +60,11 @@ impl Store {
             };
             let mut rec = decode(&old)?;
             f(&mut rec);
-            if self.users.compare_and_swap(name, Some(old), Some(encode(&rec)?))?.is_ok() {
+            if self
+                .users
+                .compare_and_swap(name, Some(old), Some(encode(&rec)?))?
+                .is_ok()
+            {
                 return self.flush();
             }
         }
@@ -80,8 +90,10 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                let name = String::from_utf8(k.to_vec())
-                    .map_err(|_| StoreError::Corrupt { tree: "users", reason: "user name is not UTF-8".into() })?;
+                let name = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
+                    tree: "users",
+                    reason: "user name is not UTF-8".into(),
+                })?;
                 Ok((name, decode(&v)?))
             })
             .collect()
@@ -93,7 +105,11 @@ mod tests {
     use super::*;
 
     fn rec(hash: &str) -> UserRecord {
-        UserRecord { password_hash: hash.into(), admin: false, created_at: 1 }
+        UserRecord {
+            password_hash: hash.into(),
+            admin: false,
+            created_at: 1,
+        }
     }
 
     #[test]
@@ -101,7 +117,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         s.create_user("alice", &rec("h1")).unwrap();
-        assert!(matches!(s.create_user("alice", &rec("h2")), Err(StoreError::UserExists(_))));
+        assert!(matches!(
+            s.create_user("alice", &rec("h2")),
+            Err(StoreError::UserExists(_))
+        ));
         assert_eq!(s.user("alice").unwrap().unwrap().password_hash, "h1");
     }
 

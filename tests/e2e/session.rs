@@ -1,0 +1,190 @@
+//! Sessions: resumption with queued messages, redelivery with DUP, takeover, clean
+//! start, session expiry.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use natter_e2e::{connect_packet, v3, Raw, TestBroker};
+use natter_shared::codec::{
+    reason, Ack, Packet, Properties, Protocol, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
+};
+
+fn subscribe(filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(Subscribe {
+        pkid: 1,
+        properties: Properties::default(),
+        filters: vec![SubscribeFilter {
+            filter: filter.into(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+    })
+}
+
+#[tokio::test]
+async fn persistent_v311_session_gets_queued_qos1_messages_in_order() {
+    let b = TestBroker::start().await;
+    let mut opts = v3::options(b.addr, "bob-phone", Some("bob"));
+    opts.set_clean_session(false);
+    let mut bob = v3::connect(opts.clone()).await.unwrap();
+    assert!(!bob.session_present);
+    bob.client.subscribe("inbox/bob", v3::QoS::AtLeastOnce).await.unwrap();
+    bob.suback().await;
+    bob.client.disconnect().await.unwrap();
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut alice = v3::connect(v3::options(b.addr, "alice", Some("alice"))).await.unwrap();
+    for n in 0..5 {
+        alice
+            .client
+            .publish("inbox/bob", v3::QoS::AtLeastOnce, false, format!("m{n}"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..5 {
+        alice.expect(|p| matches!(p, v3::Packet::PubAck(_))).await;
+    }
+    let mut bob = v3::connect(opts).await.unwrap();
+    assert!(bob.session_present);
+    for n in 0..5 {
+        assert_eq!(&bob.publish().await.payload[..], format!("m{n}").as_bytes());
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_are_redelivered_with_dup() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V311, Some("bob"), "flaky");
+    c.clean_start = false;
+    let (mut raw, _) = Raw::connect(b.addr, c.clone()).await;
+    raw.send(&subscribe("t/#", QoS::ExactlyOnce)).await;
+    assert!(matches!(raw.recv().await, Some(Packet::SubAck(_))));
+    let alice = v3::connect(v3::options(b.addr, "a", Some("alice"))).await.unwrap();
+    alice
+        .client
+        .publish("t/1", v3::QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    alice
+        .client
+        .publish("t/2", v3::QoS::ExactlyOnce, false, "two")
+        .await
+        .unwrap();
+    let Some(Packet::Publish(p1)) = raw.recv().await else {
+        panic!("publish")
+    };
+    let Some(Packet::Publish(p2)) = raw.recv().await else {
+        panic!("publish")
+    };
+    assert!(!p1.dup && !p2.dup);
+    // Acknowledge half of the QoS 2 flow, then vanish.
+    raw.send(&Packet::PubRec(Ack::new(p2.pkid))).await;
+    assert!(matches!(raw.recv().await, Some(Packet::PubRel(a)) if a.pkid == p2.pkid));
+    drop(raw);
+
+    let (mut raw, ack) = Raw::connect(b.addr, c).await;
+    assert!(ack.session_present);
+    match raw.recv().await {
+        Some(Packet::Publish(p)) => {
+            assert!(p.dup, "redelivered with DUP");
+            assert_eq!((p.pkid, &p.payload[..]), (p1.pkid, &b"one"[..]));
+            raw.send(&Packet::PubAck(Ack::new(p.pkid))).await;
+        }
+        other => panic!("expected the QoS 1 redelivery, got {other:?}"),
+    }
+    assert!(
+        matches!(raw.recv().await, Some(Packet::PubRel(a)) if a.pkid == p2.pkid),
+        "PUBREL re-sent"
+    );
+    raw.send(&Packet::PubComp(Ack::new(p2.pkid))).await;
+    assert_eq!(
+        raw.recv_within(Duration::from_millis(300)).await,
+        Err(()),
+        "nothing more"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn takeover_sends_0x8e_on_v5_and_closes_v311() {
+    let b = TestBroker::start().await;
+    let mut first = Raw::login(b.addr, Protocol::V5, "alice", "laptop").await;
+    let _second = Raw::login(b.addr, Protocol::V5, "alice", "laptop").await;
+    let seen = first.until_closed().await;
+    assert!(
+        matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::SESSION_TAKEN_OVER),
+        "{seen:?}"
+    );
+
+    let mut first = Raw::login(b.addr, Protocol::V311, "bob", "desk").await;
+    let _second = Raw::login(b.addr, Protocol::V311, "bob", "desk").await;
+    assert!(first.until_closed().await.is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn clean_start_discards_the_old_session() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "c1");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(300);
+    let (mut raw, ack) = Raw::connect(b.addr, c.clone()).await;
+    assert!(!ack.session_present);
+    raw.send(&subscribe("x", QoS::AtLeastOnce)).await;
+    raw.recv().await;
+    drop(raw);
+    let (_, ack) = Raw::connect(b.addr, c.clone()).await;
+    assert!(ack.session_present);
+    c.clean_start = true;
+    let (_raw, ack) = Raw::connect(b.addr, c).await;
+    assert!(!ack.session_present);
+    assert_eq!(b.router().subscription_count(), 0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn session_expiry_removes_the_session() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "short");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(1);
+    let (mut raw, _) = Raw::connect(b.addr, c.clone()).await;
+    raw.send(&subscribe("x", QoS::AtLeastOnce)).await;
+    raw.recv().await;
+    drop(raw);
+    let mut waited = Duration::ZERO;
+    while b.router().session_count() > 0 && waited < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    assert_eq!(b.router().session_count(), 0, "expired");
+    assert_eq!(b.router().subscription_count(), 0);
+    let (_, ack) = Raw::connect(b.addr, c).await;
+    assert!(!ack.session_present);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn empty_client_ids() {
+    let b = TestBroker::start().await;
+    // 3.1.1: allowed with clean session, refused without.
+    let (_r, ack) = Raw::connect(b.addr, connect_packet(Protocol::V311, Some("alice"), "")).await;
+    assert_eq!(ack.code, 0);
+    let mut c = connect_packet(Protocol::V311, Some("alice"), "");
+    c.clean_start = false;
+    let (_, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.code, reason::v3::IDENTIFIER_REJECTED);
+    // 5: assigned and announced.
+    let (_r, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("alice"), "")).await;
+    assert_eq!(ack.code, 0);
+    assert!(ack
+        .properties
+        .assigned_client_identifier
+        .is_some_and(|id| !id.is_empty()));
+    let _ = Bytes::new();
+    b.stop().await;
+}

@@ -1,0 +1,111 @@
+//! Will messages: an abrupt close fires the will; a DISCONNECT does not; v5 will
+//! delay is cancelled by a reconnect.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use natter_e2e::{connect_packet, v3, Raw, TestBroker};
+use natter_shared::codec::{reason, Disconnect, LastWill, Packet, Properties, Protocol, QoS};
+
+fn with_will(protocol: Protocol, user: &str, id: &str, delay: Option<u32>) -> natter_shared::codec::Connect {
+    let mut c = connect_packet(protocol, Some(user), id);
+    c.will = Some(LastWill {
+        topic: format!("wills/{id}"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: delay,
+            ..Default::default()
+        },
+    });
+    c
+}
+
+async fn watcher(b: &TestBroker) -> v3::Client {
+    let mut w = v3::connect(v3::options(b.addr, "watcher", Some("bob"))).await.unwrap();
+    w.client.subscribe("wills/#", v3::QoS::AtLeastOnce).await.unwrap();
+    w.suback().await;
+    w
+}
+
+#[tokio::test]
+async fn abrupt_close_fires_the_will_both_versions() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    for (protocol, id) in [(Protocol::V311, "dev3"), (Protocol::V5, "dev5")] {
+        let (raw, ack) = Raw::connect(b.addr, with_will(protocol, "alice", id, None)).await;
+        assert_eq!(ack.code, 0);
+        drop(raw);
+        let p = w.publish().await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            (format!("wills/{id}").as_str(), &b"gone"[..])
+        );
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn disconnect_discards_the_will_unless_v5_asks_for_it() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let (mut raw, _) = Raw::connect(b.addr, with_will(Protocol::V311, "alice", "clean3", None)).await;
+    raw.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert!(raw.until_closed().await.is_empty());
+    let (mut raw, _) = Raw::connect(b.addr, with_will(Protocol::V5, "alice", "clean5", None)).await;
+    raw.send(&Packet::Disconnect(Disconnect::default())).await;
+    raw.until_closed().await;
+    w.no_publish(Duration::from_millis(300)).await;
+    let (mut raw, _) = Raw::connect(b.addr, with_will(Protocol::V5, "alice", "askwill", None)).await;
+    raw.send(&Packet::Disconnect(Disconnect::with_reason(
+        reason::DISCONNECT_WITH_WILL,
+    )))
+    .await;
+    raw.until_closed().await;
+    assert_eq!(w.publish().await.topic, "wills/askwill");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn v5_will_delay_is_cancelled_by_reconnect_and_fires_otherwise() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let mut c = with_will(Protocol::V5, "alice", "delayed", Some(1));
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(60);
+    let (raw, _) = Raw::connect(b.addr, c.clone()).await;
+    drop(raw);
+    // Reconnect within the delay: no will.
+    let (raw2, ack) = Raw::connect(b.addr, c.clone()).await;
+    assert!(ack.session_present);
+    w.no_publish(Duration::from_millis(1500)).await;
+    // Now go away for good: the will comes after about a second.
+    drop(raw2);
+    let started = std::time::Instant::now();
+    assert_eq!(w.publish().await.topic, "wills/delayed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "will waited for its delay"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_timeout_closes_and_fires_the_will() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let mut c = with_will(Protocol::V5, "alice", "sleepy", None);
+    c.keep_alive = 1;
+    let (mut raw, _) = Raw::connect(b.addr, c).await;
+    let started = std::time::Instant::now();
+    let seen = raw.until_closed().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    assert!(matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::KEEP_ALIVE_TIMEOUT));
+    assert_eq!(w.publish().await.topic, "wills/sleepy");
+    b.stop().await;
+}
