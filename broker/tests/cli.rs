@@ -15,11 +15,20 @@ const FAST_ARGON: &str = "[auth]\nargon2_memory_kib = 8\nargon2_iterations = 1\n
 
 fn natterd(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(dir.join("config.toml")).arg("--data").arg(dir.join("data")).args(args);
+    cmd.arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("--data")
+        .arg(dir.join("data"))
+        .args(args);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn natterd");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     wait_with_timeout(child)
@@ -112,7 +121,9 @@ fn user_commands_without_a_broker() {
 #[test]
 fn user_commands_reach_a_running_broker() {
     let dir = setup();
-    assert!(natterd(dir.path(), &["user", "add", "alice"], Some("pw-alice\n")).status.success());
+    assert!(natterd(dir.path(), &["user", "add", "alice"], Some("pw-alice\n"))
+        .status
+        .success());
     let mut broker = Command::new(BIN)
         .arg("--config")
         .arg(dir.path().join("config.toml"))
@@ -125,9 +136,17 @@ fn user_commands_reach_a_running_broker() {
         .expect("spawn broker");
     let mut lines = BufReader::new(broker.stderr.take().expect("stderr")).lines();
     let addr: SocketAddr = loop {
-        let line = lines.next().expect("broker log ended before listening").expect("log line");
+        let line = lines
+            .next()
+            .expect("broker log ended before listening")
+            .expect("log line");
         if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
-            break rest.split_whitespace().next().expect("address").parse().expect("socket address");
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .parse()
+                .expect("socket address");
         }
     };
     // Keep draining the log so the broker never blocks on a full pipe.
@@ -138,7 +157,11 @@ fn user_commands_reach_a_running_broker() {
     assert_eq!(login(addr, "bob", "pw-bob"), 5, "bob does not exist yet");
     let o = natterd(dir.path(), &["user", "add", "bob"], Some("pw-bob\n"));
     assert!(o.status.success(), "add through the control socket: {}", stderr(&o));
-    assert_eq!(login(addr, "bob", "pw-bob"), 0, "the running broker sees the new account");
+    assert_eq!(
+        login(addr, "bob", "pw-bob"),
+        0,
+        "the running broker sees the new account"
+    );
     let o = natterd(dir.path(), &["user", "passwd", "bob"], Some("pw-bob-2\n"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(login(addr, "bob", "pw-bob-2"), 0);
@@ -148,7 +171,10 @@ fn user_commands_reach_a_running_broker() {
     assert!(o.status.success());
     assert_eq!(login(addr, "bob", "pw-bob-2"), 5);
 
-    let status = Command::new("kill").args(["-TERM", &broker.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let start = Instant::now();
     let exit = loop {
@@ -184,7 +210,10 @@ fn bad_config_is_refused_with_the_key() {
     let o = natterd(dir.path(), &["--listen", "127.0.0.1:0"], None);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("max_packet_size"), "{}", stderr(&o));
-    let o = Command::new(BIN).args(["--config", "/nonexistent/natter.toml"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["--config", "/nonexistent/natter.toml"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/natter.toml"), "{}", stderr(&o));
 }
