@@ -188,3 +188,62 @@ async fn empty_client_ids() {
     let _ = Bytes::new();
     b.stop().await;
 }
+
+#[tokio::test]
+async fn slow_consumers_are_bounded_by_the_queue_and_the_overflow_policy() {
+    use natterd::config::OverflowPolicy;
+    for policy in [OverflowPolicy::DropNew, OverflowPolicy::Disconnect] {
+        let b = TestBroker::start_config(|c| {
+            c.limits.max_queued_messages = 3.try_into().unwrap();
+            c.limits.queue_overflow = policy;
+        })
+        .await;
+        // A v5 client with a window of 1 that never acknowledges.
+        let mut c = connect_packet(Protocol::V5, Some("bob"), "slow");
+        c.properties.receive_maximum = Some(1);
+        let (mut slow, _) = Raw::connect(b.addr, c).await;
+        slow.send(&subscribe("flood/#", QoS::AtLeastOnce)).await;
+        assert!(matches!(slow.recv().await, Some(Packet::SubAck(_))));
+        let mut p = Raw::login(b.addr, Protocol::V5, "alice", "flooder").await;
+        for i in 1..=10u16 {
+            p.send(&Packet::Publish(natter_shared::codec::Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "flood/x".into(),
+                pkid: i,
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"m"),
+            }))
+            .await;
+            assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+        }
+        // 1 in flight + 3 queued, then the queue is full. With drop_new the other 6 are
+        // dropped and counted (7 if the connection had not yet moved one in flight);
+        // with disconnect the first overflow closes the consumer, whose clean session
+        // then ends, so later messages find no subscriber.
+        let dropped = b.router().stats().dropped.load(std::sync::atomic::Ordering::Relaxed);
+        match policy {
+            OverflowPolicy::DropNew => assert!((6..=7).contains(&dropped), "{dropped}"),
+            OverflowPolicy::Disconnect => assert!((1..=7).contains(&dropped), "{dropped}"),
+        }
+        match policy {
+            OverflowPolicy::DropNew => {
+                assert!(matches!(slow.recv().await, Some(Packet::Publish(_))));
+                assert_eq!(
+                    slow.recv_within(Duration::from_millis(300)).await,
+                    Err(()),
+                    "still connected, window full"
+                );
+            }
+            OverflowPolicy::Disconnect => {
+                let seen = slow.until_closed().await;
+                assert!(
+                    matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == reason::QUOTA_EXCEEDED),
+                    "{seen:?}"
+                );
+            }
+        }
+        b.stop().await;
+    }
+}

@@ -273,18 +273,25 @@ impl Router {
     }
 
     fn deliver(&self, msg: &Arc<Message>, matches: Vec<Subscriber>) -> usize {
-        // One delivery per session: highest granted QoS, every subscription id.
+        // One delivery per session: highest granted QoS, every subscription id. Few
+        // matches (the common case) are grouped by a linear scan, many through a map.
         let mut targets: Vec<(Arc<Session>, QoS, bool, Vec<u32>)> = Vec::with_capacity(matches.len());
-        let mut index: HashMap<u64, usize> = HashMap::new();
+        let mut index: Option<HashMap<u64, usize>> = (matches.len() > 16).then(HashMap::new);
         for m in matches {
             let opts = m.sub.options;
             if opts.no_local && msg.origin == Some(m.session.id) {
                 continue;
             }
-            let slot = match index.get(&m.session.id) {
-                Some(&i) => i,
+            let found = match &index {
+                Some(map) => map.get(&m.session.id).copied(),
+                None => targets.iter().position(|t| t.0.id == m.session.id),
+            };
+            let slot = match found {
+                Some(i) => i,
                 None => {
-                    index.insert(m.session.id, targets.len());
+                    if let Some(map) = &mut index {
+                        map.insert(m.session.id, targets.len());
+                    }
                     targets.push((m.session, QoS::AtMostOnce, false, Vec::new()));
                     targets.len() - 1
                 }
