@@ -6,13 +6,16 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::password::{PasswordError, PasswordHasherConfig};
-use crate::store::{Store, StoreError, UserRecord};
+use crate::auth::tokens;
+use crate::store::{Store, StoreError, TokenRecord, UserRecord};
 use natter_shared::names::is_valid_name;
 
 #[derive(Debug, Error)]
 pub enum AccountError {
-    #[error("invalid user name {0:?}: use 1-32 characters a-z 0-9 _ . - starting with a letter or digit")]
+    #[error("invalid name {0:?}: use 1-32 characters a-z 0-9 _ . - starting with a letter or digit")]
     InvalidName(String),
+    #[error("user {user} has no token named {name}")]
+    NoSuchToken { user: String, name: String },
     #[error(transparent)]
     Password(#[from] PasswordError),
     #[error(transparent)]
@@ -76,14 +79,81 @@ pub fn passwd(store: &Store, hasher: &PasswordHasherConfig, name: &str, password
     Ok(())
 }
 
-/// Deletes an account.
+/// Deletes an account and revokes its device tokens; returns the revoked digests.
 ///
 /// # Errors
 /// Unknown user, store errors.
-pub fn delete(store: &Store, name: &str) -> Result<(), AccountError> {
+pub fn delete(store: &Store, name: &str) -> Result<Vec<[u8; 32]>, AccountError> {
     check_name(name)?;
     store.delete_user(name)?;
-    Ok(())
+    Ok(store.revoke_tokens(name, None)?)
+}
+
+/// A device token as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub user: String,
+    pub name: String,
+    pub created_at: u64,
+}
+
+/// A token just created: the secret (shown once) and what the index needs.
+pub struct NewToken {
+    pub token: String,
+    pub digest: [u8; 32],
+    pub record: TokenRecord,
+}
+
+/// Creates a device token named `name` for `user`.
+///
+/// # Errors
+/// Invalid names, unknown user, a token of that name already, store errors.
+pub fn token_add(store: &Store, user: &str, name: &str) -> Result<NewToken, AccountError> {
+    check_name(user)?;
+    check_name(name)?;
+    let token = tokens::generate();
+    let digest = tokens::digest(token.as_bytes());
+    let record = TokenRecord {
+        user: user.to_owned(),
+        name: name.to_owned(),
+        created_at: now_secs(),
+    };
+    store.create_token(&digest, &record)?;
+    Ok(NewToken { token, digest, record })
+}
+
+/// Tokens of `user`, or of everyone.
+///
+/// # Errors
+/// Store errors.
+pub fn token_list(store: &Store, user: Option<&str>) -> Result<Vec<TokenInfo>, AccountError> {
+    let mut list: Vec<TokenInfo> = store
+        .tokens()?
+        .into_iter()
+        .filter(|(_, r)| user.is_none_or(|u| u == r.user))
+        .map(|(_, r)| TokenInfo {
+            user: r.user,
+            name: r.name,
+            created_at: r.created_at,
+        })
+        .collect();
+    list.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
+    Ok(list)
+}
+
+/// Revokes `user`'s token `name`; returns its digest.
+///
+/// # Errors
+/// Unknown token, store errors.
+pub fn token_revoke(store: &Store, user: &str, name: &str) -> Result<Vec<[u8; 32]>, AccountError> {
+    let removed = store.revoke_tokens(user, Some(name))?;
+    if removed.is_empty() {
+        return Err(AccountError::NoSuchToken {
+            user: user.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    Ok(removed)
 }
 
 /// Every account, by name.
@@ -128,7 +198,29 @@ mod tests {
         let rec = store.user("alice").unwrap().unwrap();
         assert!(crate::auth::password::verify(b"new", &rec.password_hash));
         assert_eq!(list(&store).unwrap()[0].name, "alice");
-        delete(&store, "alice").unwrap();
+        let t = token_add(&store, "alice", "sensor").unwrap();
+        assert!(tokens::looks_like_token(t.token.as_bytes()));
+        assert!(matches!(
+            token_add(&store, "alice", "sensor"),
+            Err(AccountError::Store(StoreError::TokenExists { .. }))
+        ));
+        assert!(matches!(
+            token_add(&store, "nobody", "x"),
+            Err(AccountError::Store(StoreError::NoSuchUser(_)))
+        ));
+        token_add(&store, "alice", "script").unwrap();
+        assert_eq!(token_list(&store, Some("alice")).unwrap().len(), 2);
+        assert_eq!(token_revoke(&store, "alice", "script").unwrap().len(), 1);
+        assert!(matches!(
+            token_revoke(&store, "alice", "script"),
+            Err(AccountError::NoSuchToken { .. })
+        ));
+        assert_eq!(
+            delete(&store, "alice").unwrap(),
+            vec![t.digest],
+            "tokens go with the account"
+        );
         assert!(list(&store).unwrap().is_empty());
+        assert!(token_list(&store, None).unwrap().is_empty());
     }
 }

@@ -16,8 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::accounts::{self, AccountInfo};
+use crate::accounts::{self, AccountInfo, TokenInfo};
 use crate::auth::password::PasswordHasherConfig;
+use crate::auth::tokens::TokenIndex;
 use crate::router::Router;
 use crate::session::Kick;
 use crate::store::Store;
@@ -45,6 +46,17 @@ pub enum Request {
         name: String,
     },
     UserList,
+    TokenAdd {
+        user: String,
+        name: String,
+    },
+    TokenList {
+        user: Option<String>,
+    },
+    TokenRevoke {
+        user: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -54,6 +66,11 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<Vec<AccountInfo>>,
+    /// A new token's secret (shown once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<TokenInfo>>,
 }
 
 impl Response {
@@ -61,7 +78,7 @@ impl Response {
         Response {
             ok: false,
             error: Some(e.to_string()),
-            users: None,
+            ..Response::default()
         }
     }
 }
@@ -86,6 +103,8 @@ pub struct ControlState {
     pub store: Store,
     pub hasher: PasswordHasherConfig,
     pub router: Router,
+    /// The live token index, kept in step with the store.
+    pub tokens: TokenIndex,
     /// The broker's user (owner of the socket file): the only one, with root, allowed in.
     pub owner_uid: u32,
 }
@@ -166,41 +185,70 @@ async fn handle(stream: UnixStream, state: &ControlState) -> io::Result<()> {
 
 async fn apply(req: Request, state: &ControlState) -> Response {
     let st = state.clone();
-    let kick = match &req {
-        Request::UserDel { name } => Some(name.clone()),
-        _ => None,
-    };
-    let result = tokio::task::spawn_blocking(move || match req {
-        Request::UserAdd { name, password, admin } => {
-            tracing::info!(user = %name, admin, "control: add user");
-            accounts::add(&st.store, &st.hasher, &name, password.as_bytes(), admin).map(|()| None)
-        }
-        Request::UserPasswd { name, password } => {
-            tracing::info!(user = %name, "control: change password");
-            accounts::passwd(&st.store, &st.hasher, &name, password.as_bytes()).map(|()| None)
-        }
-        Request::UserDel { name } => {
-            tracing::info!(user = %name, "control: delete user");
-            accounts::delete(&st.store, &name).map(|()| None)
-        }
-        Request::UserList => accounts::list(&st.store).map(Some),
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || apply_blocking(req, &st)).await;
     match result {
-        Ok(Ok(users)) => {
-            if let Some(name) = kick {
-                let n = state.router.kick_user(&name, Kick::Administrative);
-                tracing::info!(user = %name, connections = n, "disconnected the deleted user's connections");
-            }
-            Response {
-                ok: true,
-                error: None,
-                users,
-            }
-        }
+        Ok(Ok(r)) => r,
         Ok(Err(e)) => Response::error(e),
         Err(e) => Response::error(format!("internal error: {e}")),
     }
+}
+
+/// Applies a request to the store, then to the live state (token index, connections).
+/// Blocking. `natterd user ...` also calls it directly, with an idle router and index,
+/// when no broker runs.
+///
+/// # Errors
+/// What the account operations refuse.
+pub fn apply_blocking(req: Request, st: &ControlState) -> Result<Response, accounts::AccountError> {
+    let ok = Response {
+        ok: true,
+        ..Response::default()
+    };
+    Ok(match req {
+        Request::UserAdd { name, password, admin } => {
+            tracing::info!(user = %name, admin, "control: add user");
+            accounts::add(&st.store, &st.hasher, &name, password.as_bytes(), admin)?;
+            ok
+        }
+        Request::UserPasswd { name, password } => {
+            tracing::info!(user = %name, "control: change password");
+            accounts::passwd(&st.store, &st.hasher, &name, password.as_bytes())?;
+            ok
+        }
+        Request::UserDel { name } => {
+            tracing::info!(user = %name, "control: delete user");
+            let revoked = accounts::delete(&st.store, &name)?;
+            st.tokens.remove(&revoked);
+            let n = st.router.kick_user(&name, None, Kick::Administrative);
+            tracing::info!(user = %name, connections = n, "closed the deleted user's connections");
+            ok
+        }
+        Request::UserList => Response {
+            users: Some(accounts::list(&st.store)?),
+            ..ok
+        },
+        Request::TokenAdd { user, name } => {
+            tracing::info!(%user, token = %name, "control: add device token");
+            let new = accounts::token_add(&st.store, &user, &name)?;
+            st.tokens.insert(new.digest, new.record);
+            Response {
+                token: Some(new.token),
+                ..ok
+            }
+        }
+        Request::TokenList { user } => Response {
+            tokens: Some(accounts::token_list(&st.store, user.as_deref())?),
+            ..ok
+        },
+        Request::TokenRevoke { user, name } => {
+            tracing::info!(%user, token = %name, "control: revoke device token");
+            let revoked = accounts::token_revoke(&st.store, &user, &name)?;
+            st.tokens.remove(&revoked);
+            let n = st.router.kick_user(&user, Some(&name), Kick::Administrative);
+            tracing::info!(%user, token = %name, connections = n, "closed the revoked token's connections");
+            ok
+        }
+    })
 }
 
 /// Sends one request to a running broker.

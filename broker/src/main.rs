@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use natterd::accounts;
 use natterd::auth::password::PasswordHasherConfig;
+use natterd::auth::tokens::TokenIndex;
 use natterd::config::Config;
-use natterd::control::{self, ControlError, Request};
+use natterd::control::{self, ControlError, ControlState, Request};
+use natterd::router::Router;
 use natterd::store::{Store, StoreError};
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +41,21 @@ enum Command {
     /// Manage accounts; works whether or not a broker is running on the data dir.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage device tokens: random secrets that devices and scripts use as their MQTT
+    /// password (checked without argon2, so thousands of logins a second are cheap).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it once (only its SHA-256 digest is stored).
+    #[command(after_help = "Example: natterd token add alice sensor-1")]
+    Add { user: String, name: String },
+    /// List tokens (names, never secrets).
+    List { user: Option<String> },
+    /// Revoke a token; connections using it are closed.
+    Revoke { user: String, name: String },
 }
 
 #[derive(Subcommand)]
@@ -69,8 +85,14 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    // The broker logs at info by default; admin commands only warnings and errors.
+    let default_level = if matches!(cli.command, None | Some(Command::Serve)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -87,7 +109,11 @@ fn run() -> Result<()> {
         .context("starting the runtime")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
-        Command::User(cmd) => runtime.block_on(user(cmd, &config)),
+        Command::User(cmd) => {
+            let request = user_request(cmd)?;
+            runtime.block_on(admin(request, &config))
+        }
+        Command::Token(cmd) => runtime.block_on(admin(token_request(cmd), &config)),
     }
 }
 
@@ -116,6 +142,29 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
+fn user_request(cmd: UserCommand) -> Result<Request> {
+    Ok(match cmd {
+        UserCommand::Add { name, admin } => {
+            let password = read_password(&name)?;
+            Request::UserAdd { name, password, admin }
+        }
+        UserCommand::Passwd { name } => {
+            let password = read_password(&name)?;
+            Request::UserPasswd { name, password }
+        }
+        UserCommand::Del { name } => Request::UserDel { name },
+        UserCommand::List => Request::UserList,
+    })
+}
+
+fn token_request(cmd: TokenCommand) -> Request {
+    match cmd {
+        TokenCommand::Add { user, name } => Request::TokenAdd { user, name },
+        TokenCommand::List { user } => Request::TokenList { user },
+        TokenCommand::Revoke { user, name } => Request::TokenRevoke { user, name },
+    }
+}
+
 /// Reads a password: prompted without echo on a terminal, else one line of stdin.
 fn read_password(name: &str) -> Result<String> {
     let password = if std::io::stdin().is_terminal() {
@@ -139,19 +188,7 @@ fn read_password(name: &str) -> Result<String> {
     Ok(password)
 }
 
-async fn user(cmd: UserCommand, config: &Config) -> Result<()> {
-    let request = match cmd {
-        UserCommand::Add { name, admin } => {
-            let password = read_password(&name)?;
-            Request::UserAdd { name, password, admin }
-        }
-        UserCommand::Passwd { name } => {
-            let password = read_password(&name)?;
-            Request::UserPasswd { name, password }
-        }
-        UserCommand::Del { name } => Request::UserDel { name },
-        UserCommand::List => Request::UserList,
-    };
+async fn admin(request: Request, config: &Config) -> Result<()> {
     let data_dir = &config.server.data_dir;
     let response = match control::request(data_dir, &request).await {
         Ok(r) => r,
@@ -162,9 +199,8 @@ async fn user(cmd: UserCommand, config: &Config) -> Result<()> {
             ) =>
         {
             let config = config.clone();
-            let data_dir = data_dir.clone();
             let request = request.clone();
-            return tokio::task::spawn_blocking(move || offline(&data_dir, &config, request)).await?;
+            tokio::task::spawn_blocking(move || offline(&config, request)).await??
         }
         Err(e) => return Err(e.into()),
     };
@@ -176,12 +212,13 @@ async fn user(cmd: UserCommand, config: &Config) -> Result<()> {
                 .unwrap_or_else(|| "the broker refused the request".into())
         );
     }
-    report(&request, response.users.unwrap_or_default());
+    report(&request, response);
     Ok(())
 }
 
-/// No broker answers on the data dir: open the store directly.
-fn offline(data_dir: &Path, config: &Config, request: Request) -> Result<()> {
+/// No broker answers on the data dir: open the store and apply the request directly.
+fn offline(config: &Config, request: Request) -> Result<control::Response> {
+    let data_dir = &config.server.data_dir;
     let store = match Store::open(data_dir) {
         Ok(s) => s,
         Err(StoreError::Locked { path }) => bail!(
@@ -190,22 +227,23 @@ fn offline(data_dir: &Path, config: &Config, request: Request) -> Result<()> {
         ),
         Err(e) => return Err(e.into()),
     };
-    let hasher = PasswordHasherConfig::new(&config.auth)?;
-    let users = match &request {
-        Request::UserAdd { name, password, admin } => {
-            accounts::add(&store, &hasher, name, password.as_bytes(), *admin).map(|()| Vec::new())
-        }
-        Request::UserPasswd { name, password } => {
-            accounts::passwd(&store, &hasher, name, password.as_bytes()).map(|()| Vec::new())
-        }
-        Request::UserDel { name } => accounts::delete(&store, name).map(|()| Vec::new()),
-        Request::UserList => accounts::list(&store),
-    }?;
-    report(&request, users);
-    Ok(())
+    let state = ControlState {
+        store,
+        hasher: PasswordHasherConfig::new(&config.auth)?,
+        router: Router::new(config.limits.clone()),
+        tokens: TokenIndex::default(),
+        owner_uid: 0,
+    };
+    Ok(
+        control::apply_blocking(request, &state).unwrap_or_else(|e| control::Response {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Default::default()
+        }),
+    )
 }
 
-fn report(request: &Request, users: Vec<accounts::AccountInfo>) {
+fn report(request: &Request, response: control::Response) {
     match request {
         Request::UserAdd { name, admin, .. } => {
             println!("created {}{name}", if *admin { "admin " } else { "" })
@@ -213,9 +251,19 @@ fn report(request: &Request, users: Vec<accounts::AccountInfo>) {
         Request::UserPasswd { name, .. } => println!("password changed for {name}"),
         Request::UserDel { name } => println!("deleted {name}"),
         Request::UserList => {
-            for u in users {
+            for u in response.users.unwrap_or_default() {
                 println!("{}{}", u.name, if u.admin { " (admin)" } else { "" });
             }
         }
+        Request::TokenAdd { user, name } => {
+            eprintln!("created token {name} for {user}; it is shown only once:");
+            println!("{}", response.token.unwrap_or_default());
+        }
+        Request::TokenList { .. } => {
+            for t in response.tokens.unwrap_or_default() {
+                println!("{} {}", t.user, t.name);
+            }
+        }
+        Request::TokenRevoke { user, name } => println!("revoked token {name} of {user}"),
     }
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::acl::FoundationAcl;
 use crate::auth::password::{PasswordError, PasswordHasherConfig};
+use crate::auth::tokens::TokenIndex;
 use crate::auth::PasswordAuth;
 use crate::config::Config;
 use crate::control::{self, ControlState};
@@ -81,7 +82,11 @@ pub async fn start_with(
     };
     let auth_cfg = config.auth.clone();
     let store2 = store.clone();
-    let auth = tokio::task::spawn_blocking(move || PasswordAuth::new(store2, &auth_cfg)).await??;
+    let (auth, tokens) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let tokens = TokenIndex::load(&store2)?;
+        Ok((PasswordAuth::new(store2, tokens.clone(), &auth_cfg)?, tokens))
+    })
+    .await??;
     let hasher = PasswordHasherConfig::new(&config.auth)?;
     let router = Router::new(config.limits.clone());
     let mut list = plugins(&router, &store);
@@ -120,6 +125,7 @@ pub async fn start_with(
         store: store.clone(),
         hasher,
         router: router.clone(),
+        tokens,
         owner_uid,
     };
     let control_task = tokio::spawn(control::serve(unix, control_state, shutdown_rx));

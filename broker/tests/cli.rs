@@ -104,7 +104,7 @@ fn user_commands_without_a_broker() {
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
     let o = natterd(dir.path(), &["user", "add", "Bad Name"], Some("x\n"));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("invalid user name"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid name"), "{}", stderr(&o));
     let o = natterd(dir.path(), &["user", "add", "empty"], Some("\n"));
     assert!(!o.status.success());
     let o = natterd(dir.path(), &["user", "passwd", "nobody"], Some("x\n"));
@@ -216,4 +216,29 @@ fn bad_config_is_refused_with_the_key() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/natter.toml"), "{}", stderr(&o));
+}
+
+#[test]
+fn token_commands_without_a_broker() {
+    let dir = setup();
+    assert!(natterd(dir.path(), &["user", "add", "alice"], Some("pw\n"))
+        .status
+        .success());
+    let o = natterd(dir.path(), &["token", "add", "alice", "sensor-1"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_owned();
+    assert!(token.starts_with("nt_") && token.len() == 67, "{token}");
+    let o = natterd(dir.path(), &["token", "add", "alice", "sensor-1"], None);
+    assert!(!o.status.success(), "duplicate name refused");
+    let o = natterd(dir.path(), &["token", "add", "nobody", "x"], None);
+    assert!(stderr(&o).contains("no such user"), "{}", stderr(&o));
+    let o = natterd(dir.path(), &["token", "list"], None);
+    assert_eq!(stdout(&o), "alice sensor-1\n");
+    assert!(!stdout(&o).contains(&token), "secrets are never listed");
+    let o = natterd(dir.path(), &["token", "revoke", "alice", "sensor-1"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = natterd(dir.path(), &["token", "revoke", "alice", "sensor-1"], None);
+    assert!(!o.status.success());
+    let o = natterd(dir.path(), &["token", "list", "alice"], None);
+    assert_eq!(stdout(&o), "");
 }

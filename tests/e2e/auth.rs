@@ -114,3 +114,100 @@ async fn extended_authentication_is_refused_cleanly() {
     assert_eq!(ack.code, reason::BAD_AUTHENTICATION_METHOD);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn device_tokens_log_in_without_admin_rights_and_revocation_closes_them() {
+    use natter_shared::codec::{Packet, Properties, Subscribe, SubscribeFilter, SubscriptionOptions};
+    use natterd::control::{request, Request};
+    let b = TestBroker::start().await;
+    let data = b.dir.path();
+    let created = request(
+        data,
+        &Request::TokenAdd {
+            user: "root".into(),
+            name: "sensor-1".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(created.ok, "{:?}", created.error);
+    let token = created.token.expect("token shown once");
+    assert!(token.starts_with("nt_") && token.len() == 67);
+
+    let mut c = connect_packet(Protocol::V5, Some("root"), "sensor");
+    c.password = Some(bytes::Bytes::from(token.clone()));
+    let (mut dev, ack) = Raw::connect(b.addr, c.clone()).await;
+    assert_eq!(ack.code, 0, "token accepted");
+    // A token never carries admin rights, even for an admin account.
+    dev.send(&Packet::Subscribe(Subscribe {
+        pkid: 1,
+        properties: Properties::default(),
+        filters: vec![SubscribeFilter {
+            filter: "$SYS/#".into(),
+            options: SubscriptionOptions::default(),
+        }],
+    }))
+    .await;
+    assert!(matches!(dev.recv().await, Some(Packet::SubAck(a)) if a.codes == vec![reason::NOT_AUTHORIZED]));
+
+    // Another user cannot use it.
+    let mut stolen = connect_packet(Protocol::V5, Some("bob"), "thief");
+    stolen.password = Some(bytes::Bytes::from(token.clone()));
+    let (_, ack) = Raw::connect(b.addr, stolen).await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+
+    let listed = request(
+        data,
+        &Request::TokenList {
+            user: Some("root".into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        listed
+            .tokens
+            .unwrap()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["sensor-1"]
+    );
+
+    let revoked = request(
+        data,
+        &Request::TokenRevoke {
+            user: "root".into(),
+            name: "sensor-1".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(revoked.ok);
+    let seen = dev.until_closed().await;
+    assert!(
+        matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::ADMINISTRATIVE_ACTION),
+        "{seen:?}"
+    );
+    let (_, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD, "revoked");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_user_closes_its_connections() {
+    use natterd::control::{request, Request};
+    let b = TestBroker::start().await;
+    let mut carol = Raw::login(b.addr, Protocol::V5, "carol", "phone").await;
+    let r = request(b.dir.path(), &Request::UserDel { name: "carol".into() })
+        .await
+        .unwrap();
+    assert!(r.ok, "{:?}", r.error);
+    let seen = carol.until_closed().await;
+    assert!(
+        matches!(seen.as_slice(), [natter_shared::codec::Packet::Disconnect(d)] if d.reason == reason::ADMINISTRATIVE_ACTION)
+    );
+    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "phone")).await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    b.stop().await;
+}

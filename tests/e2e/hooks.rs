@@ -29,7 +29,9 @@ impl Hook for Probe {
         Box::pin(async move {
             match creds.username.as_deref() {
                 Some("banned") => AuthDecision::Deny(AuthFailure::NotAuthorized),
-                Some("device") if creds.password.as_deref() == Some(b"token") => AuthDecision::Allow { admin: false },
+                Some("device") if creds.password.as_deref() == Some(b"token") => {
+                    AuthDecision::Allow(Default::default())
+                }
                 _ => AuthDecision::Abstain,
             }
         })

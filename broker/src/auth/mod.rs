@@ -1,11 +1,14 @@
-//! The first plugin: password authentication against the account store.
+//! The first plugin: password and device-token authentication against the account
+//! store.
 //!
 //! argon2id verification runs on blocking threads through a bounded pool (a
 //! semaphore of `verify_workers` permits), so a login storm queues here and never
-//! starves message traffic on the async runtime.
+//! starves message traffic on the async runtime. Device tokens (see [`tokens`]) are
+//! checked in memory with one SHA-256; they never carry admin rights.
 
 pub mod password;
 pub mod throttle;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,13 +16,15 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
-use crate::hooks::{AuthDecision, AuthFailure, Credentials, Hook, HookFuture};
+use crate::hooks::{AuthDecision, AuthFailure, Credentials, Hook, HookFuture, Identity};
 use crate::store::Store;
 use throttle::Throttle;
+use tokens::TokenIndex;
 
 /// Authenticates CONNECT credentials against stored argon2id hashes.
 pub struct PasswordAuth {
     store: Store,
+    tokens: TokenIndex,
     allow_anonymous: bool,
     throttle: Throttle,
     workers: Arc<Semaphore>,
@@ -31,12 +36,13 @@ pub struct PasswordAuth {
 impl PasswordAuth {
     /// # Errors
     /// argon2 parameters it refuses.
-    pub fn new(store: Store, cfg: &AuthConfig) -> Result<PasswordAuth, password::PasswordError> {
+    pub fn new(store: Store, tokens: TokenIndex, cfg: &AuthConfig) -> Result<PasswordAuth, password::PasswordError> {
         let mut secret = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
         let dummy_hash = password::PasswordHasherConfig::new(cfg)?.hash(&secret)?.into();
         Ok(PasswordAuth {
             store,
+            tokens,
             allow_anonymous: cfg.allow_anonymous,
             throttle: Throttle::new(cfg),
             workers: Arc::new(Semaphore::new(cfg.verify_workers.get())),
@@ -48,7 +54,7 @@ impl PasswordAuth {
         let ip = creds.addr.ip();
         let Some(user) = creds.username.as_deref() else {
             if self.allow_anonymous && creds.password.is_none() {
-                return AuthDecision::Allow { admin: false };
+                return AuthDecision::Allow(Identity::default());
             }
             tracing::info!(addr = %creds.addr, "refused: no credentials");
             return AuthDecision::Deny(AuthFailure::BadCredentials);
@@ -62,6 +68,22 @@ impl PasswordAuth {
             tracing::info!(user, addr = %creds.addr, "refused: no password");
             return AuthDecision::Deny(AuthFailure::BadCredentials);
         };
+        if tokens::looks_like_token(&password) {
+            return match self.tokens.check(&password) {
+                Some(rec) if rec.user == user => {
+                    self.throttle.success(Some(user));
+                    AuthDecision::Allow(Identity {
+                        admin: false,
+                        token: Some(rec.name.into()),
+                    })
+                }
+                _ => {
+                    self.throttle.failure(Some(user), ip, Instant::now());
+                    tracing::info!(user, addr = %creds.addr, "refused: unknown or revoked device token");
+                    AuthDecision::Deny(AuthFailure::BadCredentials)
+                }
+            };
+        }
         let Ok(_permit) = self.workers.acquire().await else {
             return AuthDecision::Deny(AuthFailure::Unavailable);
         };
@@ -83,7 +105,7 @@ impl PasswordAuth {
         match verdict {
             Ok(Ok(Some(admin))) => {
                 self.throttle.success(Some(user));
-                AuthDecision::Allow { admin }
+                AuthDecision::Allow(Identity { admin, token: None })
             }
             Ok(Ok(None)) => {
                 self.throttle.failure(Some(user), ip, Instant::now());

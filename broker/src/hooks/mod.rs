@@ -47,13 +47,21 @@ pub enum AuthFailure {
     Unavailable,
 }
 
+/// Who an authenticated client is, beyond its user name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Admin rights.
+    pub admin: bool,
+    /// Name of the device token it logged in with, if any (so revoking the token can
+    /// close its connections).
+    pub token: Option<Arc<str>>,
+}
+
 /// An authentication answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// Let the client in; `admin` grants admin rights.
-    Allow {
-        admin: bool,
-    },
+    /// Let the client in.
+    Allow(Identity),
     Deny(AuthFailure),
     Abstain,
 }

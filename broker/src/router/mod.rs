@@ -170,8 +170,9 @@ impl Router {
         self.drop_subscriptions(session);
     }
 
-    /// Kicks every connection of `username` (for example when the account is deleted).
-    pub fn kick_user(&self, username: &str, why: Kick) -> usize {
+    /// Kicks every connection of `username` (for example when the account is deleted),
+    /// or only those logged in with the device token named `token`.
+    pub fn kick_user(&self, username: &str, token: Option<&str>, why: Kick) -> usize {
         let sessions: Vec<Arc<Session>> = self
             .sessions()
             .values()
@@ -180,7 +181,11 @@ impl Router {
             .collect();
         let mut n = 0;
         for s in sessions {
-            if let Some(kick) = s.lock().kick.take() {
+            let mut st = s.lock();
+            if token.is_some() && st.credential.as_deref() != token {
+                continue;
+            }
+            if let Some(kick) = st.kick.take() {
                 let _ = kick.send(why);
                 n += 1;
             }

@@ -113,8 +113,8 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         client_id: client_id.to_string(),
         addr,
     };
-    let admin = match ctx.hooks.authenticate(&creds).await {
-        AuthDecision::Allow { admin } => admin,
+    let identity = match ctx.hooks.authenticate(&creds).await {
+        AuthDecision::Allow(identity) => identity,
         AuthDecision::Deny(failure) => {
             let (v3, v5) = match failure {
                 AuthFailure::BadCredentials => (reason::v3::NOT_AUTHORIZED, reason::BAD_USERNAME_OR_PASSWORD),
@@ -137,7 +137,7 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         client_id: client_id.clone(),
         addr,
         protocol,
-        admin,
+        admin: identity.admin,
     };
 
     // Session expiry: 3.1.1 clean session 0 keeps the session as long as we allow.
@@ -162,6 +162,7 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         client_id: client_id.clone(),
     };
     let opened = ctx.router.open_session(key, connect.clean_start, kick_tx);
+    opened.session.lock().credential = identity.token;
 
     let mut properties = Properties::default();
     if protocol == Protocol::V5 {

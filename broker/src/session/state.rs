@@ -78,6 +78,8 @@ pub struct SessionState {
     pub kick: Option<oneshot::Sender<Kick>>,
     /// Deliveries dropped since the session began (logged, counted).
     pub dropped: u64,
+    /// Device token the attached connection logged in with, if any.
+    pub credential: Option<Arc<str>>,
 }
 
 /// A session: identity, limits and the state behind a mutex.

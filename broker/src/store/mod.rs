@@ -5,12 +5,14 @@
 //! Every method is synchronous: callers on the async runtime run writes (which
 //! flush) through [`tokio::task::spawn_blocking`].
 
+mod tokens;
 mod users;
 
 use std::path::Path;
 
 use thiserror::Error;
 
+pub use tokens::TokenRecord;
 pub use users::UserRecord;
 
 /// Schema version written at creation; a later version migrates from it on open.
@@ -30,6 +32,8 @@ pub enum StoreError {
     UserExists(String),
     #[error("no such user: {0}")]
     NoSuchUser(String),
+    #[error("user {user} already has a token named {name}")]
+    TokenExists { user: String, name: String },
 }
 
 /// A cheap-to-clone handle on the database.
@@ -37,6 +41,7 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     users: sled::Tree,
+    tokens: sled::Tree,
 }
 
 impl Store {
@@ -75,7 +80,8 @@ impl Store {
             }
         }
         let users = db.open_tree("users")?;
-        Ok(Store { db, users })
+        let tokens = db.open_tree("tokens")?;
+        Ok(Store { db, users, tokens })
     }
 
     /// Writes everything to disk. Blocking.
