@@ -1,0 +1,169 @@
+//! Micro-benchmarks of the hot paths: codec decode/encode, topic matching through
+//! the router, the authorization check, and the device-token check.
+//!
+//! `cargo bench -p natter-bench --bench micro`; under `cargo test` each runs once.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use natter_shared::codec::{self, Packet, Properties, Protocol, Publish, QoS, SubscriptionOptions};
+use natterd::acl::FoundationAcl;
+use natterd::auth::tokens::{self, TokenIndex};
+use natterd::config::Config;
+use natterd::hooks::{Hook, Hooks};
+use natterd::message::{ClientInfo, Message};
+use natterd::router::Router;
+use natterd::session::{SessionKey, Subscription};
+use natterd::store::TokenRecord;
+
+fn publish(protocol: Protocol) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "inbox/bob/dm/alice".into(),
+        pkid: 42,
+        properties: if protocol == Protocol::V5 {
+            Properties {
+                user_properties: vec![("id".into(), "12345".into()), ("from".into(), "alice".into())],
+                ..Default::default()
+            }
+        } else {
+            Properties::default()
+        },
+        payload: Bytes::from(vec![b'x'; 64]),
+    })
+}
+
+fn codec_benches(c: &mut Criterion) {
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let p = publish(protocol);
+        let mut encoded = BytesMut::new();
+        p.encode(&mut encoded, protocol);
+        let mut g = c.benchmark_group(format!("codec/{protocol:?}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("encode publish", |b| {
+            let mut buf = BytesMut::with_capacity(4096);
+            b.iter(|| {
+                buf.clear();
+                black_box(&p).encode(&mut buf, protocol);
+            })
+        });
+        g.bench_function("decode publish", |b| {
+            b.iter(|| {
+                let mut buf = encoded.clone();
+                black_box(codec::decode(&mut buf, protocol, 1 << 20).ok())
+            })
+        });
+        g.finish();
+    }
+}
+
+fn router_benches(c: &mut Criterion) {
+    let router = Router::new(Config::default_config().limits);
+    // 10,000 users, each with a mailbox subscription, plus a few wildcard watchers.
+    let mut sessions = Vec::new();
+    for i in 0..10_000 {
+        let key = SessionKey {
+            username: Some(format!("u{i}").into()),
+            client_id: "phone".into(),
+        };
+        let s = router
+            .open_session(key, true, tokio::sync::oneshot::channel().0)
+            .session;
+        // Offline sessions drop QoS 0 at once, so the queues never fill during the run.
+        s.set_online(false);
+        let sub = Subscription {
+            options: SubscriptionOptions::default(),
+            id: None,
+        };
+        router.subscribe(&s, &format!("inbox/u{i}/#"), sub);
+        sessions.push(s);
+    }
+    for i in 0..10 {
+        let s = router.open_session(
+            SessionKey {
+                username: Some("ops".into()),
+                client_id: format!("w{i}").into(),
+            },
+            true,
+            tokio::sync::oneshot::channel().0,
+        );
+        s.session.set_online(false);
+        router.subscribe(
+            &s.session,
+            "+/u5/+/+",
+            Subscription {
+                options: SubscriptionOptions::default(),
+                id: None,
+            },
+        );
+    }
+    let msg = |topic: &str| {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"hi"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: None,
+        })
+    };
+    let direct = msg("inbox/u42/dm/alice");
+    let watched = msg("inbox/u5/dm/alice");
+    let mut g = c.benchmark_group("router (10k mailboxes)");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("publish to one mailbox", |b| {
+        b.iter(|| router.publish(black_box(direct.clone())))
+    });
+    g.bench_function("publish matching 11 filters", |b| {
+        b.iter(|| router.publish(black_box(watched.clone())))
+    });
+    g.finish();
+}
+
+fn auth_benches(c: &mut Criterion) {
+    let hooks = Hooks::new(vec![Arc::new(FoundationAcl) as Arc<dyn Hook>]);
+    let client = ClientInfo {
+        username: Some("alice".into()),
+        client_id: "phone".into(),
+        addr: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+        protocol: Protocol::V5,
+        admin: false,
+    };
+    let m = Message {
+        topic: "dm/bob".into(),
+        payload: Bytes::from_static(b"hi"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        origin: None,
+    };
+    let index = TokenIndex::default();
+    let mut last = String::new();
+    for i in 0..10_000 {
+        last = tokens::generate();
+        index.insert(
+            tokens::digest(last.as_bytes()),
+            TokenRecord {
+                user: format!("u{i}"),
+                name: "t".into(),
+                created_at: 0,
+            },
+        );
+    }
+    let mut g = c.benchmark_group("auth");
+    g.bench_function("authorize publish", |b| {
+        b.iter(|| hooks.authorize_publish(black_box(&client), black_box(&m)))
+    });
+    g.bench_function("device token check (10k tokens)", |b| {
+        b.iter(|| index.check(black_box(last.as_bytes())))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec_benches, router_benches, auth_benches);
+criterion_main!(benches);

@@ -1,0 +1,298 @@
+//! The scenarios: pairs, group, fanin (messaging), connections and storm (connecting).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use natter_shared::codec::{Protocol, QoS};
+use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::client::{Client, Login};
+use crate::traffic::{self, Progress, Sender, Stats};
+
+/// Everything a scenario needs to know about the run.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub logins: Arc<Vec<(String, String)>>,
+    pub duration: Duration,
+    pub qos: QoS,
+    /// Total messages per second over all senders; 0 = unpaced.
+    pub rate: u64,
+    pub window: usize,
+    pub payload: usize,
+    pub broker_pid: Option<u32>,
+    /// Connections opened at once while setting up.
+    pub connect_concurrency: usize,
+}
+
+impl Common {
+    /// Login for simulated client `i`: the i-th credential (round robin), or anonymous.
+    pub fn login(&self, i: usize) -> Login {
+        let client_id = format!("load-{i}");
+        match self.logins.get(i % self.logins.len().max(1)) {
+            Some((u, p)) if !self.logins.is_empty() => Login {
+                client_id,
+                username: Some(u.clone()),
+                password: Some(p.clone()),
+            },
+            _ => Login {
+                client_id,
+                username: None,
+                password: None,
+            },
+        }
+    }
+
+    fn user(&self, i: usize) -> String {
+        self.login(i).username.unwrap_or_else(|| format!("anon{i}"))
+    }
+}
+
+/// One client of a messaging scenario: what it subscribes to and what it sends.
+struct Plan {
+    subscribe: Option<String>,
+    sender: Option<Sender>,
+}
+
+/// The senders of a scenario share one progress table.
+struct Senders {
+    progress: Arc<Progress>,
+    count: usize,
+    fanout: u64,
+}
+
+impl Senders {
+    fn new(count: usize, fanout: u64) -> Senders {
+        Senders {
+            progress: Progress::new(count),
+            count,
+            fanout,
+        }
+    }
+
+    fn sender(&self, c: &Common, topic: String, id: usize) -> Sender {
+        Sender {
+            topic: topic.into(),
+            id: id as u32,
+            qos: c.qos,
+            interval: (c.rate > 0).then(|| Duration::from_secs_f64(self.count as f64 / c.rate as f64)),
+            window: c.window,
+            payload: c.payload,
+            fanout: self.fanout,
+            progress: self.progress.clone(),
+        }
+    }
+}
+
+/// Connects every planned client (bounded concurrency), then runs them together.
+async fn run_traffic(c: &Common, plans: Vec<Plan>, progress: Arc<Progress>) -> Result<(Stats, f64)> {
+    let permits = Arc::new(Semaphore::new(c.connect_concurrency));
+    let mut connecting = Vec::new();
+    for (i, plan) in plans.into_iter().enumerate() {
+        let login = c.login(i);
+        let (addr, protocol, qos) = (c.addr, c.protocol, c.qos);
+        let permits = permits.clone();
+        connecting.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let mut client = Client::connect(addr, protocol, &login, 60).await?;
+            if let Some(f) = &plan.subscribe {
+                client.subscribe(f, qos).await?;
+            }
+            anyhow::Ok((client, plan.sender))
+        }));
+    }
+    let mut ready = Vec::new();
+    for t in connecting {
+        ready.push(t.await??);
+    }
+    let start = Instant::now();
+    let stop = start + c.duration;
+    let drain_until = stop + Duration::from_secs(3);
+    let tasks: Vec<_> = ready
+        .into_iter()
+        .map(|(client, sender)| tokio::spawn(traffic::run(client, sender, progress.clone(), start, stop, drain_until)))
+        .collect();
+    let mut total: Option<Stats> = None;
+    for t in tasks {
+        let s = t.await??;
+        match &mut total {
+            Some(tot) => tot.merge(&s),
+            None => total = Some(s),
+        }
+    }
+    let Some(total) = total else { bail!("no clients") };
+    Ok((total, c.duration.as_secs_f64()))
+}
+
+fn traffic_summary(c: &Common, s: &Stats, secs: f64, deliveries_per_message: u64) -> Map<String, Value> {
+    let basis = if c.qos == QoS::AtMostOnce { s.sent } else { s.acked };
+    let expected = basis * deliveries_per_message;
+    let unique = s.received - s.dups;
+    let h = &s.latency_us;
+    let mut m = Map::new();
+    m.insert("sent".into(), json!(s.sent));
+    m.insert("acked".into(), json!(s.acked));
+    m.insert("delivered".into(), json!(unique));
+    m.insert("expected".into(), json!(expected));
+    m.insert("lost".into(), json!(expected.saturating_sub(unique)));
+    m.insert("dup".into(), json!(s.dups));
+    m.insert("msgs_per_sec".into(), json!(s.sent as f64 / secs));
+    m.insert("deliveries_per_sec".into(), json!(unique as f64 / secs));
+    m.insert("p50_us".into(), json!(h.value_at_quantile(0.50)));
+    m.insert("p99_us".into(), json!(h.value_at_quantile(0.99)));
+    m.insert("p999_us".into(), json!(h.value_at_quantile(0.999)));
+    m.insert("max_us".into(), json!(h.max()));
+    m
+}
+
+/// P pairs chatting 1:1: each client subscribes to its own inbox and sends to its peer's.
+pub async fn pairs(c: &Common, pairs: usize) -> Result<Map<String, Value>> {
+    let n = pairs * 2;
+    let senders = Senders::new(n, 1);
+    let plans = (0..n)
+        .map(|i| {
+            let peer = i ^ 1;
+            Plan {
+                subscribe: Some(format!("bench/inbox/{}/{i}", c.user(i))),
+                sender: Some(senders.sender(c, format!("bench/inbox/{}/{peer}", c.user(peer)), i)),
+            }
+        })
+        .collect();
+    let (s, secs) = run_traffic(c, plans, senders.progress.clone()).await?;
+    let mut m = traffic_summary(c, &s, secs, 1);
+    m.insert("pairs".into(), json!(pairs));
+    Ok(m)
+}
+
+/// One group of G members (all subscribed), the first K of whom publish to it.
+pub async fn group(c: &Common, members: usize, publishers: usize) -> Result<Map<String, Value>> {
+    let senders = Senders::new(publishers, members as u64);
+    let plans = (0..members)
+        .map(|i| Plan {
+            subscribe: Some("bench/group/g1".into()),
+            sender: (i < publishers).then(|| senders.sender(c, "bench/group/g1".into(), i)),
+        })
+        .collect();
+    let (s, secs) = run_traffic(c, plans, senders.progress.clone()).await?;
+    let mut m = traffic_summary(c, &s, secs, members as u64);
+    m.insert("members".into(), json!(members));
+    m.insert("publishers".into(), json!(publishers));
+    Ok(m)
+}
+
+/// N publishers, one subscriber on a wildcard.
+pub async fn fanin(c: &Common, publishers: usize) -> Result<Map<String, Value>> {
+    let senders = Senders::new(publishers, 1);
+    let mut plans = vec![Plan {
+        subscribe: Some("bench/fanin/#".into()),
+        sender: None,
+    }];
+    plans.extend((0..publishers).map(|i| Plan {
+        subscribe: None,
+        sender: Some(senders.sender(c, format!("bench/fanin/{i}"), i)),
+    }));
+    let (s, secs) = run_traffic(c, plans, senders.progress.clone()).await?;
+    let mut m = traffic_summary(c, &s, secs, 1);
+    m.insert("publishers".into(), json!(publishers));
+    Ok(m)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// C idle connections (each subscribed to its inbox unless `subscribe` is false):
+/// connects per second and broker memory per 1,000 connections.
+pub async fn connections(c: &Common, count: usize, subscribe: bool) -> Result<Map<String, Value>> {
+    let rss_before = c.broker_pid.and_then(rss_kib);
+    let permits = Arc::new(Semaphore::new(c.connect_concurrency));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let login = c.login(i);
+        let filter = format!("bench/inbox/{}/{i}", c.user(i));
+        let (addr, protocol, qos, permits) = (c.addr, c.protocol, c.qos, permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = permits.acquire_owned().await?;
+            let mut client = Client::connect(addr, protocol, &login, 600).await?;
+            if subscribe {
+                client.subscribe(&filter, qos).await?;
+            }
+            anyhow::Ok(client)
+        }));
+    }
+    let mut clients = Vec::with_capacity(count);
+    for t in tasks {
+        clients.push(t.await?.context("connecting")?);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Let the broker settle before reading its memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = c.broker_pid.and_then(rss_kib);
+    let mut m = Map::new();
+    m.insert("connections".into(), json!(count));
+    m.insert("connect_secs".into(), json!(secs));
+    m.insert("connects_per_sec".into(), json!(count as f64 / secs));
+    if let (Some(a), Some(b)) = (rss_before, rss_after) {
+        m.insert("rss_before_kib".into(), json!(a));
+        m.insert("rss_after_kib".into(), json!(b));
+        m.insert(
+            "rss_per_1000_kib".into(),
+            json!((b.saturating_sub(a)) as f64 * 1000.0 / count as f64),
+        );
+    }
+    drop(clients);
+    Ok(m)
+}
+
+/// C clients connecting all at once (as after a broker restart), retrying refused or
+/// failed attempts: the time until every one is connected.
+pub async fn storm(c: &Common, count: usize, deadline: Duration) -> Result<Map<String, Value>> {
+    let start = Instant::now();
+    let give_up = start + deadline;
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let login = c.login(i);
+        let (addr, protocol) = (c.addr, c.protocol);
+        tasks.push(tokio::spawn(async move {
+            let mut attempts = 0u32;
+            loop {
+                attempts += 1;
+                match Client::connect(addr, protocol, &login, 600).await {
+                    Ok(client) => return Ok((client, attempts, start.elapsed())),
+                    Err(e) if Instant::now() < give_up => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempts.min(10)))).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }));
+    }
+    let mut clients = Vec::with_capacity(count);
+    let mut retries = 0u64;
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (client, attempts, at) = t.await?.context("storm client never connected")?;
+        retries += u64::from(attempts - 1);
+        slowest = slowest.max(at);
+        clients.push(client);
+    }
+    let mut m = Map::new();
+    m.insert("connections".into(), json!(count));
+    m.insert("all_connected_secs".into(), json!(slowest.as_secs_f64()));
+    m.insert("connects_per_sec".into(), json!(count as f64 / slowest.as_secs_f64()));
+    m.insert("retries".into(), json!(retries));
+    drop(clients);
+    Ok(m)
+}
