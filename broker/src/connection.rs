@@ -1,17 +1,24 @@
 //! Framed MQTT I/O over a TCP stream: bytes in, packets out, and packets in, bytes
 //! out. Outgoing packets are encoded into one buffer and written with one syscall
 //! per wake-up, not one per packet.
+//!
+//! Idle connections hold no buffers: the socket is awaited for readiness before a
+//! read buffer is allocated, and both buffers are released once empty, so thousands
+//! of idle devices cost a few hundred bytes each here.
 
 use std::io;
 
 use bytes::BytesMut;
 use natter_shared::codec::{self, DecodeError, Packet, Protocol};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Buffer size above which queued output is written before encoding more.
 pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Smallest and largest read buffer reserved at a time.
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ConnectionError {
@@ -30,6 +37,8 @@ pub struct Connection {
     wbuf: BytesMut,
     /// Largest packet accepted from the peer.
     max_packet_size: usize,
+    /// Bytes to reserve for the next read; adapts to the traffic.
+    read_hint: usize,
     /// Set while a write is in progress: if that write is cancelled, part of a packet
     /// may be on the wire and nothing more can be written.
     writing: bool,
@@ -39,9 +48,10 @@ impl Connection {
     pub fn new(stream: TcpStream, max_packet_size: usize) -> Connection {
         Connection {
             stream,
-            rbuf: BytesMut::with_capacity(1024),
+            rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             max_packet_size,
+            read_hint: MIN_READ,
             writing: false,
         }
     }
@@ -59,12 +69,35 @@ impl Connection {
     /// # Errors
     /// [`ConnectionError::Closed`] on end of stream, I/O errors.
     pub async fn fill(&mut self) -> Result<(), ConnectionError> {
-        if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(4096);
+        loop {
+            self.stream.readable().await?;
+            if self.rbuf.capacity() - self.rbuf.len() < MIN_READ / 2 {
+                self.rbuf.reserve(self.read_hint);
+            }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Err(ConnectionError::Closed),
+                Ok(n) => {
+                    // Read sizes follow the traffic: a full buffer doubles the next one,
+                    // small reads shrink it, so chatty connections make few syscalls and
+                    // quiet ones never hold large buffers.
+                    if n == spare {
+                        self.read_hint = (self.read_hint * 2).min(MAX_READ);
+                    } else if n < self.read_hint / 4 {
+                        self.read_hint = (self.read_hint / 2).max(MIN_READ);
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        match self.stream.read_buf(&mut self.rbuf).await? {
-            0 => Err(ConnectionError::Closed),
-            _ => Ok(()),
+    }
+
+    /// Frees the read buffer when it holds no partial packet.
+    pub fn release_idle(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
         }
     }
 
@@ -120,10 +153,7 @@ impl Connection {
             self.writing = true;
             self.stream.write_all(&self.wbuf).await?;
             self.writing = false;
-            self.wbuf.clear();
-            if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
-                self.wbuf = BytesMut::with_capacity(1024);
-            }
+            self.wbuf = BytesMut::new();
         }
         Ok(())
     }

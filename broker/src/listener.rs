@@ -46,11 +46,7 @@ impl Listener {
                     }
                     let ctx = self.ctx.clone();
                     let done = self.tracker.clone();
-                    tokio::spawn(async move {
-                        session::serve(stream, addr, ctx).await;
-                        drop(permit);
-                        drop(done);
-                    });
+                    tokio::spawn(session::serve(stream, addr, ctx, (permit, done)));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");

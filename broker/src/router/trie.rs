@@ -34,7 +34,8 @@ impl SharedGroup {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// Boxed children keep the maps' buckets small: most nodes have one child.
+    children: HashMap<Box<str>, Box<Node>>,
     subscribers: HashMap<u64, Subscriber>,
     shared: HashMap<Box<str>, SharedGroup>,
 }

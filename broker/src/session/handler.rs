@@ -47,13 +47,16 @@ pub(super) struct Handler {
     /// Zero: no keepalive.
     keep_alive: Duration,
     last_seen: Instant,
-    will: Option<LastWill>,
+    /// Boxed: a will with its properties is large and most clients have none.
+    will: Option<Box<LastWill>>,
+    /// The keepalive timer, reset rather than recreated on each wake-up.
+    keepalive_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     session_expiry: u32,
     /// Outgoing QoS 1/2 window: min(our max_inflight, client's Receive Maximum).
     window: usize,
     /// Client's Maximum Packet Size (MQTT 5).
     client_max_packet: usize,
-    /// Topic aliases set by the client (MQTT 5), index = alias - 1.
+    /// Topic aliases set by the client (MQTT 5), index = alias - 1; allocated on first use.
     aliases: Vec<Option<Arc<str>>>,
 }
 
@@ -76,17 +79,17 @@ impl Handler {
             .properties
             .maximum_packet_size
             .map_or(usize::MAX, |m| m as usize);
-        let aliases = vec![None; usize::from(limits.max_topic_aliases)];
         Handler {
             conn,
             protocol: connect.protocol,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
             last_seen: Instant::now(),
-            will: connect.will.clone(),
+            will: connect.will.clone().map(Box::new),
+            keepalive_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             session_expiry,
             window,
             client_max_packet,
-            aliases,
+            aliases: Vec::new(),
             ctx,
             info,
             session: opened.session,
@@ -113,9 +116,20 @@ impl Handler {
         self
     }
 
+    /// Size of the connected-state future (the long-lived task of each connection).
+    #[cfg(test)]
+    pub(super) fn run_future_size() -> usize {
+        fn future_size<A, F: std::future::Future>(_: &impl Fn(A) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        future_size(&Handler::run)
+    }
+
     pub(super) async fn run(mut self) {
         let end = self.event_loop().await;
-        self.finish(end).await;
+        // Boxed: the closing sequence is short-lived and would otherwise enlarge every
+        // idle connection's task.
+        Box::pin(self.finish(end)).await;
     }
 
     async fn event_loop(&mut self) -> End {
@@ -139,7 +153,11 @@ impl Handler {
                 continue;
             }
             let keepalive_on = !self.keep_alive.is_zero();
-            let deadline = self.last_seen + self.keep_alive.mul_f32(1.5);
+            if keepalive_on {
+                let deadline = self.last_seen + self.keep_alive.mul_f32(1.5);
+                self.keepalive_timer.as_mut().reset(deadline.into());
+            }
+            self.conn.release_idle();
             tokio::select! {
                 biased;
                 k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
@@ -153,8 +171,7 @@ impl Handler {
                         return end;
                     }
                 }
-                _ = self.session.woken() => {}
-                _ = tokio::time::sleep_until(deadline.into()), if keepalive_on => return End::KeepAliveTimeout,
+                _ = self.session.woken() => {}                _ = self.keepalive_timer.as_mut(), if keepalive_on => return End::KeepAliveTimeout,
             }
         }
     }
@@ -288,6 +305,9 @@ impl Handler {
     fn on_publish(&mut self, mut p: Publish) -> Option<End> {
         if self.protocol == Protocol::V5 {
             if let Some(alias) = p.properties.topic_alias.take() {
+                if self.aliases.is_empty() {
+                    self.aliases = vec![None; usize::from(self.ctx.limits.max_topic_aliases)];
+                }
                 let Some(slot) = self.aliases.get_mut(usize::from(alias) - 1) else {
                     return Some(End::Protocol(
                         reason::TOPIC_ALIAS_INVALID,
@@ -510,7 +530,7 @@ impl Handler {
 
         let will = match end {
             End::ClientDisconnect { with_will: false } => None,
-            _ => self.will.take(),
+            _ => self.will.take().map(|w| *w),
         };
         let attached = {
             let mut st = self.session.lock();

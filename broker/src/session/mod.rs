@@ -32,38 +32,64 @@ pub struct Context {
 }
 
 /// Serves one accepted TCP connection until it ends.
-pub async fn serve(stream: TcpStream, addr: SocketAddr, ctx: Context) {
+///
+/// The connect phase runs in this task; the connected state runs in a task of its
+/// own, so the long-lived task holds only what a connected client needs (its size is
+/// the memory of every idle connection). `guard` (connection permit, shutdown
+/// tracker) lives until the connection ends.
+pub async fn serve<G: Send + 'static>(stream: TcpStream, addr: SocketAddr, ctx: Context, guard: G) {
+    if let Some(handler) = connect_phase(stream, addr, ctx).await {
+        tokio::spawn(async move {
+            handler.run().await;
+            drop(guard);
+        });
+    }
+}
+
+/// Reads the CONNECT (within the connect timeout) and runs the handshake.
+async fn connect_phase(stream: TcpStream, addr: SocketAddr, ctx: Context) -> Option<handler::Handler> {
     let mut conn = Connection::new(stream, ctx.limits.max_packet_size.get() as usize);
     let mut shutdown = ctx.shutdown.clone();
     let first = tokio::select! {
         r = tokio::time::timeout(ctx.limits.connect_timeout(), conn.read_connect()) => r,
-        _ = crate::server::stopped(&mut shutdown) => return,
+        _ = crate::server::stopped(&mut shutdown) => return None,
     };
     let connect = match first {
         Err(_) => {
             tracing::info!(%addr, "closed: no CONNECT within the connect timeout");
-            return;
+            return None;
         }
         Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
             tracing::info!(%addr, level, "refused: unsupported protocol level");
             handshake::refuse_protocol_level(conn, level).await;
-            return;
+            return None;
         }
         Ok(Err(ConnectionError::Closed)) => {
             tracing::debug!(%addr, "closed before CONNECT");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::info!(%addr, error = %e, "closed: bad CONNECT");
-            return;
+            return None;
         }
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(other)) => {
             tracing::info!(%addr, packet = other.name(), "closed: first packet is not CONNECT (MQTT-3.1.0-1)");
-            return;
+            return None;
         }
     };
-    if let Some(handler) = handshake::accept(conn, addr, *connect, ctx).await {
-        handler.run().await;
+    handshake::accept(conn, addr, *connect, ctx).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection holds one task whose size is its connected-state future:
+    /// keep it small (see docs/benchmarks.md, memory per idle connection).
+    #[test]
+    fn connected_state_stays_small() {
+        let run = super::handler::Handler::run_future_size();
+        assert!(run <= 1536, "connected-state future is {run} bytes");
+        let handler = std::mem::size_of::<super::handler::Handler>();
+        assert!(handler <= 512, "Handler is {handler} bytes");
     }
 }

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of natterd and Mosquitto on this machine, in one run.
+#
+# Each scenario runs on a fresh broker, the brokers alternating (A B, then B A) for
+# ROUNDS rounds; the broker is pinned to CPU 0 and the load generator to CPU 1.
+# Results go to RESULTS (JSON lines); benches/report.py turns them into
+# docs/benchmarks.md and docs/benchmarks.svg (medians and natterd/mosquitto ratios).
+#
+#   bash benches/compare.sh              # ROUNDS=3 DURATION=8 by default
+#   ROUNDS=1 DURATION=2 CONNS=2000 bash benches/compare.sh   # quick look
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+CONNS=${CONNS:-10000}
+RESULTS=${RESULTS:-target/bench-results.jsonl}
+NATTER_PORT=18931
+MOSQ_PORT=18932
+
+if ! command -v mosquitto >/dev/null; then
+    apt-get update && apt-get install -y mosquitto
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release -p natterd -p natter-bench --bins
+NATTERD=target/release/natterd
+LOAD=target/release/natter-load
+WORK=$(mktemp -d)
+BROKER_PID=
+stop_broker() {
+    if [ -n "$BROKER_PID" ]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=
+    fi
+}
+trap 'stop_broker; rm -rf "$WORK"' EXIT
+
+# natterd: default config (auth on, OWASP argon2id), room for the connection tests,
+# one account per simulated user with a device token.
+cat > "$WORK/natterd.toml" <<CONF
+[server]
+listen = "127.0.0.1:$NATTER_PORT"
+data_dir = "$WORK/natterd-data"
+[limits]
+max_connections = 60000
+CONF
+"$LOAD" setup --data "$WORK/natterd-data" --config "$WORK/natterd.toml" --users "$CONNS" --tokens --out "$WORK/creds.txt"
+
+# Mosquitto: no persistence, TCP_NODELAY, anonymous (it has no token logins).
+cat > "$WORK/mosquitto.conf" <<CONF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_connections -1
+CONF
+
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "broker did not open port $1" >&2
+    return 1
+}
+
+start_broker() {
+    case "$1" in
+        natterd)
+            RUST_LOG=warn taskset -c 0 "$NATTERD" --config "$WORK/natterd.toml" 2>>"$WORK/natterd.log" &
+            BROKER_PID=$!
+            wait_port "$NATTER_PORT"
+            ;;
+        mosquitto)
+            taskset -c 0 mosquitto -c "$WORK/mosquitto.conf" 2>>"$WORK/mosquitto.log" &
+            BROKER_PID=$!
+            wait_port "$MOSQ_PORT"
+            ;;
+    esac
+}
+
+run_one() { # broker scenario-name args...
+    local broker=$1 name=$2
+    shift 2
+    local target=(--addr "127.0.0.1:$MOSQ_PORT")
+    [ "$broker" = natterd ] && target=(--addr "127.0.0.1:$NATTER_PORT" --credentials "$WORK/creds.txt")
+    start_broker "$broker"
+    local line
+    if line=$(taskset -c 1 "$LOAD" "${target[@]}" --label "$broker" --broker-pid "$BROKER_PID" \
+        --duration "$DURATION" "$@"); then
+        echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['name']='$name'; d['round']=$ROUND; print(json.dumps(d))" >> "$RESULTS"
+        echo "  $broker $name: $line" | cut -c1-220
+    else
+        echo "  $broker $name: FAILED" >&2
+    fi
+    stop_broker
+}
+
+SCENARIOS=(
+    "pairs-qos1-1k|--qos 1 --rate 1000 pairs --pairs 10"
+    "pairs-qos1-20k|--qos 1 --rate 20000 pairs --pairs 10"
+    "pairs-qos1-unpaced|--qos 1 --window 64 pairs --pairs 10"
+    "group-100|--qos 1 --window 8 group --members 100 --publishers 1"
+    "fanin-50|--qos 1 --window 16 fanin --publishers 50"
+    "connections|connections --count $CONNS"
+    "storm|storm --count $CONNS --deadline 60"
+)
+
+mkdir -p "$(dirname "$RESULTS")"
+: > "$RESULTS"
+for ROUND in $(seq "$ROUNDS"); do
+    echo "round $ROUND/$ROUNDS"
+    if [ $((ROUND % 2)) -eq 1 ]; then ORDER="natterd mosquitto"; else ORDER="mosquitto natterd"; fi
+    for entry in "${SCENARIOS[@]}"; do
+        name=${entry%%|*}
+        read -r -a args <<< "${entry#*|}"
+        for broker in $ORDER; do
+            run_one "$broker" "$name" "${args[@]}"
+        done
+    done
+done
+
+python3 benches/report.py "$RESULTS" docs/benchmarks.md docs/benchmarks.svg \
+    --command "ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS bash benches/compare.sh"
+echo "wrote docs/benchmarks.md and docs/benchmarks.svg"
