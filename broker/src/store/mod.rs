@@ -42,6 +42,7 @@ pub struct Store {
     db: sled::Db,
     users: sled::Tree,
     tokens: sled::Tree,
+    token_names: sled::Tree,
 }
 
 impl Store {
@@ -81,7 +82,8 @@ impl Store {
         }
         let users = db.open_tree("users")?;
         let tokens = db.open_tree("tokens")?;
-        Ok(Store { db, users, tokens })
+        let token_names = db.open_tree("token_names")?;
+        Ok(Store { db, users, tokens, token_names })
     }
 
     /// Writes everything to disk. Blocking.

@@ -50,20 +50,12 @@ impl Store {
         if self.user(&rec.user)?.is_none() {
             return Err(StoreError::NoSuchUser(rec.user.clone()));
         }
-        if self
-            .tokens()?
-            .iter()
-            .any(|(_, t)| t.user == rec.user && t.name == rec.name)
-        {
-            return Err(StoreError::TokenExists {
-                user: rec.user.clone(),
-                name: rec.name.clone(),
-            });
+        // The (user, name) index makes names unique per user without a scan.
+        let name_key = name_key(&rec.user, &rec.name);
+        if self.token_names.compare_and_swap(&name_key, None as Option<&[u8]>, Some(&digest[..]))?.is_err() {
+            return Err(StoreError::TokenExists { user: rec.user.clone(), name: rec.name.clone() });
         }
-        let value = bincode::serialize(rec).map_err(|e| StoreError::Corrupt {
-            tree: "tokens",
-            reason: e.to_string(),
-        })?;
+        let value = bincode::serialize(rec).map_err(|e| StoreError::Corrupt { tree: "tokens", reason: e.to_string() })?;
         self.tokens.insert(digest, value)?;
         self.flush()
     }
@@ -74,14 +66,31 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn revoke_tokens(&self, user: &str, name: Option<&str>) -> Result<Vec<[u8; 32]>, StoreError> {
+        let keys: Vec<sled::IVec> = match name {
+            Some(n) => vec![name_key(user, n).into()],
+            None => self.token_names.scan_prefix(name_key(user, "")).keys().collect::<Result<_, _>>()?,
+        };
         let mut removed = Vec::new();
-        for (digest, rec) in self.tokens()? {
-            if rec.user == user && name.is_none_or(|n| n == rec.name) {
-                self.tokens.remove(digest)?;
-                removed.push(digest);
+        for key in keys {
+            if let Some(digest) = self.token_names.remove(&key)? {
+                self.tokens.remove(&digest)?;
+                if let Ok(d) = <[u8; 32]>::try_from(digest.as_ref()) {
+                    removed.push(d);
+                }
             }
         }
-        self.flush()?;
+        if !removed.is_empty() {
+            self.flush()?;
+        }
         Ok(removed)
     }
+}
+
+/// `user NUL name`: user names cannot contain NUL, so prefixes never collide.
+fn name_key(user: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 1 + name.len());
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
 }
