@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths: codec decode/encode, topic matching through
-//! the router, the authorization check, and the device-token check.
+//! the router, authorization checks, a DM through the mailbox, the device-token check.
 //!
 //! `cargo bench -p natter-bench --bench micro`; under `cargo test` each runs once.
 
@@ -8,13 +8,18 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use natter_shared::codec::{self, Packet, Properties, Protocol, Publish, QoS, SubscriptionOptions};
-use natterd::acl::FoundationAcl;
+use natterd::acl::rules::{Access, Effect, Rule, Who};
+use natterd::auth::password::PasswordHasherConfig;
 use natterd::auth::tokens::{self, TokenIndex};
+use natterd::config::AclConfig;
 use natterd::config::Config;
-use natterd::hooks::{Hook, Hooks};
+use natterd::control::ControlState;
+use natterd::hooks::Hook;
+use natterd::im::ImPlugin;
 use natterd::message::{ClientInfo, Message};
 use natterd::router::Router;
 use natterd::session::{SessionKey, Subscription};
+use natterd::store::Store;
 use natterd::store::TokenRecord;
 
 fn publish(protocol: Protocol) -> Packet {
@@ -109,6 +114,8 @@ fn router_benches(c: &mut Criterion) {
             properties: Properties::default(),
             expires_at: None,
             origin: None,
+            exclude_origin: false,
+            tag: None,
         })
     };
     let direct = msg("inbox/u42/dm/alice");
@@ -125,23 +132,56 @@ fn router_benches(c: &mut Criterion) {
 }
 
 fn auth_benches(c: &mut Criterion) {
-    let hooks = Hooks::new(vec![Arc::new(FoundationAcl) as Arc<dyn Hook>]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut config = Config::default_config();
+    config.auth.argon2_memory_kib = 8;
+    config.auth.argon2_iterations = 1;
+    let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let hasher = PasswordHasherConfig::new(&config.auth).unwrap_or_else(|e| panic!("{e}"));
+    for u in ["alice", "bob"] {
+        natterd::accounts::add(&store, &hasher, u, b"pw", false).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let router = Router::new(config.limits.clone());
+    let control = ControlState {
+        store,
+        hasher,
+        router,
+        tokens: TokenIndex::default(),
+        reset_ttl_secs: 60,
+        owner_uid: 0,
+    };
+    let acl = AclConfig {
+        rules: vec![Rule {
+            filter: "devices/%u/#".into(),
+            access: Access::ReadWrite,
+            effect: Effect::Allow,
+            who: Who::All,
+            users: vec![],
+        }],
+    };
+    let im = ImPlugin::new(control, config.im.clone(), acl);
     let client = ClientInfo {
         username: Some("alice".into()),
         client_id: "phone".into(),
         addr: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
         protocol: Protocol::V5,
         admin: false,
+        restriction: None,
+        persistent: true,
     };
-    let m = Message {
-        topic: "dm/bob".into(),
-        payload: Bytes::from_static(b"hi"),
+    let msg = |topic: &str| Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"hello bob"),
         qos: QoS::AtLeastOnce,
         retain: false,
         properties: Properties::default(),
         expires_at: None,
         origin: None,
+        exclude_origin: false,
+        tag: None,
     };
+    let dm = msg("dm/bob");
+    let device = msg("devices/alice/temp");
     let index = TokenIndex::default();
     let mut last = String::new();
     for i in 0..10_000 {
@@ -155,9 +195,15 @@ fn auth_benches(c: &mut Criterion) {
             },
         );
     }
-    let mut g = c.benchmark_group("auth");
-    g.bench_function("authorize publish", |b| {
-        b.iter(|| hooks.authorize_publish(black_box(&client), black_box(&m)))
+    let mut g = c.benchmark_group("authorization and mailbox");
+    g.bench_function("authorize subscribe inbox/alice/#", |b| {
+        b.iter(|| im.authorize_subscribe(black_box(&client), "inbox/alice/#"))
+    });
+    g.bench_function("authorize publish by operator rule", |b| {
+        b.iter(|| im.authorize_publish(black_box(&client), black_box(&device)))
+    });
+    g.bench_function("DM: authorize, store, append to 2 mailboxes, route", |b| {
+        b.iter(|| im.authorize_publish(black_box(&client), black_box(&dm)))
     });
     g.bench_function("device token check (10k tokens)", |b| {
         b.iter(|| index.check(black_box(last.as_bytes())))

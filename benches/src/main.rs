@@ -57,6 +57,9 @@ struct Cli {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 64, global = true)]
     connect_concurrency: usize,
+    /// Use Natter's IM topics: inbox/{me}/#, dm/{peer}, group/bench (see `setup --group`).
+    #[arg(long, global = true)]
+    im: bool,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1, global = true)]
     threads: usize,
@@ -160,6 +163,7 @@ fn run() -> Result<()> {
         payload: cli.payload.max(traffic::HEADER),
         broker_pid: cli.broker_pid,
         connect_concurrency: cli.connect_concurrency.max(1),
+        im: cli.im,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
@@ -189,6 +193,7 @@ fn run() -> Result<()> {
     summary.insert("qos".into(), json!(cli.qos));
     summary.insert("rate".into(), json!(cli.rate));
     summary.insert("protocol".into(), json!(cli.protocol));
+    summary.insert("topics".into(), json!(if cli.im { "im" } else { "plain" }));
     summary.insert("payload".into(), json!(common.payload));
     if let (Some(a), Some(b)) = (cpu_start, cpu_secs()) {
         summary.insert("gen_cpu_pct".into(), json!(100.0 * (b - a) / wall));

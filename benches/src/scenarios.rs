@@ -28,6 +28,8 @@ pub struct Common {
     pub broker_pid: Option<u32>,
     /// Connections opened at once while setting up.
     pub connect_concurrency: usize,
+    /// Natter's IM topics (`inbox/{me}/#`, `dm/{peer}`, `group/bench`) instead of plain ones.
+    pub im: bool,
 }
 
 impl Common {
@@ -157,9 +159,17 @@ pub async fn pairs(c: &Common, pairs: usize) -> Result<Map<String, Value>> {
     let plans = (0..n)
         .map(|i| {
             let peer = i ^ 1;
+            let (subscribe, to) = if c.im {
+                (format!("inbox/{}/#", c.user(i)), format!("dm/{}", c.user(peer)))
+            } else {
+                (
+                    format!("bench/inbox/{}/{i}", c.user(i)),
+                    format!("bench/inbox/{}/{peer}", c.user(peer)),
+                )
+            };
             Plan {
-                subscribe: Some(format!("bench/inbox/{}/{i}", c.user(i))),
-                sender: Some(senders.sender(c, format!("bench/inbox/{}/{peer}", c.user(peer)), i)),
+                subscribe: Some(subscribe),
+                sender: Some(senders.sender(c, to, i)),
             }
         })
         .collect();
@@ -171,15 +181,24 @@ pub async fn pairs(c: &Common, pairs: usize) -> Result<Map<String, Value>> {
 
 /// One group of G members (all subscribed), the first K of whom publish to it.
 pub async fn group(c: &Common, members: usize, publishers: usize) -> Result<Map<String, Value>> {
-    let senders = Senders::new(publishers, members as u64);
+    // With IM topics the sender's own session is not sent its message back.
+    let fanout = if c.im { members as u64 - 1 } else { members as u64 };
+    let senders = Senders::new(publishers, fanout);
     let plans = (0..members)
-        .map(|i| Plan {
-            subscribe: Some("bench/group/g1".into()),
-            sender: (i < publishers).then(|| senders.sender(c, "bench/group/g1".into(), i)),
+        .map(|i| {
+            let (subscribe, topic) = if c.im {
+                (format!("inbox/{}/#", c.user(i)), "group/bench".to_string())
+            } else {
+                ("bench/group/g1".to_string(), "bench/group/g1".to_string())
+            };
+            Plan {
+                subscribe: Some(subscribe),
+                sender: (i < publishers).then(|| senders.sender(c, topic, i)),
+            }
         })
         .collect();
     let (s, secs) = run_traffic(c, plans, senders.progress.clone()).await?;
-    let mut m = traffic_summary(c, &s, secs, members as u64);
+    let mut m = traffic_summary(c, &s, secs, fanout);
     m.insert("members".into(), json!(members));
     m.insert("publishers".into(), json!(publishers));
     Ok(m)
@@ -220,7 +239,11 @@ pub async fn connections(c: &Common, count: usize, subscribe: bool) -> Result<Ma
     let mut tasks = Vec::new();
     for i in 0..count {
         let login = c.login(i);
-        let filter = format!("bench/inbox/{}/{i}", c.user(i));
+        let filter = if c.im {
+            format!("inbox/{}/#", c.user(i))
+        } else {
+            format!("bench/inbox/{}/{i}", c.user(i))
+        };
         let (addr, protocol, qos, permits) = (c.addr, c.protocol, c.qos, permits.clone());
         tasks.push(tokio::spawn(async move {
             let _p = permits.acquire_owned().await?;

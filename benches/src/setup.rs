@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use natterd::auth::password::PasswordHasherConfig;
 use natterd::config::Config;
-use natterd::store::{Store, UserRecord};
+use natterd::store::{GroupRecord, Role, Store, UserRecord};
 
 #[derive(Args)]
 pub struct SetupArgs {
@@ -34,6 +34,9 @@ pub struct SetupArgs {
     /// Credentials file to write ("user secret" per line).
     #[arg(long)]
     out: PathBuf,
+    /// Also create group "bench" with the first N accounts (u0 owns it).
+    #[arg(long, default_value_t = 0)]
+    group_members: usize,
 }
 
 pub fn run(a: &SetupArgs) -> Result<()> {
@@ -68,6 +71,23 @@ pub fn run(a: &SetupArgs) -> Result<()> {
         writeln!(out, "{name} {secret}")?;
     }
     out.flush()?;
+    if a.group_members > 0 {
+        let owner = format!("{}0", a.prefix);
+        match store.create_group(
+            "bench",
+            &GroupRecord {
+                owner,
+                open: true,
+                created_at: 0,
+            },
+        ) {
+            Ok(()) | Err(natterd::store::StoreError::GroupExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for i in 1..a.group_members.min(a.users) {
+            store.set_member("bench", &format!("{}{i}", a.prefix), Some(Role::Member))?;
+        }
+    }
     store.flush()?;
     eprintln!("{} accounts in {}", a.users, a.data.display());
     Ok(())

@@ -28,11 +28,15 @@ fn load(addr: &str, creds: &std::path::Path, args: &[&str]) -> Value {
 async fn every_scenario_runs_against_natterd() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, "[auth]\nargon2_memory_kib = 8\nargon2_iterations = 1\n").unwrap();
+    std::fs::write(
+        &config,
+        "[auth]\nargon2_memory_kib = 8\nargon2_iterations = 1\n[[acl.rules]]\nfilter = \"bench/#\"\n",
+    )
+    .unwrap();
     let creds = dir.path().join("creds.txt");
     let data = dir.path().join("data");
     let setup = Command::new(LOAD)
-        .args(["setup", "--users", "40", "--tokens", "--data"])
+        .args(["setup", "--users", "40", "--tokens", "--group-members", "10", "--data"])
         .arg(&data)
         .arg("--config")
         .arg(&config)
@@ -69,6 +73,15 @@ async fn every_scenario_runs_against_natterd() {
             "group",
         ),
         (&["--qos", "1", "--window", "8", "fanin", "--publishers", "5"], "fanin"),
+        (&["--im", "--qos", "1", "pairs", "--pairs", "4"], "pairs"),
+        (
+            &["--im", "--qos", "1", "group", "--members", "10", "--publishers", "2"],
+            "group",
+        ),
+        (
+            &["--im", "--qos", "1", "--window", "8", "fanin", "--publishers", "5"],
+            "fanin",
+        ),
         (&connections, "connections"),
         (&["storm", "--count", "40", "--deadline", "20"], "storm"),
     ];

@@ -4,7 +4,7 @@
 //! Zero never means "unlimited": bounds that must be positive are `NonZero*`.
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +31,63 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub im: ImConfig,
+    pub acl: AclConfig,
+}
+
+/// Whether people can create their own accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+/// Who may send a user direct messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmPolicy {
+    /// Anyone not blocked by the recipient.
+    Anyone,
+    /// Friends only.
+    Friends,
+}
+
+/// Whose presence a user may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceVisibility {
+    Friends,
+    All,
+}
+
+/// The IM layer: mailboxes, contacts, groups, presence, the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImConfig {
+    pub registration: Registration,
+    /// Accounts one source address may register per hour.
+    pub registrations_per_hour: NonZeroU32,
+    pub dm_policy: DmPolicy,
+    pub presence_visibility: PresenceVisibility,
+    /// Retention per mailbox: the oldest entries go first when a bound is passed, and
+    /// devices that had not received them get a gap event.
+    pub mailbox_max_messages: NonZeroU64,
+    pub mailbox_max_bytes: NonZeroU64,
+    pub mailbox_max_age_days: NonZeroU32,
+    /// Lifetime of a password reset token, in seconds.
+    pub reset_token_ttl_secs: NonZeroU32,
+    pub max_group_members: NonZeroUsize,
+    /// Largest `limit` of a history request.
+    pub history_max_limit: NonZeroU32,
+}
+
+/// Operator authorization rules for non-IM topics (see `acl::rules`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    #[serde(default)]
+    pub rules: Vec<crate::acl::rules::Rule>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +245,12 @@ impl Config {
         if a.throttle_base_delay_ms == 0 {
             return Err(invalid("auth.throttle_base_delay_ms", "must be positive"));
         }
+        for (i, rule) in self.acl.rules.iter().enumerate() {
+            rule.validate().map_err(|reason| ConfigError::Invalid {
+                key: "acl.rules",
+                reason: format!("rule {}: {reason}", i + 1),
+            })?;
+        }
         let l = &self.limits;
         if l.max_packet_size.get() < 64 || l.max_packet_size.get() as usize > natter_shared::codec::MAX_PACKET_SIZE {
             return Err(invalid("limits.max_packet_size", "must be between 64 and 268435460"));
@@ -241,6 +304,20 @@ mod tests {
         assert!(e.contains("max_conections"), "{e}");
         let e = Config::from_toml("[nope]\n", None).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn acl_rules_are_validated() {
+        let ok = "[[acl.rules]]\nfilter = \"devices/%u/#\"\n";
+        assert_eq!(Config::from_toml(ok, None).unwrap().acl.rules.len(), 1);
+        let e = Config::from_toml("[[acl.rules]]\nfilter = \"inbox/#\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("acl.rules") && e.contains("IM namespaces"), "{e}");
+        let e = Config::from_toml("[[acl.rules]]\nfilter = \"x\"\naccess = \"all\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("all"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub enum Request {
         user: String,
         name: String,
     },
+    /// Issue a one-time password reset token.
+    UserReset {
+        name: String,
+    },
     TokenList {
         user: Option<String>,
     },
@@ -71,6 +75,9 @@ pub struct Response {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<TokenInfo>>,
+    /// Expiry of a reset token (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl Response {
@@ -105,6 +112,8 @@ pub struct ControlState {
     pub router: Router,
     /// The live token index, kept in step with the store.
     pub tokens: TokenIndex,
+    /// Lifetime of password reset tokens, in seconds.
+    pub reset_ttl_secs: u32,
     /// The broker's user (owner of the socket file): the only one, with root, allowed in.
     pub owner_uid: u32,
 }
@@ -233,6 +242,20 @@ pub fn apply_blocking(req: Request, st: &ControlState) -> Result<Response, accou
             st.tokens.insert(new.digest, new.record);
             Response {
                 token: Some(new.token),
+                ..ok
+            }
+        }
+        Request::UserReset { name } => {
+            tracing::info!(user = %name, "control: issue a password reset token");
+            if st.store.user(&name)?.is_none() {
+                return Err(accounts::AccountError::Store(crate::store::StoreError::NoSuchUser(
+                    name,
+                )));
+            }
+            let (token, expires_at) = crate::auth::reset::issue(&st.store, &name, st.reset_ttl_secs)?;
+            Response {
+                token: Some(token),
+                expires_at: Some(expires_at),
                 ..ok
             }
         }

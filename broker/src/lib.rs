@@ -1,7 +1,8 @@
 //! `natterd`: Natter's MQTT 3.1.1/5.0 broker.
 //!
 //! Data flows one way: [`listener`] accepts, [`connection`] turns bytes into packets,
-//! [`session`] applies the protocol and asks the [`hooks`] (plugins: [`auth`], [`acl`]),
+//! [`session`] applies the protocol and asks the [`hooks`] (plugins: [`auth`], and
+//! [`im`] with its authorization in [`acl`]),
 //! the [`router`] matches topics and queues deliveries into the target sessions, whose
 //! connections write them out. [`store`] keeps durable state and knows no MQTT.
 
@@ -12,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod hooks;
+pub mod im;
 pub mod listener;
 pub mod message;
 pub mod router;

@@ -74,6 +74,9 @@ enum UserCommand {
     Del { name: String },
     /// List accounts.
     List,
+    /// Issue a one-time password reset token (printed once) for the user to set a new
+    /// password with: they log in with it as their password and call api/account.reset.
+    Reset { name: String },
 }
 
 fn main() {
@@ -154,6 +157,7 @@ fn user_request(cmd: UserCommand) -> Result<Request> {
         }
         UserCommand::Del { name } => Request::UserDel { name },
         UserCommand::List => Request::UserList,
+        UserCommand::Reset { name } => Request::UserReset { name },
     })
 }
 
@@ -232,6 +236,7 @@ fn offline(config: &Config, request: Request) -> Result<control::Response> {
         hasher: PasswordHasherConfig::new(&config.auth)?,
         router: Router::new(config.limits.clone()),
         tokens: TokenIndex::default(),
+        reset_ttl_secs: config.im.reset_token_ttl_secs.get(),
         owner_uid: 0,
     };
     Ok(
@@ -265,5 +270,12 @@ fn report(request: &Request, response: control::Response) {
             }
         }
         Request::TokenRevoke { user, name } => println!("revoked token {name} of {user}"),
+        Request::UserReset { name } => {
+            eprintln!(
+                "reset token for {name}, valid until {} (Unix time), shown only once:",
+                response.expires_at.unwrap_or(0)
+            );
+            println!("{}", response.token.unwrap_or_default());
+        }
     }
 }

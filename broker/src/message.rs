@@ -7,6 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use natter_shared::codec::{Properties, Protocol, QoS};
 
+use crate::hooks::Restriction;
+
 /// A message as routed: shared by every session it is delivered to.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -23,6 +25,29 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Session that published it (for the No Local option); `None` for broker messages.
     pub origin: Option<u64>,
+    /// Never deliver to the `origin` session (a copy for the sender's other devices).
+    pub exclude_origin: bool,
+    /// An id a plugin attaches to a message it routes from durable storage (the IM
+    /// layer: the mailbox id). Tagged messages are not queued for offline sessions: the
+    /// plugin replays them from storage when the session comes back.
+    pub tag: Option<u64>,
+}
+
+impl Message {
+    /// A message from the broker itself (no origin, no tag).
+    pub fn broker(topic: impl Into<Arc<str>>, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: None,
+            exclude_origin: false,
+            tag: None,
+        }
+    }
 }
 
 impl Message {
@@ -49,4 +74,8 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub admin: bool,
+    /// Admitted for one purpose only (registration, password reset).
+    pub restriction: Option<Restriction>,
+    /// The session outlives the connection (3.1.1 clean session 0, 5 expiry > 0).
+    pub persistent: bool,
 }

@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::acl::FoundationAcl;
 use crate::auth::password::{PasswordError, PasswordHasherConfig};
 use crate::auth::tokens::TokenIndex;
 use crate::auth::PasswordAuth;
-use crate::config::Config;
+use crate::config::{Config, Registration};
 use crate::control::{self, ControlState};
 use crate::hooks::{Hook, Hooks};
+use crate::im::ImPlugin;
 use crate::listener::Listener;
 use crate::router::Router;
 use crate::session::Context;
@@ -81,18 +81,17 @@ pub async fn start_with(
         tokio::task::spawn_blocking(move || Store::open(&dir)).await??
     };
     let auth_cfg = config.auth.clone();
+    let registration_open = config.im.registration == Registration::Open;
     let store2 = store.clone();
     let (auth, tokens) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
         let tokens = TokenIndex::load(&store2)?;
-        Ok((PasswordAuth::new(store2, tokens.clone(), &auth_cfg)?, tokens))
+        Ok((
+            PasswordAuth::new(store2, tokens.clone(), &auth_cfg, registration_open)?,
+            tokens,
+        ))
     })
     .await??;
-    let hasher = PasswordHasherConfig::new(&config.auth)?;
     let router = Router::new(config.limits.clone());
-    let mut list = plugins(&router, &store);
-    list.push(Arc::new(auth));
-    list.push(Arc::new(FoundationAcl));
-    let hooks = Hooks::new(list);
 
     let listen = config.server.listen;
     let tcp = TcpListener::bind(listen)
@@ -105,6 +104,25 @@ pub async fn start_with(
         dir: data_dir.clone(),
         source,
     })?;
+    let control_state = ControlState {
+        store: store.clone(),
+        hasher: PasswordHasherConfig::new(&config.auth)?,
+        router: router.clone(),
+        tokens,
+        reset_ttl_secs: config.im.reset_token_ttl_secs.get(),
+        owner_uid,
+    };
+
+    // Plugins in order: the caller's, then authentication, then the IM layer (which
+    // answers every authorization question, so nothing after it is asked).
+    let mut list = plugins(&router, &store);
+    list.push(Arc::new(auth));
+    list.push(Arc::new(ImPlugin::new(
+        control_state.clone(),
+        config.im.clone(),
+        config.acl.clone(),
+    )));
+    let hooks = Hooks::new(list);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tracker, connections_done) = mpsc::channel(1);
@@ -121,13 +139,6 @@ pub async fn start_with(
         tracker,
     };
     let accept_task = tokio::spawn(listener.run(shutdown_rx.clone()));
-    let control_state = ControlState {
-        store: store.clone(),
-        hasher,
-        router: router.clone(),
-        tokens,
-        owner_uid,
-    };
     let control_task = tokio::spawn(control::serve(unix, control_state, shutdown_rx));
     tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "natterd listening");
     Ok(RunningBroker {

@@ -60,7 +60,7 @@ impl Hook for Probe {
         PublishDecision::Abstain
     }
 
-    fn on_connected(&self, c: &ClientInfo) {
+    fn on_connected(&self, c: &ClientInfo, _s: &Arc<natterd::session::Session>, _present: bool) {
         self.log(format!("connected {}", c.client_id));
     }
 

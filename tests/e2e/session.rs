@@ -30,7 +30,7 @@ async fn persistent_v311_session_gets_queued_qos1_messages_in_order() {
     opts.set_clean_session(false);
     let mut bob = v3::connect(opts.clone()).await.unwrap();
     assert!(!bob.session_present);
-    bob.client.subscribe("inbox/bob", v3::QoS::AtLeastOnce).await.unwrap();
+    bob.client.subscribe("queue/bob", v3::QoS::AtLeastOnce).await.unwrap();
     bob.suback().await;
     bob.client.disconnect().await.unwrap();
     drop(bob);
@@ -40,7 +40,7 @@ async fn persistent_v311_session_gets_queued_qos1_messages_in_order() {
     for n in 0..5 {
         alice
             .client
-            .publish("inbox/bob", v3::QoS::AtLeastOnce, false, format!("m{n}"))
+            .publish("queue/bob", v3::QoS::AtLeastOnce, false, format!("m{n}"))
             .await
             .unwrap();
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use natter_shared::codec::{self, Connect, Packet, Properties, Protocol};
+use natterd::acl::rules::{Access, Effect, Rule, Who};
 use natterd::auth::password::PasswordHasherConfig;
 use natterd::config::Config;
 use natterd::hooks::Hook;
@@ -28,8 +29,38 @@ pub const USERS: &[(&str, &str, bool)] = &[
     ("root", "root-pw", true),
 ];
 
-/// A config for tests: port 0, cheap argon2, short timeouts.
-pub fn test_config(dir: &std::path::Path) -> Config {
+/// Topic prefixes the plain-MQTT tests use, opened to every client by operator rules
+/// (the IM namespaces stay under the built-in rules).
+const TEST_TOPICS: &[&str] = &[
+    "a",
+    "broadcast",
+    "chat",
+    "d",
+    "e",
+    "f",
+    "flood",
+    "forbidden",
+    "health",
+    "jobs",
+    "m",
+    "mine",
+    "o",
+    "open",
+    "plain",
+    "q2",
+    "queue",
+    "r",
+    "secret",
+    "sensors",
+    "status",
+    "t",
+    "wills",
+    "x",
+];
+
+/// The default config with a temp data dir, port 0 and cheap argon2: what a real
+/// deployment runs, for the IM tests.
+pub fn default_test_config(dir: &std::path::Path) -> Config {
     let mut c = Config::default_config();
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
     c.server.data_dir = dir.to_path_buf();
@@ -37,6 +68,22 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.auth.argon2_memory_kib = 8;
     c.auth.argon2_iterations = 1;
     c.auth.verify_workers = 2.try_into().expect("nonzero");
+    c
+}
+
+/// [`default_test_config`] plus operator rules opening the plain-MQTT test topics.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = default_test_config(dir);
+    c.acl.rules = TEST_TOPICS
+        .iter()
+        .map(|p| Rule {
+            filter: format!("{p}/#"),
+            access: Access::ReadWrite,
+            effect: Effect::Allow,
+            who: Who::All,
+            users: Vec::new(),
+        })
+        .collect();
     c
 }
 
@@ -54,6 +101,18 @@ impl TestBroker {
 
     pub async fn start_config(f: impl FnOnce(&mut Config)) -> TestBroker {
         Self::start_with(f, |_, _| Vec::new()).await
+    }
+
+    /// A broker with the default configuration (no operator rules): for IM tests.
+    pub async fn start_default(f: impl FnOnce(&mut Config)) -> TestBroker {
+        Self::start_with(
+            |c| {
+                c.acl.rules.clear();
+                f(c)
+            },
+            |_, _| Vec::new(),
+        )
+        .await
     }
 
     /// Starts with a modified config and extra plugins (asked before the defaults).

@@ -7,6 +7,7 @@
 //! checked in memory with one SHA-256; they never carry admin rights.
 
 pub mod password;
+pub mod reset;
 pub mod throttle;
 pub mod tokens;
 
@@ -16,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
-use crate::hooks::{AuthDecision, AuthFailure, Credentials, Hook, HookFuture, Identity};
+use crate::hooks::{AuthDecision, AuthFailure, Credentials, Hook, HookFuture, Identity, Restriction};
 use crate::store::Store;
 use throttle::Throttle;
 use tokens::TokenIndex;
@@ -26,6 +27,8 @@ pub struct PasswordAuth {
     store: Store,
     tokens: TokenIndex,
     allow_anonymous: bool,
+    /// Clients without an account are admitted to register (only).
+    registration_open: bool,
     throttle: Throttle,
     workers: Arc<Semaphore>,
     /// A hash of a random password with the configured parameters, verified against
@@ -36,13 +39,19 @@ pub struct PasswordAuth {
 impl PasswordAuth {
     /// # Errors
     /// argon2 parameters it refuses.
-    pub fn new(store: Store, tokens: TokenIndex, cfg: &AuthConfig) -> Result<PasswordAuth, password::PasswordError> {
+    pub fn new(
+        store: Store,
+        tokens: TokenIndex,
+        cfg: &AuthConfig,
+        registration_open: bool,
+    ) -> Result<PasswordAuth, password::PasswordError> {
         let mut secret = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
         let dummy_hash = password::PasswordHasherConfig::new(cfg)?.hash(&secret)?.into();
         Ok(PasswordAuth {
             store,
             tokens,
+            registration_open,
             allow_anonymous: cfg.allow_anonymous,
             throttle: Throttle::new(cfg),
             workers: Arc::new(Semaphore::new(cfg.verify_workers.get())),
@@ -55,6 +64,12 @@ impl PasswordAuth {
         let Some(user) = creds.username.as_deref() else {
             if self.allow_anonymous && creds.password.is_none() {
                 return AuthDecision::Allow(Identity::default());
+            }
+            if self.registration_open && creds.password.is_none() {
+                return AuthDecision::Allow(Identity {
+                    restriction: Some(Restriction::Register),
+                    ..Identity::default()
+                });
             }
             tracing::info!(addr = %creds.addr, "refused: no credentials");
             return AuthDecision::Deny(AuthFailure::BadCredentials);
@@ -73,8 +88,8 @@ impl PasswordAuth {
                 Some(rec) if rec.user == user => {
                     self.throttle.success(Some(user));
                     AuthDecision::Allow(Identity {
-                        admin: false,
                         token: Some(rec.name.into()),
+                        ..Identity::default()
                     })
                 }
                 _ => {
@@ -82,6 +97,22 @@ impl PasswordAuth {
                     tracing::info!(user, addr = %creds.addr, "refused: unknown or revoked device token");
                     AuthDecision::Deny(AuthFailure::BadCredentials)
                 }
+            };
+        }
+        if reset::looks_like_reset(&password) {
+            let (store, name, pw) = (self.store.clone(), user.to_owned(), password.clone());
+            let ok = tokio::task::spawn_blocking(move || reset::valid(&store, &name, &pw)).await;
+            return match ok {
+                Ok(Ok(true)) => AuthDecision::Allow(Identity {
+                    restriction: Some(Restriction::Reset),
+                    ..Identity::default()
+                }),
+                Ok(Ok(false)) => {
+                    self.throttle.failure(Some(user), ip, Instant::now());
+                    tracing::info!(user, addr = %creds.addr, "refused: invalid, used or expired reset token");
+                    AuthDecision::Deny(AuthFailure::BadCredentials)
+                }
+                _ => AuthDecision::Deny(AuthFailure::Unavailable),
             };
         }
         let Ok(_permit) = self.workers.acquire().await else {
@@ -105,7 +136,10 @@ impl PasswordAuth {
         match verdict {
             Ok(Ok(Some(admin))) => {
                 self.throttle.success(Some(user));
-                AuthDecision::Allow(Identity { admin, token: None })
+                AuthDecision::Allow(Identity {
+                    admin,
+                    ..Identity::default()
+                })
             }
             Ok(Ok(None)) => {
                 self.throttle.failure(Some(user), ip, Instant::now());

@@ -11,8 +11,9 @@
 //! | [`Hook::authenticate`] | on CONNECT, before the session is touched | allow (with role), deny with a reason |
 //! | [`Hook::authorize_subscribe`] | per filter of a SUBSCRIBE | allow, deny (SUBACK failure) |
 //! | [`Hook::authorize_publish`] | per PUBLISH and per will | allow, deny (v5 0x87), or take the message over |
-//! | [`Hook::on_connected`] / [`Hook::on_disconnected`] | after CONNACK / when the connection ends | observe |
-//! | [`Hook::on_acked`] | a QoS 1/2 delivery was acknowledged by the client | observe |
+//! | [`Hook::on_connected`] / [`Hook::on_disconnected`] | after CONNACK / when the connection ends | observe, queue deliveries into the session |
+//! | [`Hook::on_subscribed`] | a subscription was added | observe, queue deliveries into the session |
+//! | [`Hook::on_acked`] | a delivery was acknowledged (QoS 1/2) or written (QoS 0) | observe |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::message::{ClientInfo, Message};
+use crate::session::{Session, Subscription};
 
 /// A boxed future, so hooks can be stored as trait objects.
 pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,6 +49,15 @@ pub enum AuthFailure {
     Unavailable,
 }
 
+/// A client admitted for one purpose only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restriction {
+    /// No account yet: may only register (when registration is open).
+    Register,
+    /// Logged in with a password reset token: may only set a new password.
+    Reset,
+}
+
 /// Who an authenticated client is, beyond its user name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
@@ -55,6 +66,7 @@ pub struct Identity {
     /// Name of the device token it logged in with, if any (so revoking the token can
     /// close its connections).
     pub token: Option<Arc<str>>,
+    pub restriction: Option<Restriction>,
 }
 
 /// An authentication answer.
@@ -84,6 +96,9 @@ pub enum PublishDecision {
     /// The plugin has taken the message over (stored and routed it itself); the core
     /// acknowledges it and does not route it.
     Handled,
+    /// The plugin could not take it (a storage failure): v5 PUBACK/PUBREC 0x80; a
+    /// 3.1.1 QoS 1/2 publisher is disconnected rather than falsely acknowledged.
+    Error,
     Abstain,
 }
 
@@ -104,10 +119,21 @@ pub trait Hook: Send + Sync + 'static {
     fn authorize_publish(&self, _client: &ClientInfo, _msg: &Message) -> PublishDecision {
         PublishDecision::Abstain
     }
-
-    fn on_connected(&self, _client: &ClientInfo) {}
+    /// `present`: an existing session was resumed.
+    fn on_connected(&self, _client: &ClientInfo, _session: &Arc<Session>, _present: bool) {}
 
     fn on_disconnected(&self, _client: &ClientInfo) {}
+
+    /// `new`: the session had no subscription to this filter before.
+    fn on_subscribed(
+        &self,
+        _client: &ClientInfo,
+        _session: &Arc<Session>,
+        _filter: &str,
+        _sub: Subscription,
+        _new: bool,
+    ) {
+    }
 
     fn on_acked(&self, _client: &ClientInfo, _msg: &Message) {}
 }
@@ -158,9 +184,21 @@ impl Hooks {
         }
         PublishDecision::Deny
     }
+    pub fn on_connected(&self, client: &ClientInfo, session: &Arc<Session>, present: bool) {
+        self.list.iter().for_each(|h| h.on_connected(client, session, present));
+    }
 
-    pub fn on_connected(&self, client: &ClientInfo) {
-        self.list.iter().for_each(|h| h.on_connected(client));
+    pub fn on_subscribed(
+        &self,
+        client: &ClientInfo,
+        session: &Arc<Session>,
+        filter: &str,
+        sub: Subscription,
+        new: bool,
+    ) {
+        self.list
+            .iter()
+            .for_each(|h| h.on_subscribed(client, session, filter, sub, new));
     }
 
     pub fn on_disconnected(&self, client: &ClientInfo) {
@@ -197,6 +235,8 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             protocol: Protocol::V311,
             admin: false,
+            restriction: None,
+            persistent: false,
         }
     }
 
@@ -209,6 +249,8 @@ mod tests {
             properties: Properties::default(),
             expires_at: None,
             origin: None,
+            tag: None,
+            exclude_origin: false,
         }
     }
 

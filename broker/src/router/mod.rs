@@ -192,6 +192,26 @@ impl Router {
         }
         n
     }
+    /// Removes `filter` from every session of `username` (for example the presence
+    /// of someone who is no longer a friend). Returns how many were removed.
+    pub fn unsubscribe_user(&self, username: &str, filter: &str) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter(|s| s.key.username.as_deref() == Some(username))
+            .cloned()
+            .collect();
+        sessions.iter().filter(|s| self.unsubscribe(s, filter)).count()
+    }
+
+    /// Every session of `username`.
+    pub fn sessions_of(&self, username: &str) -> Vec<Arc<Session>> {
+        self.sessions()
+            .values()
+            .filter(|s| s.key.username.as_deref() == Some(username))
+            .cloned()
+            .collect()
+    }
 
     fn drop_subscriptions(&self, session: &Arc<Session>) {
         let filters: Vec<String> = session.lock().subscriptions.drain().map(|(f, _)| f).collect();
@@ -284,7 +304,7 @@ impl Router {
         let mut index: Option<HashMap<u64, usize>> = (matches.len() > 16).then(HashMap::new);
         for m in matches {
             let opts = m.sub.options;
-            if opts.no_local && msg.origin == Some(m.session.id) {
+            if (opts.no_local || msg.exclude_origin) && msg.origin == Some(m.session.id) {
                 continue;
             }
             let found = match &index {
@@ -323,6 +343,7 @@ impl Router {
                 Enqueued::Dropped => {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
+                Enqueued::Deferred => reached += 1,
             }
         }
         reached
@@ -356,6 +377,8 @@ mod tests {
             properties: Properties::default(),
             expires_at: None,
             origin,
+            exclude_origin: false,
+            tag: None,
         })
     }
 

@@ -159,6 +159,8 @@ mod tests {
             properties: Properties::default(),
             expires_at: None,
             origin: None,
+            exclude_origin: false,
+            tag: None,
         })
     }
 

@@ -100,7 +100,7 @@ impl Handler {
 
     /// Queues the CONNACK, then re-sends what was in flight when the session's previous
     /// connection ended (PUBLISH with DUP, or PUBREL), in the original order.
-    pub(super) fn with_connack(mut self, connack: Packet) -> Handler {
+    pub(super) fn with_connack(mut self, connack: Packet, present: bool) -> Handler {
         self.conn.queue(&connack, self.protocol);
         let now = Instant::now();
         let st = self.session.lock();
@@ -112,7 +112,7 @@ impl Handler {
             self.conn.queue(&packet, self.protocol);
         }
         drop(st);
-        self.ctx.hooks.on_connected(&self.info);
+        self.ctx.hooks.on_connected(&self.info, &self.session, present);
         self
     }
 
@@ -226,6 +226,9 @@ impl Handler {
             self.conn.queue(&packet, self.protocol);
             if d.qos != QoS::AtMostOnce {
                 st.inflight.push(pkid, d);
+            } else if d.msg.tag.is_some() {
+                // QoS 0 has no acknowledgement: written is delivered.
+                self.ctx.hooks.on_acked(&self.info, &d.msg);
             }
             if self.conn.pending() >= WRITE_HIGH_WATER {
                 return !st.queue.is_empty();
@@ -370,9 +373,15 @@ impl Handler {
                 properties,
                 expires_at,
                 origin: Some(self.session.id),
+                exclude_origin: false,
+                tag: None,
             };
             self.route(msg)
         };
+        if code == reason::UNSPECIFIED_ERROR && self.protocol == Protocol::V311 && p.qos != QoS::AtMostOnce {
+            // 3.1.1 has no negative acknowledgement: close rather than falsely acknowledge.
+            return Some(End::Protocol(code, "the message could not be stored"));
+        }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(p.pkid, code))),
@@ -398,6 +407,7 @@ impl Handler {
                 }
             },
             PublishDecision::Handled => reason::SUCCESS,
+            PublishDecision::Error => reason::UNSPECIFIED_ERROR,
             PublishDecision::Deny | PublishDecision::Abstain => {
                 tracing::info!(
                     client_id = %self.info.client_id,
@@ -417,6 +427,7 @@ impl Handler {
         let max_subs = self.ctx.limits.max_subscriptions_per_session.get();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let mut new_subs = Vec::new();
         for f in s.filters {
             let (count, exists) = {
                 let st = self.session.lock();
@@ -444,12 +455,18 @@ impl Handler {
             let subscribed = self.ctx.router.subscribe(&self.session, &f.filter, sub);
             retained.extend(subscribed.retained.into_iter().map(|m| (m, sub)));
             codes.push(f.options.qos as u8);
+            new_subs.push((f.filter, sub, !exists));
         }
         self.send(Packet::SubAck(SubAck {
             pkid: s.pkid,
             properties: Properties::default(),
             codes,
         }));
+        for (filter, sub, new) in new_subs {
+            self.ctx
+                .hooks
+                .on_subscribed(&self.info, &self.session, &filter, sub, new);
+        }
         for (msg, sub) in retained {
             let qos = msg.qos.min(sub.options.qos);
             self.session.enqueue(Delivery {

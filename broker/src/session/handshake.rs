@@ -138,6 +138,8 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         addr,
         protocol,
         admin: identity.admin,
+        restriction: identity.restriction,
+        persistent: false,
     };
 
     // Session expiry: 3.1.1 clean session 0 keeps the session as long as we allow.
@@ -147,6 +149,8 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
     };
     let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+    let mut info = info;
+    info.persistent = expiry > 0;
 
     // Keepalive: 0 means none; values above the cap are lowered on MQTT 5 and announced.
     let max_keepalive = limits.max_keepalive_secs.get();
@@ -191,6 +195,7 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         session_present = opened.present,
         "client connected"
     );
+    let present = opened.present;
     let handler = Handler::new(conn, ctx, info, opened, kick_rx, &connect, keep_alive, expiry);
-    Some(handler.with_connack(connack))
+    Some(handler.with_connack(connack, present))
 }

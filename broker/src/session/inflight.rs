@@ -105,6 +105,8 @@ mod tests {
                 properties: Properties::default(),
                 expires_at: None,
                 origin: None,
+                exclude_origin: false,
+                tag: None,
             }),
             qos: QoS::ExactlyOnce,
             retain: false,

@@ -57,8 +57,11 @@ pub struct Subscription {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Queued,
-    /// Dropped: queue full, or QoS 0 for an offline session.
+    /// Lost for this session: queue full, or QoS 0 for an offline session.
     Dropped,
+    /// Not queued because the session is offline and the message is kept in durable
+    /// storage ([`Message::tag`]): it is replayed when the session comes back.
+    Deferred,
 }
 
 /// The mutable part of a session, behind the session's mutex.
@@ -148,6 +151,9 @@ impl Session {
     /// Queues a delivery, applying the queue bound and the overflow policy.
     pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
         let online = self.is_online();
+        if !online && delivery.msg.tag.is_some() {
+            return Enqueued::Deferred;
+        }
         let mut st = self.lock();
         if !online && delivery.qos == QoS::AtMostOnce {
             return Enqueued::Dropped;
@@ -178,6 +184,55 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Puts replayed deliveries (from durable storage, oldest first) ahead of what is
+    /// queued, skipping any whose tag is already queued or in flight, and wakes the
+    /// connection. Returns how many were added.
+    pub fn replay(&self, deliveries: Vec<Delivery>) -> usize {
+        let mut st = self.lock();
+        let present: HashSet<u64> = st
+            .queue
+            .iter()
+            .map(|d| &d.msg)
+            .chain(st.inflight.iter().map(|o| &o.delivery.msg))
+            .filter_map(|m| m.tag)
+            .collect();
+        let fresh: Vec<Delivery> = deliveries
+            .into_iter()
+            .filter(|d| d.msg.tag.is_none_or(|t| !present.contains(&t)))
+            .collect();
+        let n = fresh.len();
+        for d in fresh.into_iter().rev() {
+            st.queue.push_front(d);
+        }
+        drop(st);
+        if n > 0 {
+            self.wake();
+        }
+        n
+    }
+
+    /// How `topic` would be delivered to this session by its current subscriptions:
+    /// the highest granted QoS, Retain As Published, and every subscription id.
+    pub fn granted(&self, topic: &str) -> Option<(QoS, bool, Vec<u32>)> {
+        let st = self.lock();
+        let mut out: Option<(QoS, bool, Vec<u32>)> = None;
+        for (filter, sub) in &st.subscriptions {
+            let inner = match natter_shared::topic::parse_shared(filter) {
+                Some(Ok((_, inner))) => inner,
+                _ => filter.as_str(),
+            };
+            if natter_shared::topic::matches(inner, topic) {
+                let o = out.get_or_insert((QoS::AtMostOnce, false, Vec::new()));
+                o.0 = o.0.max(sub.options.qos);
+                o.1 |= sub.options.retain_as_published;
+                o.2.extend(sub.id);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +249,8 @@ mod tests {
                 properties: Properties::default(),
                 expires_at: None,
                 origin: None,
+                exclude_origin: false,
+                tag: None,
             }),
             qos,
             retain: false,

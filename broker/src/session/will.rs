@@ -91,6 +91,8 @@ fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill
         properties,
         expires_at,
         origin: Some(session.id),
+        exclude_origin: false,
+        tag: None,
     };
     match ctx.hooks.authorize_publish(info, &msg) {
         PublishDecision::Allow => {
@@ -100,6 +102,7 @@ fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill
             }
         }
         PublishDecision::Handled => {}
+        PublishDecision::Error => tracing::error!(client_id = %info.client_id, "will could not be stored"),
         PublishDecision::Deny | PublishDecision::Abstain => {
             tracing::info!(client_id = %info.client_id, topic = %msg.topic, "will refused by authorization")
         }

@@ -5,13 +5,21 @@
 //! Every method is synchronous: callers on the async runtime run writes (which
 //! flush) through [`tokio::task::spawn_blocking`].
 
+mod keys;
+mod messages;
+mod social;
 mod tokens;
 mod users;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use std::path::Path;
 
 use thiserror::Error;
 
+pub use messages::{MailboxEntry, MailboxMeta, Retention, StoredMessage};
+pub use social::{Contact, GroupRecord, ResetRecord, Role};
 pub use tokens::TokenRecord;
 pub use users::UserRecord;
 
@@ -32,6 +40,8 @@ pub enum StoreError {
     UserExists(String),
     #[error("no such user: {0}")]
     NoSuchUser(String),
+    #[error("group {0} already exists")]
+    GroupExists(String),
     #[error("user {user} already has a token named {name}")]
     TokenExists { user: String, name: String },
 }
@@ -43,6 +53,20 @@ pub struct Store {
     users: sled::Tree,
     tokens: sled::Tree,
     token_names: sled::Tree,
+    messages: sled::Tree,
+    mailbox: sled::Tree,
+    mailbox_meta: sled::Tree,
+    history: sled::Tree,
+    cursors: sled::Tree,
+    contacts: sled::Tree,
+    blocks: sled::Tree,
+    groups: sled::Tree,
+    members: sled::Tree,
+    memberships: sled::Tree,
+    invites: sled::Tree,
+    resets: sled::Tree,
+    /// The next message id (one increasing sequence for every message).
+    next_id: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -83,7 +107,37 @@ impl Store {
         let users = db.open_tree("users")?;
         let tokens = db.open_tree("tokens")?;
         let token_names = db.open_tree("token_names")?;
-        Ok(Store { db, users, tokens, token_names })
+        let messages = db.open_tree("messages")?;
+        let last_id = match messages.last()? {
+            Some((k, _)) => {
+                <[u8; 8]>::try_from(k.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        tree: "messages",
+                        reason: "key is not 8 bytes".into(),
+                    })?
+            }
+            None => 0,
+        };
+        Ok(Store {
+            users,
+            tokens,
+            token_names,
+            messages,
+            mailbox: db.open_tree("mailbox")?,
+            mailbox_meta: db.open_tree("mailbox_meta")?,
+            history: db.open_tree("history")?,
+            cursors: db.open_tree("cursors")?,
+            contacts: db.open_tree("contacts")?,
+            blocks: db.open_tree("blocks")?,
+            groups: db.open_tree("groups")?,
+            members: db.open_tree("members")?,
+            memberships: db.open_tree("memberships")?,
+            invites: db.open_tree("invites")?,
+            resets: db.open_tree("resets")?,
+            next_id: Arc::new(AtomicU64::new(last_id + 1)),
+            db,
+        })
     }
 
     /// Writes everything to disk. Blocking.

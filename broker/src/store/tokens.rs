@@ -52,10 +52,20 @@ impl Store {
         }
         // The (user, name) index makes names unique per user without a scan.
         let name_key = name_key(&rec.user, &rec.name);
-        if self.token_names.compare_and_swap(&name_key, None as Option<&[u8]>, Some(&digest[..]))?.is_err() {
-            return Err(StoreError::TokenExists { user: rec.user.clone(), name: rec.name.clone() });
+        if self
+            .token_names
+            .compare_and_swap(&name_key, None as Option<&[u8]>, Some(&digest[..]))?
+            .is_err()
+        {
+            return Err(StoreError::TokenExists {
+                user: rec.user.clone(),
+                name: rec.name.clone(),
+            });
         }
-        let value = bincode::serialize(rec).map_err(|e| StoreError::Corrupt { tree: "tokens", reason: e.to_string() })?;
+        let value = bincode::serialize(rec).map_err(|e| StoreError::Corrupt {
+            tree: "tokens",
+            reason: e.to_string(),
+        })?;
         self.tokens.insert(digest, value)?;
         self.flush()
     }
@@ -68,7 +78,11 @@ impl Store {
     pub fn revoke_tokens(&self, user: &str, name: Option<&str>) -> Result<Vec<[u8; 32]>, StoreError> {
         let keys: Vec<sled::IVec> = match name {
             Some(n) => vec![name_key(user, n).into()],
-            None => self.token_names.scan_prefix(name_key(user, "")).keys().collect::<Result<_, _>>()?,
+            None => self
+                .token_names
+                .scan_prefix(name_key(user, ""))
+                .keys()
+                .collect::<Result<_, _>>()?,
         };
         let mut removed = Vec::new();
         for key in keys {

@@ -1,0 +1,91 @@
+//! One-time password reset tokens: an admin issues one (`natterd user reset NAME`),
+//! the user logs in with it as their password (admitted only to set a new password)
+//! and calls `api/account.reset` with it. Stored as SHA-256 digests; expiring; used
+//! once.
+
+use rand_core::RngCore;
+
+use super::tokens::digest;
+use crate::store::{ResetRecord, Store, StoreError};
+
+pub const RESET_PREFIX: &str = "nr_";
+const RESET_LEN: usize = RESET_PREFIX.len() + 64;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn looks_like_reset(password: &[u8]) -> bool {
+    password.len() == RESET_LEN
+        && password.starts_with(RESET_PREFIX.as_bytes())
+        && password[RESET_PREFIX.len()..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// Issues a token for `user`, valid `ttl_secs`. Returns it and its expiry.
+///
+/// # Errors
+/// Store errors.
+pub fn issue(store: &Store, user: &str, ttl_secs: u32) -> Result<(String, u64), StoreError> {
+    let mut bytes = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    let token = format!(
+        "{RESET_PREFIX}{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let expires_at = now_secs() + u64::from(ttl_secs);
+    store.put_reset(
+        &digest(token.as_bytes()),
+        &ResetRecord {
+            user: user.to_owned(),
+            expires_at,
+        },
+    )?;
+    Ok((token, expires_at))
+}
+
+/// True when `token` is a live reset token of `user`.
+///
+/// # Errors
+/// Store errors.
+pub fn valid(store: &Store, user: &str, token: &[u8]) -> Result<bool, StoreError> {
+    if !looks_like_reset(token) {
+        return Ok(false);
+    }
+    Ok(store
+        .reset(&digest(token))?
+        .is_some_and(|r| r.user == user && r.expires_at > now_secs()))
+}
+
+/// Uses the token up: true when it was a live token of `user` (it is gone after).
+///
+/// # Errors
+/// Store errors.
+pub fn consume(store: &Store, user: &str, token: &[u8]) -> Result<bool, StoreError> {
+    if !valid(store, user, token)? {
+        return Ok(false);
+    }
+    store.take_reset(&digest(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_per_user_expire_and_work_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (t, _) = issue(&s, "bob", 60).unwrap();
+        assert!(looks_like_reset(t.as_bytes()));
+        assert!(!valid(&s, "alice", t.as_bytes()).unwrap());
+        assert!(valid(&s, "bob", t.as_bytes()).unwrap());
+        assert!(consume(&s, "bob", t.as_bytes()).unwrap());
+        assert!(!consume(&s, "bob", t.as_bytes()).unwrap(), "once");
+        let (expired, _) = issue(&s, "bob", 0).unwrap();
+        assert!(!valid(&s, "bob", expired.as_bytes()).unwrap());
+    }
+}

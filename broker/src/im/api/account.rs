@@ -1,0 +1,147 @@
+//! account.passwd, account.whoami, account.register (when registration is open) and
+//! account.reset (with a one-time token an admin issued).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use natter_shared::api::ErrorCode;
+use serde_json::json;
+
+use super::{ApiResult, Call, Fail};
+use crate::accounts::{self, AccountError};
+use crate::auth::{password, reset};
+use crate::config::Registration;
+use crate::store::StoreError;
+
+/// Registrations per source address in the last hour, bounded in addresses.
+pub struct RegistrationLimiter {
+    per_hour: u32,
+    seen: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+const MAX_TRACKED: usize = 100_000;
+
+impl RegistrationLimiter {
+    pub fn new(per_hour: u32) -> RegistrationLimiter {
+        RegistrationLimiter {
+            per_hour,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts an attempt; false when the address is over its hourly quota.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_TRACKED {
+            seen.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < hour));
+        }
+        let q = seen.entry(ip).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= hour) {
+            q.pop_front();
+        }
+        if q.len() >= self.per_hour as usize {
+            return false;
+        }
+        q.push_back(now);
+        true
+    }
+}
+
+fn account_error(e: AccountError) -> Fail {
+    match e {
+        AccountError::InvalidName(n) => Fail::new(ErrorCode::BadRequest, format!("invalid user name {n:?}")),
+        AccountError::Password(p) => Fail::new(ErrorCode::BadRequest, p.to_string()),
+        AccountError::Store(StoreError::UserExists(u)) => Fail::new(ErrorCode::AlreadyExists, format!("{u} is taken")),
+        AccountError::Store(StoreError::NoSuchUser(u)) => Fail::new(ErrorCode::NotFound, format!("no such user: {u}")),
+        other => {
+            tracing::error!(error = %other, "account operation failed");
+            Fail::new(ErrorCode::Internal, "account operation failed")
+        }
+    }
+}
+
+pub fn whoami(c: &Call<'_>) -> ApiResult {
+    let me = c.me()?;
+    Ok(json!({ "user": me, "admin": c.client.admin, "client_id": &*c.client.client_id }))
+}
+
+pub fn passwd(c: &Call<'_>) -> ApiResult {
+    let me = c.me()?;
+    if c.client.restriction.is_some() {
+        return Err(Fail::new(ErrorCode::Forbidden, "use account.reset"));
+    }
+    let old = c.field(&c.req.password, "password")?;
+    let new = c.field(&c.req.new_password, "new_password")?;
+    let rec = c
+        .state
+        .store
+        .user(me)?
+        .ok_or_else(|| Fail::new(ErrorCode::NotFound, "account gone"))?;
+    if !password::verify(old.as_bytes(), &rec.password_hash) {
+        return Err(Fail::new(ErrorCode::BadCredentials, "wrong password"));
+    }
+    accounts::passwd(&c.state.store, &c.state.hasher, me, new.as_bytes()).map_err(account_error)?;
+    Ok(json!({ "user": me, "changed": true }))
+}
+
+pub fn register(c: &Call<'_>) -> ApiResult {
+    if c.state.config.registration != Registration::Open {
+        return Err(Fail::new(
+            ErrorCode::RegistrationClosed,
+            "registration is closed on this server",
+        ));
+    }
+    if c.client.username.is_some() {
+        return Err(Fail::new(ErrorCode::Forbidden, "already logged in"));
+    }
+    let user = c.field(&c.req.user, "user")?;
+    let pw = c.field(&c.req.password, "password")?;
+    if !c.state.registrations.allow(c.client.addr.ip()) {
+        return Err(Fail::new(
+            ErrorCode::RateLimited,
+            "too many registrations from this address; try later",
+        ));
+    }
+    accounts::add(&c.state.store, &c.state.hasher, user, pw.as_bytes(), false).map_err(account_error)?;
+    tracing::info!(user, addr = %c.client.addr, "account registered");
+    Ok(json!({ "user": user, "registered": true }))
+}
+
+pub fn reset(c: &Call<'_>) -> ApiResult {
+    let me = c.me()?;
+    let token = c.field(&c.req.token, "token")?;
+    let new = c.field(&c.req.new_password, "new_password")?;
+    // Consumed here, so a token works once whatever happens next.
+    match reset::consume(&c.state.store, me, token.as_bytes())? {
+        true => {}
+        false => {
+            return Err(Fail::new(
+                ErrorCode::BadCredentials,
+                "invalid, used or expired reset token",
+            ))
+        }
+    }
+    accounts::passwd(&c.state.store, &c.state.hasher, me, new.as_bytes()).map_err(account_error)?;
+    tracing::info!(user = me, "password reset");
+    Ok(json!({ "user": me, "changed": true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_counts_per_address() {
+        let l = RegistrationLimiter::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.allow(a));
+        assert!(l.allow(a));
+        assert!(!l.allow(a));
+        assert!(l.allow(b));
+    }
+}

@@ -1,0 +1,209 @@
+//! Mailbox delivery: everything addressed to a user is appended to their mailbox,
+//! then routed to `inbox/{user}/...` for the sessions subscribed now. Offline
+//! persistent sessions do not queue it: when they come back, each device is replayed
+//! what its cursor has not acknowledged, in order (with a gap event when retention
+//! dropped some of it).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use natter_shared::api::event;
+use natter_shared::codec::{Properties, QoS};
+use natter_shared::im;
+use serde_json::{json, Value};
+
+use crate::config::ImConfig;
+use crate::message::Message;
+use crate::router::Router;
+use crate::session::{Delivery, Session};
+use crate::store::{MailboxEntry, Retention, Store, StoreError, StoredMessage};
+
+/// Most entries replayed into a session at once; the rest follow on later acks.
+const REPLAY_BATCH: usize = 10_000;
+
+/// The sender name of broker events.
+pub const BROKER_SENDER: &str = "natter";
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Properties a subscriber sees on a mailbox delivery: the sender's user properties
+/// (minus any that would impersonate ours), then `id`, `from` and `ts`.
+fn properties(id: u64, m: &StoredMessage) -> Properties {
+    let mut user_properties: Vec<(String, String)> = m
+        .user_properties
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "id" | "from" | "ts"))
+        .cloned()
+        .collect();
+    user_properties.push(("id".into(), id.to_string()));
+    user_properties.push(("from".into(), m.from.clone()));
+    user_properties.push(("ts".into(), m.ts.to_string()));
+    Properties {
+        user_properties,
+        content_type: m.content_type.clone(),
+        ..Properties::default()
+    }
+}
+
+pub struct Mailboxes {
+    store: Store,
+    router: Router,
+    retention: Retention,
+}
+
+/// Where a mailbox delivery comes from, for No Local and sender copies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin {
+    pub session: Option<u64>,
+    /// Skip the origin session (it sent the message).
+    pub exclude: bool,
+}
+
+impl Mailboxes {
+    pub fn new(store: Store, router: Router, cfg: &ImConfig) -> Mailboxes {
+        let retention = Retention {
+            max_messages: cfg.mailbox_max_messages.get(),
+            max_bytes: cfg.mailbox_max_bytes.get(),
+            max_age: u64::from(cfg.mailbox_max_age_days.get()) * 86_400_000,
+        };
+        Mailboxes {
+            store,
+            router,
+            retention,
+        }
+    }
+
+    /// Appends message `id` to `user`'s mailbox under `inbox/{user}/{suffix}` and routes
+    /// it to the sessions subscribed now.
+    ///
+    /// # Errors
+    /// Store errors (nothing is routed then).
+    pub fn deliver(
+        &self,
+        user: &str,
+        suffix: &str,
+        id: u64,
+        m: &StoredMessage,
+        qos: QoS,
+        origin: Origin,
+    ) -> Result<(), StoreError> {
+        let entry = MailboxEntry {
+            suffix: suffix.to_owned(),
+            ts: m.ts,
+            bytes: u32::try_from(m.payload.len()).unwrap_or(u32::MAX),
+            qos: qos as u8,
+        };
+        self.store.append_mailbox(user, id, &entry, self.retention)?;
+        let msg = Message {
+            topic: format!("{}{suffix}", im::inbox_prefix(user)).into(),
+            payload: Bytes::copy_from_slice(&m.payload),
+            qos,
+            retain: false,
+            properties: properties(id, m),
+            expires_at: None,
+            origin: origin.session,
+            exclude_origin: origin.exclude,
+            tag: Some(id),
+        };
+        // Mailbox topics are never retained, so routing cannot fail on the retained store.
+        let _ = self.router.publish(Arc::new(msg));
+        Ok(())
+    }
+
+    /// Stores an event and delivers it to `user`'s mailbox at `inbox/{user}/event/{kind}`.
+    pub fn event(&self, user: &str, kind: &str, mut body: Value) {
+        if let Value::Object(map) = &mut body {
+            map.insert("type".into(), json!(kind));
+        }
+        let m = StoredMessage {
+            from: BROKER_SENDER.into(),
+            ts: now_ms(),
+            payload: body.to_string().into_bytes(),
+            user_properties: Vec::new(),
+            content_type: Some("application/json".into()),
+        };
+        let id = self.store.next_message_id();
+        let result = self.store.put_message(id, &m, None).and_then(|()| {
+            self.deliver(
+                user,
+                &format!("event/{kind}"),
+                id,
+                &m,
+                QoS::AtLeastOnce,
+                Origin::default(),
+            )
+        });
+        if let Err(e) = result {
+            tracing::error!(user, kind, error = %e, "cannot store an event");
+        }
+    }
+
+    /// Replays `user`'s mailbox into one device's session: entries after the device's
+    /// cursor that its subscriptions cover, oldest first. A device seen for the first
+    /// time starts at the mailbox's head (clean history is what `history` is for).
+    pub fn replay(&self, user: &str, device: &str, session: &Arc<Session>) {
+        if let Err(e) = self.try_replay(user, device, session) {
+            tracing::error!(user, device, error = %e, "mailbox replay failed");
+        }
+    }
+
+    fn try_replay(&self, user: &str, device: &str, session: &Arc<Session>) -> Result<(), StoreError> {
+        let (head, dropped_up_to) = self.store.mailbox_head(user)?;
+        let Some(cursor) = self.store.cursor(user, device)? else {
+            self.store.advance_cursor(user, device, head)?;
+            return Ok(());
+        };
+        let mut deliveries = Vec::new();
+        if cursor < dropped_up_to {
+            // Retention removed entries this device never received: say so.
+            let body = json!({ "type": event::GAP, "from": cursor + 1, "to": dropped_up_to });
+            let topic = im::inbox_event(user, event::GAP);
+            if let Some((qos, _, sub_ids)) = session.granted(&topic) {
+                let mut msg = Message::broker(topic, Bytes::from(body.to_string()), QoS::AtLeastOnce, false);
+                msg.properties.content_type = Some("application/json".into());
+                deliveries.push(Delivery {
+                    msg: Arc::new(msg),
+                    qos: qos.min(QoS::AtLeastOnce),
+                    retain: false,
+                    sub_ids,
+                });
+            }
+        }
+        for (id, entry) in self.store.mailbox_after(user, cursor, REPLAY_BATCH)? {
+            let topic = format!("{}{}", im::inbox_prefix(user), entry.suffix);
+            let Some((granted, _, sub_ids)) = session.granted(&topic) else {
+                continue;
+            };
+            let Some(m) = self.store.message(id)? else {
+                continue;
+            };
+            let msg = Message {
+                topic: topic.into(),
+                payload: Bytes::from(m.payload.clone()),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: properties(id, &m),
+                expires_at: None,
+                origin: None,
+                exclude_origin: false,
+                tag: Some(id),
+            };
+            let sent = QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce);
+            deliveries.push(Delivery {
+                qos: granted.min(sent),
+                msg: Arc::new(msg),
+                retain: false,
+                sub_ids,
+            });
+        }
+        let n = session.replay(deliveries);
+        if n > 0 {
+            tracing::debug!(user, device, replayed = n, "mailbox replayed");
+        }
+        Ok(())
+    }
+}

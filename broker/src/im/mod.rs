@@ -1,0 +1,272 @@
+//! The IM layer, as one plugin on the hook layer: authorization of the IM topics and
+//! the operator rules, direct and group messages through the mailboxes, presence, and
+//! the API over MQTT. The MQTT core knows none of this.
+
+pub mod api;
+pub mod mailbox;
+pub mod presence;
+
+use std::sync::Arc;
+
+use natter_shared::codec::QoS;
+use natter_shared::im::{self, Publish};
+
+use crate::acl::rules::{self, Effect, Op, Subject};
+use crate::acl::{self, Asker, Builtin, PublishClass};
+use crate::auth::password::PasswordHasherConfig;
+use crate::config::{AclConfig, DmPolicy, ImConfig, PresenceVisibility};
+use crate::control::ControlState;
+use crate::hooks::{Access, Hook, PublishDecision};
+use crate::message::{ClientInfo, Message};
+use crate::router::Router;
+use crate::session::{Session, Subscription};
+use crate::store::{Store, StoreError, StoredMessage};
+use mailbox::{now_ms, Mailboxes, Origin};
+use presence::PresenceBook;
+
+/// Shared by the plugin and the API tasks it spawns.
+pub struct ImState {
+    pub store: Store,
+    pub router: Router,
+    pub config: ImConfig,
+    pub rules: Vec<rules::Rule>,
+    pub mailboxes: Mailboxes,
+    pub presence: PresenceBook,
+    pub hasher: PasswordHasherConfig,
+    /// For admin commands: the same handling as the control socket's.
+    pub control: ControlState,
+    pub registrations: api::account::RegistrationLimiter,
+}
+
+/// The IM plugin.
+pub struct ImPlugin {
+    state: Arc<ImState>,
+}
+
+/// The conversation key of a DM between two users (order-independent).
+pub fn dm_conversation(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
+}
+
+pub fn group_conversation(g: &str) -> String {
+    format!("group:{g}")
+}
+
+fn asker(c: &ClientInfo) -> Asker<'_> {
+    Asker {
+        user: c.username.as_deref(),
+        admin: c.admin,
+        restriction: c.restriction,
+    }
+}
+
+fn subject(c: &ClientInfo) -> Subject<'_> {
+    Subject {
+        user: c.username.as_deref(),
+        client_id: &c.client_id,
+        admin: c.admin,
+    }
+}
+
+impl ImPlugin {
+    pub fn new(control: ControlState, config: ImConfig, acl: AclConfig) -> ImPlugin {
+        let store = control.store.clone();
+        let router = control.router.clone();
+        ImPlugin {
+            state: Arc::new(ImState {
+                mailboxes: Mailboxes::new(store.clone(), router.clone(), &config),
+                presence: PresenceBook::new(router.clone()),
+                registrations: api::account::RegistrationLimiter::new(config.registrations_per_hour.get()),
+                hasher: control.hasher.clone(),
+                store,
+                router,
+                config,
+                rules: acl.rules,
+                control,
+            }),
+        }
+    }
+
+    fn stored(&self, from: &str, msg: &Message) -> StoredMessage {
+        StoredMessage {
+            from: from.to_owned(),
+            ts: now_ms(),
+            payload: msg.payload.to_vec(),
+            user_properties: msg.properties.user_properties.clone(),
+            content_type: msg.properties.content_type.clone(),
+        }
+    }
+
+    fn dm(&self, client: &ClientInfo, to: &str, msg: &Message) -> Result<PublishDecision, StoreError> {
+        let s = &self.state;
+        let Some(from) = client.username.as_deref() else {
+            return Ok(PublishDecision::Deny);
+        };
+        if s.store.user(to)?.is_none() {
+            tracing::info!(from, to, "DM refused: no such user");
+            return Ok(PublishDecision::Deny);
+        }
+        if s.store.blocked(to, from)? {
+            tracing::info!(from, to, "DM refused: blocked by the recipient");
+            return Ok(PublishDecision::Deny);
+        }
+        if s.config.dm_policy == DmPolicy::Friends && from != to && !s.store.are_friends(from, to)? {
+            tracing::info!(from, to, "DM refused: not friends");
+            return Ok(PublishDecision::Deny);
+        }
+        let id = s.store.next_message_id();
+        let stored = self.stored(from, msg);
+        s.store.put_message(id, &stored, Some(&dm_conversation(from, to)))?;
+        s.mailboxes
+            .deliver(to, &format!("dm/{from}"), id, &stored, msg.qos, Origin::default())?;
+        if to != from {
+            let copy = Origin {
+                session: msg.origin,
+                exclude: true,
+            };
+            s.mailboxes
+                .deliver(from, &format!("sent/dm/{to}"), id, &stored, msg.qos, copy)?;
+        }
+        Ok(PublishDecision::Handled)
+    }
+
+    fn group(&self, client: &ClientInfo, group: &str, msg: &Message) -> Result<PublishDecision, StoreError> {
+        let s = &self.state;
+        let Some(from) = client.username.as_deref() else {
+            return Ok(PublishDecision::Deny);
+        };
+        if s.store.role(group, from)?.is_none() {
+            tracing::info!(from, group, "group message refused: not a member");
+            return Ok(PublishDecision::Deny);
+        }
+        let id = s.store.next_message_id();
+        let stored = self.stored(from, msg);
+        s.store.put_message(id, &stored, Some(&group_conversation(group)))?;
+        let suffix = format!("group/{group}/{from}");
+        for (member, _) in s.store.members(group)? {
+            let origin = Origin {
+                session: msg.origin,
+                exclude: member == from,
+            };
+            s.mailboxes.deliver(&member, &suffix, id, &stored, msg.qos, origin)?;
+        }
+        Ok(PublishDecision::Handled)
+    }
+
+    fn sees_presence(&self, me: &str, user: &str) -> bool {
+        self.state.config.presence_visibility == PresenceVisibility::All
+            || me == user
+            || self.state.store.are_friends(me, user).unwrap_or(false)
+    }
+
+    /// Mailbox filters cover `inbox/{me}/...`.
+    fn is_mailbox_filter(me: &str, filter: &str) -> bool {
+        let f = acl::effective_filter(filter);
+        f.strip_prefix("inbox/").and_then(|r| r.split('/').next()) == Some(me)
+    }
+}
+
+impl Hook for ImPlugin {
+    fn name(&self) -> &'static str {
+        "im"
+    }
+
+    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> Access {
+        let all = self.state.config.presence_visibility == PresenceVisibility::All;
+        let me = client.username.as_deref().unwrap_or("");
+        match acl::subscribe(&asker(client), filter, all, |u| self.sees_presence(me, u)) {
+            Builtin::Allow => Access::Allow,
+            Builtin::Deny => Access::Deny,
+            Builtin::Rules => match rules::decide(
+                &self.state.rules,
+                &subject(client),
+                Op::Subscribe,
+                acl::effective_filter(filter),
+            ) {
+                Some(Effect::Allow) => Access::Allow,
+                _ => Access::Deny,
+            },
+        }
+    }
+
+    fn authorize_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
+        let result = match acl::publish(&asker(client), &msg.topic) {
+            PublishClass::Deny => Ok(PublishDecision::Deny),
+            PublishClass::Rules => Ok(
+                match rules::decide(&self.state.rules, &subject(client), Op::Publish, &msg.topic) {
+                    Some(Effect::Allow) => PublishDecision::Allow,
+                    _ => PublishDecision::Deny,
+                },
+            ),
+            PublishClass::Im(Publish::Dm { to }) => self.dm(client, to, msg),
+            PublishClass::Im(Publish::Group { group }) => self.group(client, group, msg),
+            PublishClass::Im(Publish::Api { command }) => {
+                api::spawn(self.state.clone(), client.clone(), command.to_owned(), msg.clone());
+                Ok(PublishDecision::Handled)
+            }
+            PublishClass::Im(Publish::Reserved | Publish::Other) => Ok(PublishDecision::Deny),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::error!(topic = %msg.topic, error = %e, "message not stored");
+            PublishDecision::Error
+        })
+    }
+
+    fn on_connected(&self, client: &ClientInfo, session: &Arc<Session>, present: bool) {
+        let Some(user) = client.username.as_deref() else {
+            return;
+        };
+        if client.restriction.is_some() {
+            return;
+        }
+        self.state.presence.connected(user);
+        if present && client.persistent {
+            self.state.mailboxes.replay(user, &client.client_id, session);
+        }
+    }
+
+    fn on_subscribed(&self, client: &ClientInfo, session: &Arc<Session>, filter: &str, _sub: Subscription, new: bool) {
+        let Some(user) = client.username.as_deref() else {
+            return;
+        };
+        if !new || !client.persistent || client.restriction.is_some() || !Self::is_mailbox_filter(user, filter) {
+            return;
+        }
+        // Replay only for the session's first mailbox subscription: with another one
+        // already in place, what it covers was delivered or queued already.
+        let others = session
+            .lock()
+            .subscriptions
+            .keys()
+            .filter(|f| *f != filter && Self::is_mailbox_filter(user, f))
+            .count();
+        if others == 0 {
+            self.state.mailboxes.replay(user, &client.client_id, session);
+        }
+    }
+
+    fn on_disconnected(&self, client: &ClientInfo) {
+        if let (Some(user), None) = (client.username.as_deref(), client.restriction) {
+            self.state.presence.disconnected(user);
+        }
+    }
+
+    fn on_acked(&self, client: &ClientInfo, msg: &Message) {
+        let (Some(user), Some(id)) = (client.username.as_deref(), msg.tag) else {
+            return;
+        };
+        if !client.persistent || im::inbox_owner(&msg.topic) != Some(user) {
+            return;
+        }
+        if let Err(e) = self.state.store.advance_cursor(user, &client.client_id, id) {
+            tracing::error!(user, error = %e, "cannot move the device cursor");
+        }
+    }
+}
+
+/// Default QoS of broker-originated API responses and events.
+pub const RESPONSE_QOS: QoS = QoS::AtLeastOnce;

@@ -1,0 +1,319 @@
+//! Messages, mailboxes, conversation history and device cursors.
+//!
+//! A message is stored once (`messages`: id to content) and referenced from each
+//! mailbox it goes to (`mailbox`: user+id to the topic suffix it arrives on) and from
+//! its conversation's history (`history`: conversation+id). Ids come from one
+//! increasing sequence, so they increase in every mailbox and conversation.
+
+use serde::{Deserialize, Serialize};
+
+use super::keys;
+use super::{Store, StoreError};
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The authenticated sender ("natter" for broker events).
+    pub from: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+    pub payload: Vec<u8>,
+    /// The sender's MQTT 5 user properties, passed on.
+    pub user_properties: Vec<(String, String)>,
+    pub content_type: Option<String>,
+}
+
+/// A mailbox entry: which message, and where under `inbox/{user}/` it arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxEntry {
+    /// e.g. `dm/alice`, `group/g1/alice`, `sent/dm/bob`, `event/friend_request`.
+    pub suffix: String,
+    pub ts: u64,
+    pub bytes: u32,
+    /// QoS it was sent with (replays use at most this).
+    pub qos: u8,
+}
+
+/// Retention bounds of one mailbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    /// Milliseconds.
+    pub max_age: u64,
+}
+
+/// Counts kept per mailbox so retention never scans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxMeta {
+    pub count: u64,
+    pub bytes: u64,
+    /// Highest id removed by retention (0: none).
+    pub dropped_up_to: u64,
+}
+
+fn corrupt(tree: &'static str, e: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        reason: e.to_string(),
+    }
+}
+
+impl Store {
+    /// The next message id.
+    pub fn next_message_id(&self) -> u64 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stores a message under `id`, and in the history of `conversation` (if any).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn put_message(&self, id: u64, msg: &StoredMessage, conversation: Option<&str>) -> Result<(), StoreError> {
+        let value = bincode::serialize(msg).map_err(|e| corrupt("messages", e))?;
+        self.messages.insert(id.to_be_bytes(), value)?;
+        if let Some(conv) = conversation {
+            self.history.insert(keys::with_id(conv, id), &[])?;
+        }
+        Ok(())
+    }
+
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn message(&self, id: u64) -> Result<Option<StoredMessage>, StoreError> {
+        self.messages
+            .get(id.to_be_bytes())?
+            .map(|v| bincode::deserialize(&v).map_err(|e| corrupt("messages", e)))
+            .transpose()
+    }
+
+    fn mailbox_meta(&self, user: &str) -> Result<MailboxMeta, StoreError> {
+        match self.mailbox_meta.get(user)? {
+            Some(v) => bincode::deserialize(&v).map_err(|e| corrupt("mailbox_meta", e)),
+            None => Ok(MailboxMeta::default()),
+        }
+    }
+
+    /// Appends message `id` to `user`'s mailbox, then applies retention. Returns the
+    /// mailbox's state after.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn append_mailbox(
+        &self,
+        user: &str,
+        id: u64,
+        entry: &MailboxEntry,
+        r: Retention,
+    ) -> Result<MailboxMeta, StoreError> {
+        let value = bincode::serialize(entry).map_err(|e| corrupt("mailbox", e))?;
+        self.mailbox.insert(keys::with_id(user, id), value)?;
+        let mut meta = self.mailbox_meta(user)?;
+        meta.count += 1;
+        meta.bytes += u64::from(entry.bytes);
+        let oldest_allowed = entry.ts.saturating_sub(r.max_age);
+        // Drop from the front while over a bound (the newest entry always stays).
+        while meta.count > 1 {
+            let Some((k, v)) = self.mailbox.scan_prefix(keys::prefix(user)).next().transpose()? else {
+                break;
+            };
+            let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
+            let over = meta.count > r.max_messages || meta.bytes > r.max_bytes || e.ts < oldest_allowed;
+            if !over {
+                break;
+            }
+            self.mailbox.remove(&k)?;
+            meta.count -= 1;
+            meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
+            meta.dropped_up_to = meta.dropped_up_to.max(keys::id_of(&k).unwrap_or(0));
+        }
+        self.mailbox_meta
+            .insert(user, bincode::serialize(&meta).map_err(|e| corrupt("mailbox_meta", e))?)?;
+        Ok(meta)
+    }
+
+    /// Mailbox entries of `user` with ids above `after`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn mailbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, MailboxEntry)>, StoreError> {
+        let start = keys::with_id(user, after.saturating_add(1));
+        self.mailbox
+            .range(start..keys::prefix_end(user))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = keys::id_of(&k).ok_or_else(|| corrupt("mailbox", "short key"))?;
+                Ok((id, bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?))
+            })
+            .collect()
+    }
+
+    /// The newest id in `user`'s mailbox (0 when empty), and the highest id retention
+    /// removed.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn mailbox_head(&self, user: &str) -> Result<(u64, u64), StoreError> {
+        let last = self
+            .mailbox
+            .scan_prefix(keys::prefix(user))
+            .keys()
+            .next_back()
+            .transpose()?;
+        let head = last.and_then(|k| keys::id_of(&k)).unwrap_or(0);
+        Ok((head, self.mailbox_meta(user)?.dropped_up_to))
+    }
+
+    /// History of `conversation`: ids after `after` (oldest first) or before `before`
+    /// (the newest ones, returned oldest first), at most `limit`.
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn history(
+        &self,
+        conversation: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
+        let lo = keys::with_id(conversation, after.map_or(0, |a| a.saturating_add(1)));
+        let hi = keys::with_id(conversation, before.unwrap_or(u64::MAX));
+        let range = self.history.range(lo..hi);
+        let ids: Vec<u64> = if after.is_some() && before.is_none() {
+            range
+                .keys()
+                .take(limit)
+                .filter_map(|k| k.ok().and_then(|k| keys::id_of(&k)))
+                .collect()
+        } else {
+            let mut v: Vec<u64> = range
+                .keys()
+                .rev()
+                .take(limit)
+                .filter_map(|k| k.ok().and_then(|k| keys::id_of(&k)))
+                .collect();
+            v.reverse();
+            v
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = self.message(id)? {
+                out.push((id, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last id a device acknowledged.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .cursors
+            .get(keys::pair(user, device))?
+            .and_then(|v| keys::id_of(&v)))
+    }
+
+    /// Moves a device's cursor forward (never back).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn advance_cursor(&self, user: &str, device: &str, id: u64) -> Result<(), StoreError> {
+        self.cursors.fetch_and_update(keys::pair(user, device), |old| {
+            let cur = old.and_then(keys::id_of).unwrap_or(0);
+            Some(cur.max(id).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(text: &str) -> StoredMessage {
+        StoredMessage {
+            from: "alice".into(),
+            ts: 1,
+            payload: text.as_bytes().to_vec(),
+            user_properties: vec![],
+            content_type: None,
+        }
+    }
+
+    fn entry(ts: u64) -> MailboxEntry {
+        MailboxEntry {
+            suffix: "dm/alice".into(),
+            ts,
+            bytes: 10,
+            qos: 1,
+        }
+    }
+
+    const WIDE: Retention = Retention {
+        max_messages: 1000,
+        max_bytes: 1 << 30,
+        max_age: u64::MAX,
+    };
+
+    #[test]
+    fn mailbox_append_read_and_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for id in 1..=5 {
+            s.append_mailbox("bob", id, &entry(100), WIDE).unwrap();
+        }
+        s.append_mailbox("bobby", 6, &entry(100), WIDE).unwrap();
+        let after2: Vec<u64> = s
+            .mailbox_after("bob", 2, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(after2, vec![3, 4, 5], "bobby's mailbox is separate");
+        assert_eq!(s.mailbox_head("bob").unwrap(), (5, 0));
+        let tight = Retention {
+            max_messages: 3,
+            ..WIDE
+        };
+        let meta = s.append_mailbox("bob", 7, &entry(100), tight).unwrap();
+        assert_eq!((meta.count, meta.dropped_up_to), (3, 3));
+        assert_eq!(s.mailbox_after("bob", 0, 100).unwrap().len(), 3);
+        let aged = Retention { max_age: 50, ..WIDE };
+        let meta = s.append_mailbox("bob", 8, &entry(200), aged).unwrap();
+        assert_eq!(
+            (meta.count, meta.dropped_up_to),
+            (1, 7),
+            "entries older than 50 ms dropped"
+        );
+    }
+
+    #[test]
+    fn history_pages_and_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for id in 1..=10 {
+            s.put_message(id, &msg(&format!("m{id}")), Some("dm:alice:bob"))
+                .unwrap();
+        }
+        s.put_message(11, &msg("other"), Some("dm:alice:carol")).unwrap();
+        let ids = |v: Vec<(u64, StoredMessage)>| v.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.history("dm:alice:bob", None, None, 3).unwrap()),
+            vec![8, 9, 10],
+            "latest"
+        );
+        assert_eq!(ids(s.history("dm:alice:bob", Some(8), None, 3).unwrap()), vec![5, 6, 7]);
+        assert_eq!(ids(s.history("dm:alice:bob", None, Some(8), 5).unwrap()), vec![9, 10]);
+        assert_eq!(
+            ids(s.history("dm:alice:bob", Some(5), Some(1), 10).unwrap()),
+            vec![2, 3, 4]
+        );
+        assert_eq!(s.cursor("bob", "phone").unwrap(), None);
+        s.advance_cursor("bob", "phone", 7).unwrap();
+        s.advance_cursor("bob", "phone", 5).unwrap();
+        assert_eq!(s.cursor("bob", "phone").unwrap(), Some(7), "never back");
+    }
+}

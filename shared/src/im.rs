@@ -1,0 +1,158 @@
+//! The IM topic contract: what a client publishes to, and where things arrive.
+//!
+//! | publish | meaning |
+//! |---|---|
+//! | `dm/{user}` | a direct message to `user` |
+//! | `group/{group}` | a message to every member of `group` |
+//! | `api/{command}` | an API request (JSON), see [`crate::api`] |
+//!
+//! | subscribe | what arrives |
+//! |---|---|
+//! | `inbox/{me}/dm/{from}` | a direct message from `from` |
+//! | `inbox/{me}/group/{group}/{from}` | a group message (also the sender's own, on their other devices) |
+//! | `inbox/{me}/sent/dm/{to}` | a DM I sent, on my other devices |
+//! | `inbox/{me}/event/{kind}` | friend requests and answers, group changes, gaps |
+//! | `inbox/{me}/api/{command}` | API responses |
+//! | `presence/{user}` | retained presence of a user (broker-owned) |
+//! | `register/{reply}` | the answer to `api/account.register`, for clients without an account |
+
+use crate::names::is_valid_name;
+
+pub const DM: &str = "dm";
+pub const GROUP: &str = "group";
+pub const API: &str = "api";
+pub const INBOX: &str = "inbox";
+pub const PRESENCE: &str = "presence";
+pub const REGISTER: &str = "register";
+
+/// First topic levels owned by the IM layer.
+pub const NAMESPACES: &[&str] = &[DM, GROUP, API, INBOX, PRESENCE, REGISTER];
+
+/// What a published topic asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish<'a> {
+    Dm {
+        to: &'a str,
+    },
+    Group {
+        group: &'a str,
+    },
+    Api {
+        command: &'a str,
+    },
+    /// Under an IM namespace but not a valid target (e.g. `dm/a/b`, `inbox/...`).
+    Reserved,
+    /// Not an IM topic.
+    Other,
+}
+
+/// Classifies a PUBLISH topic.
+pub fn classify(topic: &str) -> Publish<'_> {
+    let (first, rest) = topic.split_once('/').unwrap_or((topic, ""));
+    match first {
+        DM if is_valid_name(rest) => Publish::Dm { to: rest },
+        GROUP if is_valid_name(rest) => Publish::Group { group: rest },
+        API if !rest.is_empty() && !rest.contains('/') => Publish::Api { command: rest },
+        f if NAMESPACES.contains(&f) => Publish::Reserved,
+        _ => Publish::Other,
+    }
+}
+
+pub fn dm(to: &str) -> String {
+    format!("{DM}/{to}")
+}
+
+pub fn group(group: &str) -> String {
+    format!("{GROUP}/{group}")
+}
+
+pub fn api(command: &str) -> String {
+    format!("{API}/{command}")
+}
+
+/// `inbox/{me}/#`: everything addressed to `me`.
+pub fn inbox_all(me: &str) -> String {
+    format!("{INBOX}/{me}/#")
+}
+
+/// The prefix of `me`'s mailbox topics, with the trailing slash.
+pub fn inbox_prefix(me: &str) -> String {
+    format!("{INBOX}/{me}/")
+}
+
+pub fn inbox_dm(me: &str, from: &str) -> String {
+    format!("{INBOX}/{me}/dm/{from}")
+}
+
+pub fn inbox_group(me: &str, group: &str, from: &str) -> String {
+    format!("{INBOX}/{me}/group/{group}/{from}")
+}
+
+pub fn inbox_sent_dm(me: &str, to: &str) -> String {
+    format!("{INBOX}/{me}/sent/dm/{to}")
+}
+
+pub fn inbox_event(me: &str, kind: &str) -> String {
+    format!("{INBOX}/{me}/event/{kind}")
+}
+
+pub fn inbox_api(me: &str, command: &str) -> String {
+    format!("{INBOX}/{me}/api/{command}")
+}
+
+pub fn presence(user: &str) -> String {
+    format!("{PRESENCE}/{user}")
+}
+
+pub fn register_reply(reply: &str) -> String {
+    format!("{REGISTER}/{reply}")
+}
+
+/// The user a mailbox topic belongs to (`inbox/{user}/...`).
+pub fn inbox_owner(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("inbox/")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_publish_topics() {
+        assert_eq!(classify("dm/bob"), Publish::Dm { to: "bob" });
+        assert_eq!(classify("group/g1"), Publish::Group { group: "g1" });
+        assert_eq!(
+            classify("api/friends.request"),
+            Publish::Api {
+                command: "friends.request"
+            }
+        );
+        for reserved in [
+            "dm/Bob",
+            "dm/bob/x",
+            "dm",
+            "dm/",
+            "group/",
+            "api/",
+            "api/a/b",
+            "inbox/bob/dm/x",
+            "presence/bob",
+            "register/x",
+        ] {
+            assert_eq!(classify(reserved), Publish::Reserved, "{reserved}");
+        }
+        for other in ["devices/x", "dmx/bob", "inboxes/a", "$SYS/x", "a"] {
+            assert_eq!(classify(other), Publish::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn builds_mailbox_topics() {
+        assert_eq!(inbox_dm("bob", "alice"), "inbox/bob/dm/alice");
+        assert_eq!(inbox_group("bob", "g1", "alice"), "inbox/bob/group/g1/alice");
+        assert_eq!(inbox_sent_dm("alice", "bob"), "inbox/alice/sent/dm/bob");
+        assert_eq!(inbox_owner("inbox/bob/dm/alice"), Some("bob"));
+        assert_eq!(inbox_owner("dm/bob"), None);
+    }
+}
