@@ -4,6 +4,7 @@
 mod auth;
 mod hooks;
 mod hostile;
+mod im;
 mod mqtt5;
 mod qos;
 mod retained;

@@ -123,13 +123,15 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         f(&mut config);
-        {
-            let store = Store::open(dir.path()).expect("store");
-            let hasher = PasswordHasherConfig::new(&config.auth).expect("argon2 params");
+        let hasher = PasswordHasherConfig::new(&config.auth).expect("argon2 params");
+        // Accounts are created on the broker's own store handle (sled locks the store,
+        // so it is opened once).
+        let plugins = move |router: &Router, store: &Store| {
             for (name, pw, admin) in USERS {
-                natterd::accounts::add(&store, &hasher, name, pw.as_bytes(), *admin).expect("add user");
+                natterd::accounts::add(store, &hasher, name, pw.as_bytes(), *admin).expect("add user");
             }
-        }
+            plugins(router, store)
+        };
         let broker = natterd::start_with(config, plugins).await.expect("broker starts");
         TestBroker {
             addr: broker.local_addr(),
@@ -465,5 +467,205 @@ pub mod v5 {
                 }
             }
         }
+    }
+}
+
+pub mod im {
+    //! An IM client over rumqttc 5: subscribes to its mailbox, calls the API, and keeps
+    //! what arrives while it waits for an answer.
+
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::v5;
+
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+    /// A message from the mailbox.
+    #[derive(Debug, Clone)]
+    pub struct Got {
+        pub topic: String,
+        pub payload: bytes::Bytes,
+        pub props: Vec<(String, String)>,
+        pub qos: v5::QoS,
+    }
+
+    impl Got {
+        pub fn prop(&self, k: &str) -> Option<&str> {
+            self.props.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        }
+
+        pub fn text(&self) -> &str {
+            std::str::from_utf8(&self.payload).unwrap_or("<binary>")
+        }
+
+        pub fn json(&self) -> Value {
+            serde_json::from_slice(&self.payload).expect("JSON payload")
+        }
+    }
+
+    pub struct ImClient {
+        pub c: v5::Client,
+        pub user: String,
+        backlog: VecDeque<Got>,
+    }
+
+    fn got(p: v5::Publish) -> Got {
+        Got {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload,
+            props: p.properties.map(|p| p.user_properties).unwrap_or_default(),
+            qos: p.qos,
+        }
+    }
+
+    impl ImClient {
+        /// A clean-start client subscribed to its whole mailbox.
+        pub async fn connect(addr: SocketAddr, user: &str, client_id: &str) -> ImClient {
+            Self::open(v5::options(addr, client_id, Some(user)), user).await
+        }
+
+        /// A device with a persistent session (expiry one hour), subscribed to its mailbox.
+        pub async fn persistent(addr: SocketAddr, user: &str, client_id: &str) -> ImClient {
+            let mut o = v5::options(addr, client_id, Some(user));
+            o.set_clean_start(false);
+            let mut props = ConnectProperties::new();
+            props.session_expiry_interval = Some(3600);
+            o.set_connect_properties(props);
+            Self::open(o, user).await
+        }
+
+        async fn open(o: rumqttc::v5::MqttOptions, user: &str) -> ImClient {
+            let mut c = v5::connect(o).await.expect("IM login");
+            c.client
+                .subscribe(natter_shared::im::inbox_all(user), v5::QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            // A resumed session may receive its mailbox before the SUBACK: keep it.
+            let mut backlog = VecDeque::new();
+            loop {
+                match tokio::time::timeout(WAIT, c.rx.recv())
+                    .await
+                    .expect("no SUBACK in time")
+                {
+                    Some(v5::Packet::SubAck(_)) => break,
+                    Some(v5::Packet::Publish(p)) => backlog.push_back(got(p)),
+                    Some(_) => {}
+                    None => panic!("connection ended"),
+                }
+            }
+            ImClient {
+                c,
+                user: user.to_owned(),
+                backlog,
+            }
+        }
+
+        async fn next_raw(&mut self) -> Got {
+            got(self.c.publish().await)
+        }
+
+        /// The next mailbox message (in arrival order), skipping API responses.
+        pub async fn next(&mut self) -> Got {
+            if let Some(g) = self.backlog.pop_front() {
+                return g;
+            }
+            loop {
+                let g = self.next_raw().await;
+                if !g.topic.contains("/api/") {
+                    return g;
+                }
+            }
+        }
+
+        /// The next message on `topic`, keeping others for later.
+        pub async fn next_on(&mut self, topic: &str) -> Got {
+            if let Some(i) = self.backlog.iter().position(|g| g.topic == topic) {
+                return self.backlog.remove(i).expect("present");
+            }
+            loop {
+                let g = self.next_raw().await;
+                if g.topic == topic {
+                    return g;
+                }
+                if !g.topic.contains("/api/") {
+                    self.backlog.push_back(g);
+                }
+            }
+        }
+
+        /// Nothing more arrives (but API responses) within `d`.
+        pub async fn quiet(&mut self, d: std::time::Duration) {
+            assert!(self.backlog.is_empty(), "unexpected {:?}", self.backlog);
+            let end = tokio::time::Instant::now() + d;
+            while let Ok(Some(p)) = tokio::time::timeout_at(end, self.c.rx.recv()).await {
+                if let v5::Packet::Publish(p) = p {
+                    let g = got(p);
+                    assert!(g.topic.contains("/api/"), "unexpected {g:?}");
+                }
+            }
+        }
+
+        pub async fn publish(&self, topic: &str, qos: v5::QoS, payload: &str) {
+            self.c
+                .client
+                .publish(topic, qos, false, payload.to_owned())
+                .await
+                .expect("publish");
+        }
+
+        /// Calls `api/{command}` and returns the whole response.
+        pub async fn call(&mut self, command: &str, mut body: Value) -> Value {
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed).to_string();
+            body["id"] = json!(id);
+            self.publish(
+                &natter_shared::im::api(command),
+                v5::QoS::AtLeastOnce,
+                &body.to_string(),
+            )
+            .await;
+            let topic = natter_shared::im::inbox_api(&self.user, command);
+            loop {
+                let g = self.next_raw().await;
+                if g.topic == topic {
+                    let v = g.json();
+                    if v["id"] == json!(id) {
+                        return v;
+                    }
+                } else if !g.topic.contains("/api/") {
+                    self.backlog.push_back(g);
+                }
+            }
+        }
+
+        /// Calls and asserts success; returns the result.
+        pub async fn ok(&mut self, command: &str, body: Value) -> Value {
+            let v = self.call(command, body).await;
+            assert_eq!(v["ok"], json!(true), "{command}: {v}");
+            v["result"].clone()
+        }
+
+        /// Calls and asserts the error code.
+        pub async fn fails(&mut self, command: &str, body: Value, code: &str) {
+            let v = self.call(command, body).await;
+            assert_eq!(v["ok"], json!(false), "{command} should fail: {v}");
+            assert_eq!(v["error"]["code"], json!(code), "{command}: {v}");
+        }
+    }
+
+    /// Makes two users friends through the API.
+    pub async fn befriend(a: &mut ImClient, b: &mut ImClient) {
+        a.ok("friends.request", json!({ "user": b.user })).await;
+        b.next_on(&natter_shared::im::inbox_event(&b.user, "friend_request"))
+            .await;
+        b.ok("friends.accept", json!({ "user": a.user })).await;
+        a.next_on(&natter_shared::im::inbox_event(&a.user, "friend_accepted"))
+            .await;
+        b.next_on(&natter_shared::im::inbox_event(&b.user, "friend_accepted"))
+            .await;
     }
 }

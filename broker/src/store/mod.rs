@@ -77,12 +77,24 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.join("store");
-        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if is_lock_error(io) => StoreError::Locked {
-                path: path.display().to_string(),
-            },
-            other => StoreError::Sled(other),
-        })?;
+        // A handle being dropped (a broker or command that just ended) releases the lock
+        // from a background thread: retry briefly before reporting it as held.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref io)) if is_lock_error(io) => {
+                    attempts += 1;
+                    if attempts >= 10 {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(other) => return Err(StoreError::Sled(other)),
+            }
+        };
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             None => {

@@ -119,7 +119,11 @@ fn handle_request(
     msg: &Message,
 ) -> (String, Response, Option<Bytes>) {
     let parsed: Result<Request, _> = serde_json::from_slice(&msg.payload);
-    let id = parsed.as_ref().ok().and_then(|r| r.id.clone());
+    // The id is echoed even when the request is refused as malformed, so the caller can
+    // match the error with its request.
+    let id = serde_json::from_slice::<Value>(&msg.payload)
+        .ok()
+        .and_then(|v| v.get("id").cloned());
     // Where the answer goes: the caller's mailbox (or a Response Topic inside it), or
     // for a client without an account, register/{reply}.
     let (topic, corr) = match client.username.as_deref() {
@@ -138,7 +142,7 @@ fn handle_request(
         }
     };
     let response = match parsed {
-        Err(e) => Response::err(None, ErrorCode::BadRequest, format!("invalid request: {e}")),
+        Err(e) => Response::err(id, ErrorCode::BadRequest, format!("invalid request: {e}")),
         Ok(req) => {
             let call = Call { state, client, req };
             match dispatch(&call, command) {
