@@ -15,20 +15,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-printf '[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n' > "$WORK/config.toml"
+cat > "$WORK/config.toml" <<'CONF'
+[auth]
+argon2_memory_kib = 1024
+argon2_iterations = 1
+# Plain MQTT topics for the generic interop checks; the IM topics keep their own rules.
+[[acl.rules]]
+filter = "chat/#"
+[[acl.rules]]
+filter = "status/#"
+[[acl.rules]]
+filter = "paho/#"
+CONF
 NATTERD=("$BIN" --config "$WORK/config.toml" --data "$WORK/data")
 echo "alice-pw" | "${NATTERD[@]}" user add alice
 echo "bob-pw" | "${NATTERD[@]}" user add bob
 
-RUST_LOG=info "${NATTERD[@]}" --listen 127.0.0.1:0 2> "$WORK/broker.log" &
-BROKER_PID=$!
-PORT=
-for _ in $(seq 100); do
-    PORT=$(sed -n 's/.*listening.*addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/broker.log" | head -1)
-    [ -n "$PORT" ] && break
-    sleep 0.1
-done
-[ -n "$PORT" ] || { cat "$WORK/broker.log"; echo "broker did not start"; exit 1; }
+start_broker() {
+    RUST_LOG=info "${NATTERD[@]}" "$@" --listen 127.0.0.1:0 2> "$WORK/broker.log" &
+    BROKER_PID=$!
+    PORT=
+    for _ in $(seq 100); do
+        PORT=$(sed -n 's/.*listening.*addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/broker.log" | head -1)
+        [ -n "$PORT" ] && break
+        sleep 0.1
+    done
+    [ -n "$PORT" ] || { cat "$WORK/broker.log"; echo "broker did not start"; exit 1; }
+}
+start_broker
 echo "natterd on port $PORT"
 
 fail() { echo "FAIL: $*"; echo "--- broker log"; tail -50 "$WORK/broker.log"; exit 1; }
@@ -62,5 +76,52 @@ GOT=$(timeout 5 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -t status
 [ "$GOT" = "online" ] || fail "retained message: got '$GOT'"
 echo "ok mosquitto retained"
 
+# IM with nothing but mosquitto clients: a DM, the sender stamped in the topic.
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-inbox -t 'inbox/bob/#' -C 1 -v > "$WORK/dm.txt" &
+SUB=$!
+sleep 0.5
+mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'hi bob' -q 1
+wait "$SUB" || fail "DM not delivered"
+grep -qx 'inbox/bob/dm/alice hi bob' "$WORK/dm.txt" || fail "DM: $(cat "$WORK/dm.txt")"
+echo "ok mosquitto DM alice -> bob"
+
+# Someone else's mailbox is refused (SUBACK failure: mosquitto_sub reports it).
+for V in mqttv311 mqttv5; do
+    timeout 5 mosquitto_sub -h 127.0.0.1 -p "$PORT" -V "$V" -u alice -P alice-pw -t 'inbox/bob/#' -C 1 -W 2 \
+        > "$WORK/deny.txt" 2>&1 || true
+    grep -q "denied" "$WORK/deny.txt" || fail "alice subscribed to bob's mailbox ($V): $(cat "$WORK/deny.txt")"
+done
+echo "ok mosquitto: subscribing to another mailbox is refused"
+
+# The API: request on api/..., answer in the caller's mailbox.
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -i alice-api -t 'inbox/alice/api/#' -C 1 > "$WORK/api.txt" &
+SUB=$!
+sleep 0.5
+mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t api/account.whoami -m '{"id":"1"}' -q 1
+wait "$SUB" || fail "no API answer"
+grep -q '"user":"alice"' "$WORK/api.txt" || fail "whoami: $(cat "$WORK/api.txt")"
+echo "ok mosquitto API request/response"
+
+# MQTT 5 request/response in one connection with mosquitto_rr.
+if command -v mosquitto_rr >/dev/null; then
+    GOT=$(timeout 10 mosquitto_rr -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -t api/account.whoami \
+        -e inbox/bob/rr/1 -m '{"id":"rr"}' -W 5)
+    echo "$GOT" | grep -q '"user":"bob"' || fail "mosquitto_rr: $GOT"
+    echo "ok mosquitto_rr (MQTT 5 Response Topic)"
+fi
+
 python3 .ci/paho_interop.py 127.0.0.1 "$PORT" || fail "paho interop"
+
+# Registration without an account (registration open), then a login with it.
+kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
+printf '[im]\nregistration = "open"\n' >> "$WORK/config.toml"
+start_broker
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -t register/r42 -C 1 > "$WORK/reg.txt" &
+SUB=$!
+sleep 0.5
+mosquitto_pub -h 127.0.0.1 -p "$PORT" -t api/account.register -m '{"user":"dave","password":"dave-pw","reply":"r42"}' -q 1
+wait "$SUB" || fail "no registration answer"
+grep -q '"ok":true' "$WORK/reg.txt" || fail "register: $(cat "$WORK/reg.txt")"
+mosquitto_pub -h 127.0.0.1 -p "$PORT" -u dave -P dave-pw -t dm/alice -m 'hello, I am new' -q 1 || fail "dave cannot log in"
+echo "ok mosquitto registration"
 echo "interop passed"
