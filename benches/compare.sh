@@ -44,8 +44,12 @@ listen = "127.0.0.1:$NATTER_PORT"
 data_dir = "$WORK/natterd-data"
 [limits]
 max_connections = 60000
+# The plain-MQTT scenarios use bench/...; the IM scenarios use Natter's own topics.
+[[acl.rules]]
+filter = "bench/#"
 CONF
-"$LOAD" setup --data "$WORK/natterd-data" --config "$WORK/natterd.toml" --users "$CONNS" --tokens --out "$WORK/creds.txt"
+"$LOAD" setup --data "$WORK/natterd-data" --config "$WORK/natterd.toml" --users "$CONNS" --tokens \
+    --group-members 100 --out "$WORK/creds.txt"
 
 # Mosquitto: no persistence, TCP_NODELAY, anonymous (it has no token logins).
 cat > "$WORK/mosquitto.conf" <<CONF
@@ -104,6 +108,9 @@ SCENARIOS=(
     "group-100|--qos 1 --window 8 group --members 100 --publishers 1"
     "fanin-50|--qos 1 --window 16 fanin --publishers 50"
     "connections|connections --count $CONNS"
+    "im:pairs-qos1-unpaced|--im --qos 1 --window 64 pairs --pairs 10"
+    "im:pairs-qos1-1k|--im --qos 1 --rate 1000 pairs --pairs 10"
+    "im:group-100|--im --qos 1 --window 8 group --members 100 --publishers 1"
     "storm|storm --count $CONNS --deadline 60"
 )
 
@@ -115,6 +122,11 @@ for ROUND in $(seq "$ROUNDS"); do
     for entry in "${SCENARIOS[@]}"; do
         name=${entry%%|*}
         read -r -a args <<< "${entry#*|}"
+        if [ "${name#im:}" != "$name" ]; then
+            # Natter's IM topics: natterd only (compared with its own plain-MQTT path).
+            run_one natterd "$name" "${args[@]}"
+            continue
+        fi
         for broker in $ORDER; do
             run_one "$broker" "$name" "${args[@]}"
         done

@@ -27,6 +27,13 @@ TARGETS = [
     ("storm", "all_connected_secs", "reconnect storm: all connected after (s)", "lower", "abs_max", 5.0),
 ]
 
+# IM path vs natterd's plain MQTT path: (IM scenario, plain scenario, metric, label, kind, target)
+IM_TARGETS = [
+    ("im:pairs-qos1-unpaced", "pairs-qos1-unpaced", "msgs_per_sec", "DM throughput (msg/s)", "cost_max", 2.0),
+    ("im:pairs-qos1-1k", "pairs-qos1-1k", "p99_us", "DM p99 at 1,000 msg/s (us)", None, None),
+    ("im:group-100", "group-100", "deliveries_per_sec", "group of 100 through mailboxes, deliveries/s", None, None),
+]
+
 
 def fmt(v):
     if v is None:
@@ -166,7 +173,8 @@ def main():
         f"- {rounds} round(s), brokers alternating (A B, then B A), a fresh broker per run; broker pinned to CPU 0 and the",
         "  load generator (`natter-load`, one task per connection, batched writes) to CPU 1 with `taskset`.",
         "- natterd runs its default configuration: authentication on, every client logs in as its own account with a",
-        "  device token; the foundation ACL; messages are not yet stored (the durability step adds sync/relaxed modes).",
+        "  device token, deny-by-default authorization with one operator rule opening `bench/#` for the plain-MQTT",
+        "  scenarios; the IM scenarios below use Natter's own topics through the mailboxes.",
         "- Mosquitto: `persistence false`, `set_tcp_nodelay true`, anonymous clients (it has no token logins), default",
         "  queue of 1,000 messages per client like natterd's.",
         "- Unpaced runs keep at most `--window` messages per recipient between publish and delivery (end to end), so they",
@@ -188,6 +196,31 @@ def main():
     lines += [
         "",
         "Ratios are natterd divided by Mosquitto: above 1 is better for throughput, below 1 is better for latency and memory.",
+        "",
+        "## The IM path: authorization, mailbox and history writes, sender copies",
+        "",
+        "Natter's topics (`dm/{peer}` delivered to `inbox/{me}/dm/{from}`, `group/bench`) against natterd's own plain",
+        "MQTT path in the same run. Every DM is authorized (user exists, not blocked), stored once, indexed in the",
+        "conversation history, appended to the recipient's and the sender's mailboxes, and routed with its `id`, `from`",
+        "and `ts` properties; the store does not flush yet (the durability step adds sync and relaxed modes).",
+        "",
+        "| figure | IM path | plain MQTT | cost (plain / IM) | target | |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for im_s, plain_s, metric, label, kind, target in IM_TARGETS:
+        im_v = median_of(groups.get((im_s, "natterd"), []), metric)
+        plain_v = median_of(groups.get((plain_s, "natterd"), []), metric)
+        cost = None
+        if im_v and plain_v:
+            cost = plain_v / im_v if metric != "p99_us" else im_v / plain_v
+        verdict_text = ""
+        if kind == "cost_max" and cost is not None:
+            verdict_text = "met" if cost <= target else "missed"
+        lines.append(
+            f"| {label} | {fmt(im_v)} | {fmt(plain_v)} | {f'{cost:.2f}x' if cost else '-'} | "
+            f"{f'<= {target}x' if kind else ''} | {verdict_text} |"
+        )
+    lines += [
         "",
         "## Every run",
         "",

@@ -55,6 +55,16 @@ pub struct Mailboxes {
     retention: Retention,
 }
 
+/// A stored message on its way to mailboxes.
+#[derive(Clone, Copy)]
+pub struct Letter<'a> {
+    pub id: u64,
+    pub stored: &'a StoredMessage,
+    /// The payload as received (shared, not copied, by every delivery).
+    pub payload: &'a Bytes,
+    pub qos: QoS,
+}
+
 /// Where a mailbox delivery comes from, for No Local and sender copies.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Origin {
@@ -82,15 +92,13 @@ impl Mailboxes {
     ///
     /// # Errors
     /// Store errors (nothing is routed then).
-    pub fn deliver(
-        &self,
-        user: &str,
-        suffix: &str,
-        id: u64,
-        m: &StoredMessage,
-        qos: QoS,
-        origin: Origin,
-    ) -> Result<(), StoreError> {
+    pub fn deliver(&self, user: &str, suffix: &str, letter: &Letter<'_>, origin: Origin) -> Result<(), StoreError> {
+        let Letter {
+            id,
+            stored: m,
+            payload,
+            qos,
+        } = *letter;
         let entry = MailboxEntry {
             suffix: suffix.to_owned(),
             ts: m.ts,
@@ -100,7 +108,7 @@ impl Mailboxes {
         self.store.append_mailbox(user, id, &entry, self.retention)?;
         let msg = Message {
             topic: format!("{}{suffix}", im::inbox_prefix(user)).into(),
-            payload: Bytes::copy_from_slice(&m.payload),
+            payload: payload.clone(),
             qos,
             retain: false,
             properties: properties(id, m),
@@ -127,13 +135,17 @@ impl Mailboxes {
             content_type: Some("application/json".into()),
         };
         let id = self.store.next_message_id();
+        let payload = Bytes::from(m.payload.clone());
         let result = self.store.put_message(id, &m, None).and_then(|()| {
             self.deliver(
                 user,
                 &format!("event/{kind}"),
-                id,
-                &m,
-                QoS::AtLeastOnce,
+                &Letter {
+                    id,
+                    stored: &m,
+                    payload: &payload,
+                    qos: QoS::AtLeastOnce,
+                },
                 Origin::default(),
             )
         });

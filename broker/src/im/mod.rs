@@ -21,7 +21,7 @@ use crate::message::{ClientInfo, Message};
 use crate::router::Router;
 use crate::session::{Session, Subscription};
 use crate::store::{Store, StoreError, StoredMessage};
-use mailbox::{now_ms, Mailboxes, Origin};
+use mailbox::{now_ms, Letter, Mailboxes, Origin};
 use presence::PresenceBook;
 
 /// Shared by the plugin and the API tasks it spawns.
@@ -106,7 +106,7 @@ impl ImPlugin {
         let Some(from) = client.username.as_deref() else {
             return Ok(PublishDecision::Deny);
         };
-        if s.store.user(to)?.is_none() {
+        if !s.store.user_exists(to)? {
             tracing::info!(from, to, "DM refused: no such user");
             return Ok(PublishDecision::Deny);
         }
@@ -121,15 +121,20 @@ impl ImPlugin {
         let id = s.store.next_message_id();
         let stored = self.stored(from, msg);
         s.store.put_message(id, &stored, Some(&dm_conversation(from, to)))?;
+        let letter = Letter {
+            id,
+            stored: &stored,
+            payload: &msg.payload,
+            qos: msg.qos,
+        };
         s.mailboxes
-            .deliver(to, &format!("dm/{from}"), id, &stored, msg.qos, Origin::default())?;
+            .deliver(to, &format!("dm/{from}"), &letter, Origin::default())?;
         if to != from {
             let copy = Origin {
                 session: msg.origin,
                 exclude: true,
             };
-            s.mailboxes
-                .deliver(from, &format!("sent/dm/{to}"), id, &stored, msg.qos, copy)?;
+            s.mailboxes.deliver(from, &format!("sent/dm/{to}"), &letter, copy)?;
         }
         Ok(PublishDecision::Handled)
     }
@@ -146,13 +151,19 @@ impl ImPlugin {
         let id = s.store.next_message_id();
         let stored = self.stored(from, msg);
         s.store.put_message(id, &stored, Some(&group_conversation(group)))?;
+        let letter = Letter {
+            id,
+            stored: &stored,
+            payload: &msg.payload,
+            qos: msg.qos,
+        };
         let suffix = format!("group/{group}/{from}");
         for (member, _) in s.store.members(group)? {
             let origin = Origin {
                 session: msg.origin,
                 exclude: member == from,
             };
-            s.mailboxes.deliver(&member, &suffix, id, &stored, msg.qos, origin)?;
+            s.mailboxes.deliver(&member, &suffix, &letter, origin)?;
         }
         Ok(PublishDecision::Handled)
     }

@@ -43,13 +43,15 @@ pub struct Retention {
     pub max_age: u64,
 }
 
-/// Counts kept per mailbox so retention never scans.
+/// Counts kept per mailbox so retention does not scan on every append.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxMeta {
     pub count: u64,
     pub bytes: u64,
-    /// Highest id removed by retention (0: none).
+    /// Highest id removed by retention (0: none). The only persisted counter.
     pub dropped_up_to: u64,
+    /// Time of the oldest entry.
+    pub oldest_ts: Option<u64>,
 }
 
 fn corrupt(tree: &'static str, e: impl ToString) -> StoreError {
@@ -87,11 +89,34 @@ impl Store {
             .transpose()
     }
 
+    /// The mailbox's counters, computed once per user per process from the mailbox
+    /// itself (one scan) and then kept in memory; only `dropped_up_to` is persisted.
     fn mailbox_meta(&self, user: &str) -> Result<MailboxMeta, StoreError> {
-        match self.mailbox_meta.get(user)? {
-            Some(v) => bincode::deserialize(&v).map_err(|e| corrupt("mailbox_meta", e)),
-            None => Ok(MailboxMeta::default()),
+        if let Some(m) = self.meta_cache.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+            return Ok(*m);
         }
+        let mut meta = match self.mailbox_meta.get(user)? {
+            Some(v) => bincode::deserialize(&v).map_err(|e| corrupt("mailbox_meta", e))?,
+            None => MailboxMeta::default(),
+        };
+        meta.count = 0;
+        meta.bytes = 0;
+        meta.oldest_ts = None;
+        for kv in self.mailbox.scan_prefix(keys::prefix(user)) {
+            let (_, v) = kv?;
+            let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
+            meta.count += 1;
+            meta.bytes += u64::from(e.bytes);
+            meta.oldest_ts.get_or_insert(e.ts);
+        }
+        Ok(meta)
+    }
+
+    fn remember_meta(&self, user: &str, meta: MailboxMeta) {
+        self.meta_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_owned(), meta);
     }
 
     /// Appends message `id` to `user`'s mailbox, then applies retention. Returns the
@@ -107,28 +132,43 @@ impl Store {
         r: Retention,
     ) -> Result<MailboxMeta, StoreError> {
         let value = bincode::serialize(entry).map_err(|e| corrupt("mailbox", e))?;
-        self.mailbox.insert(keys::with_id(user, id), value)?;
         let mut meta = self.mailbox_meta(user)?;
+        self.mailbox.insert(keys::with_id(user, id), value)?;
         meta.count += 1;
         meta.bytes += u64::from(entry.bytes);
+        meta.oldest_ts.get_or_insert(entry.ts);
         let oldest_allowed = entry.ts.saturating_sub(r.max_age);
-        // Drop from the front while over a bound (the newest entry always stays).
-        while meta.count > 1 {
-            let Some((k, v)) = self.mailbox.scan_prefix(keys::prefix(user)).next().transpose()? else {
-                break;
-            };
-            let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
-            let over = meta.count > r.max_messages || meta.bytes > r.max_bytes || e.ts < oldest_allowed;
-            if !over {
-                break;
+        let over = |m: &MailboxMeta| {
+            m.count > 1
+                && (m.count > r.max_messages
+                    || m.bytes > r.max_bytes
+                    || m.oldest_ts.is_some_and(|t| t < oldest_allowed))
+        };
+        if over(&meta) {
+            // Drop from the front while over a bound (the newest entry always stays).
+            let mut dropped = false;
+            while over(&meta) {
+                let Some((k, v)) = self.mailbox.scan_prefix(keys::prefix(user)).next().transpose()? else {
+                    break;
+                };
+                let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
+                self.mailbox.remove(&k)?;
+                meta.count -= 1;
+                meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
+                meta.dropped_up_to = meta.dropped_up_to.max(keys::id_of(&k).unwrap_or(0));
+                meta.oldest_ts = None;
+                dropped = true;
+                if let Some((_, v)) = self.mailbox.scan_prefix(keys::prefix(user)).next().transpose()? {
+                    let next: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
+                    meta.oldest_ts = Some(next.ts);
+                }
             }
-            self.mailbox.remove(&k)?;
-            meta.count -= 1;
-            meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
-            meta.dropped_up_to = meta.dropped_up_to.max(keys::id_of(&k).unwrap_or(0));
+            if dropped {
+                self.mailbox_meta
+                    .insert(user, bincode::serialize(&meta).map_err(|e| corrupt("mailbox_meta", e))?)?;
+            }
         }
-        self.mailbox_meta
-            .insert(user, bincode::serialize(&meta).map_err(|e| corrupt("mailbox_meta", e))?)?;
+        self.remember_meta(user, meta);
         Ok(meta)
     }
 

@@ -67,6 +67,8 @@ pub struct Store {
     resets: sled::Tree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
+    /// Mailbox counters by user, so retention is checked without reading the store.
+    meta_cache: Arc<std::sync::Mutex<std::collections::HashMap<String, MailboxMeta>>>,
 }
 
 impl Store {
@@ -148,6 +150,7 @@ impl Store {
             invites: db.open_tree("invites")?,
             resets: db.open_tree("resets")?,
             next_id: Arc::new(AtomicU64::new(last_id + 1)),
+            meta_cache: Arc::default(),
             db,
         })
     }

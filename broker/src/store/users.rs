@@ -37,6 +37,14 @@ impl Store {
         self.users.get(name)?.map(|v| decode(&v)).transpose()
     }
 
+    /// True when the account exists (without decoding it).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn user_exists(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.users.contains_key(name)?)
+    }
+
     /// Creates an account; never overwrites one. Flushes.
     ///
     /// # Errors
