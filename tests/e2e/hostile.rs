@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use natter_e2e::{connect_packet, v3, Raw, TestBroker};
-use natter_shared::codec::{reason, Ack, Packet, Properties, Protocol, Publish, QoS};
+use natter_e2e::{connect_packet, publish_packet as publish, v3, Raw, TestBroker};
+use natter_shared::codec::{reason, Ack, Packet, Protocol, QoS};
 use tokio::io::AsyncWriteExt;
 
 async fn still_serving(b: &TestBroker) {
@@ -22,18 +21,6 @@ async fn still_serving(b: &TestBroker) {
         .await
         .unwrap();
     assert_eq!(&sub.publish().await.payload[..], b"ok");
-}
-
-fn publish(topic: &str, qos: QoS, pkid: u16, payload: Vec<u8>) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        pkid,
-        properties: Properties::default(),
-        payload: Bytes::from(payload),
-    })
 }
 
 #[tokio::test]

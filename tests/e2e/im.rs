@@ -6,34 +6,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use natter_e2e::im::{befriend, ImClient};
-use natter_e2e::{connect_packet, v3, Raw, TestBroker};
-use natter_shared::codec::{
-    reason, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
-};
+use natter_e2e::{connect_packet, publish_packet, subscribe_packet, v3, Raw, TestBroker};
+use natter_shared::codec::{reason, Packet, Protocol, QoS};
 use serde_json::json;
 
 fn publish(topic: &str, qos: QoS, pkid: u16, payload: &'static [u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        pkid,
-        properties: Properties::default(),
-        payload: Bytes::from_static(payload),
-    })
+    publish_packet(topic, qos, pkid, Bytes::from_static(payload))
 }
 
 async fn suback(raw: &mut Raw, filter: &str) -> u8 {
-    raw.send(&Packet::Subscribe(Subscribe {
-        pkid: 1,
-        properties: Properties::default(),
-        filters: vec![SubscribeFilter {
-            filter: filter.into(),
-            options: SubscriptionOptions::default(),
-        }],
-    }))
-    .await;
+    raw.send(&subscribe_packet(filter, QoS::AtMostOnce)).await;
     match raw.recv().await {
         Some(Packet::SubAck(a)) => a.codes[0],
         other => panic!("expected SUBACK, got {other:?}"),

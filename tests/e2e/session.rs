@@ -4,24 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use natter_e2e::{connect_packet, v3, Raw, TestBroker};
-use natter_shared::codec::{
-    reason, Ack, Packet, Properties, Protocol, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
-};
-
-fn subscribe(filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        pkid: 1,
-        properties: Properties::default(),
-        filters: vec![SubscribeFilter {
-            filter: filter.into(),
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        }],
-    })
-}
+use natter_e2e::{connect_packet, subscribe_packet as subscribe, v3, Raw, TestBroker};
+use natter_shared::codec::{reason, Ack, Packet, Properties, Protocol, QoS};
 
 #[tokio::test]
 async fn persistent_v311_session_gets_queued_qos1_messages_in_order() {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use natter_shared::codec::{self, Connect, Packet, Properties, Protocol};
+use natter_shared::codec::{
+    self, Connect, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
+};
 use natterd::acl::rules::{Access, Effect, Rule, Who};
 use natterd::auth::password::PasswordHasherConfig;
 use natterd::config::Config;
@@ -239,6 +241,34 @@ impl Raw {
         }
         seen
     }
+}
+
+/// A PUBLISH for raw clients.
+pub fn publish_packet(topic: &str, qos: QoS, pkid: u16, payload: impl Into<bytes::Bytes>) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        pkid,
+        properties: Properties::default(),
+        payload: payload.into(),
+    })
+}
+
+/// A SUBSCRIBE of one filter for raw clients.
+pub fn subscribe_packet(filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(Subscribe {
+        pkid: 1,
+        properties: Properties::default(),
+        filters: vec![SubscribeFilter {
+            filter: filter.into(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+    })
 }
 
 /// A CONNECT for a known test user (or anonymous with `None`), clean start, keepalive 30.

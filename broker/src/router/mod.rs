@@ -173,14 +173,8 @@ impl Router {
     /// Kicks every connection of `username` (for example when the account is deleted),
     /// or only those logged in with the device token named `token`.
     pub fn kick_user(&self, username: &str, token: Option<&str>, why: Kick) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .sessions()
-            .values()
-            .filter(|s| s.key.username.as_deref() == Some(username))
-            .cloned()
-            .collect();
         let mut n = 0;
-        for s in sessions {
+        for s in self.sessions_of(username) {
             let mut st = s.lock();
             if token.is_some() && st.credential.as_deref() != token {
                 continue;
@@ -192,16 +186,14 @@ impl Router {
         }
         n
     }
+
     /// Removes `filter` from every session of `username` (for example the presence
     /// of someone who is no longer a friend). Returns how many were removed.
     pub fn unsubscribe_user(&self, username: &str, filter: &str) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .sessions()
-            .values()
-            .filter(|s| s.key.username.as_deref() == Some(username))
-            .cloned()
-            .collect();
-        sessions.iter().filter(|s| self.unsubscribe(s, filter)).count()
+        self.sessions_of(username)
+            .iter()
+            .filter(|s| self.unsubscribe(s, filter))
+            .count()
     }
 
     /// Every session of `username`.

@@ -147,21 +147,16 @@ fn walk(node: &Node, levels: &[&str], root: bool, now: Instant, out: &mut Vec<Ar
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use natter_shared::codec::{Properties, QoS};
+    use natter_shared::codec::QoS;
     use natter_shared::topic;
 
     fn msg(topic: &str, payload: &'static str) -> Arc<Message> {
-        Arc::new(Message {
-            topic: topic.into(),
-            payload: Bytes::from_static(payload.as_bytes()),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Properties::default(),
-            expires_at: None,
-            origin: None,
-            exclude_origin: false,
-            tag: None,
-        })
+        Arc::new(Message::broker(
+            topic,
+            Bytes::from_static(payload.as_bytes()),
+            QoS::AtMostOnce,
+            true,
+        ))
     }
 
     fn topics(s: &RetainedStore, filter: &str) -> Vec<String> {

@@ -16,21 +16,16 @@ use crate::hooks::{AuthDecision, AuthFailure, Credentials};
 use crate::message::ClientInfo;
 
 /// Answers a CONNECT with an unsupported protocol level, then closes.
-pub(super) async fn refuse_protocol_level(mut conn: Connection, level: u8) {
-    let (protocol, code) = if level >= 5 {
-        (Protocol::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
-    } else {
-        (Protocol::V311, reason::v3::UNACCEPTABLE_PROTOCOL_VERSION)
-    };
-    conn.queue(
-        &Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-            properties: Properties::default(),
-        }),
+pub(super) async fn refuse_protocol_level(conn: Connection, level: u8) {
+    // A client above 3.1.1 gets the MQTT 5 code in an MQTT 5 CONNACK, others the 3.1.1 one.
+    let protocol = if level >= 5 { Protocol::V5 } else { Protocol::V311 };
+    refuse(
+        conn,
         protocol,
-    );
-    close_soon(&mut conn).await;
+        reason::v3::UNACCEPTABLE_PROTOCOL_VERSION,
+        reason::UNSUPPORTED_PROTOCOL_VERSION,
+    )
+    .await;
 }
 
 async fn close_soon(conn: &mut Connection) {

@@ -92,22 +92,12 @@ mod tests {
     use super::*;
     use crate::message::Message;
     use bytes::Bytes;
-    use natter_shared::codec::{Properties, QoS};
+    use natter_shared::codec::QoS;
     use std::sync::Arc;
 
     fn d() -> Delivery {
         Delivery {
-            msg: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::new(),
-                qos: QoS::ExactlyOnce,
-                retain: false,
-                properties: Properties::default(),
-                expires_at: None,
-                origin: None,
-                exclude_origin: false,
-                tag: None,
-            }),
+            msg: Arc::new(Message::broker("t", Bytes::new(), QoS::ExactlyOnce, false)),
             qos: QoS::ExactlyOnce,
             retain: false,
             sub_ids: vec![],

@@ -237,21 +237,10 @@ impl Session {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use natter_shared::codec::Properties;
 
     fn delivery(qos: QoS) -> Delivery {
         Delivery {
-            msg: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::new(),
-                qos,
-                retain: false,
-                properties: Properties::default(),
-                expires_at: None,
-                origin: None,
-                exclude_origin: false,
-                tag: None,
-            }),
+            msg: Arc::new(Message::broker("t", Bytes::new(), qos, false)),
             qos,
             retain: false,
             sub_ids: vec![],
