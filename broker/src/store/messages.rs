@@ -43,7 +43,9 @@ pub struct Retention {
     pub max_age: u64,
 }
 
-/// Counts kept per mailbox so retention does not scan on every append.
+/// Counts kept per mailbox so retention does not scan on every append. Kept in memory,
+/// written to the store from time to time; at start the entries after the written
+/// state are counted again, so the counters are right after a crash too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxMeta {
     pub count: u64,
@@ -52,7 +54,15 @@ pub struct MailboxMeta {
     pub dropped_up_to: u64,
     /// Time of the oldest entry.
     pub oldest_ts: Option<u64>,
+    /// Id of the oldest entry (so retention deletes by key, never scans).
+    pub oldest_id: Option<u64>,
+    /// The newest id these counters include.
+    pub last_id: u64,
 }
+
+/// Counters are written every this many appends (and at every retention drop); at
+/// start only the entries after the last write are counted again.
+const META_WRITE_EVERY: u64 = 64;
 
 fn corrupt(tree: &'static str, e: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -89,27 +99,41 @@ impl Store {
             .transpose()
     }
 
-    /// The mailbox's counters, computed once per user per process from the mailbox
-    /// itself (one scan) and then kept in memory; only `dropped_up_to` is persisted.
+    /// The mailbox's counters, read once per user per process and then kept in memory.
     fn mailbox_meta(&self, user: &str) -> Result<MailboxMeta, StoreError> {
         if let Some(m) = self.meta_cache.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
             return Ok(*m);
         }
-        let mut meta = match self.mailbox_meta.get(user)? {
-            Some(v) => bincode::deserialize(&v).map_err(|e| corrupt("mailbox_meta", e))?,
+        // The counters are derived data: unreadable ones are recounted, not an error.
+        let mut meta: MailboxMeta = match self.mailbox_meta.get(user)? {
+            Some(v) => bincode::deserialize(&v).unwrap_or_else(|e| {
+                tracing::warn!(user, error = %e, "mailbox counters unreadable: recounting");
+                MailboxMeta::default()
+            }),
             None => MailboxMeta::default(),
         };
-        meta.count = 0;
-        meta.bytes = 0;
-        meta.oldest_ts = None;
-        for kv in self.mailbox.scan_prefix(keys::prefix(user)) {
-            let (_, v) = kv?;
+        // Count what was appended after the counters were last written (a seek, then
+        // at most a few dozen entries).
+        let tail = self
+            .mailbox
+            .range(keys::with_id(user, meta.last_id.saturating_add(1))..keys::prefix_end(user));
+        for kv in tail {
+            let (k, v) = kv?;
             let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
+            let id = keys::id_of(&k).unwrap_or(0);
             meta.count += 1;
             meta.bytes += u64::from(e.bytes);
             meta.oldest_ts.get_or_insert(e.ts);
+            meta.oldest_id.get_or_insert(id);
+            meta.last_id = meta.last_id.max(id);
         }
         Ok(meta)
+    }
+
+    fn write_meta(&self, user: &str, meta: &MailboxMeta) -> Result<(), StoreError> {
+        self.mailbox_meta
+            .insert(user, bincode::serialize(meta).map_err(|e| corrupt("mailbox_meta", e))?)?;
+        Ok(())
     }
 
     fn remember_meta(&self, user: &str, meta: MailboxMeta) {
@@ -137,6 +161,8 @@ impl Store {
         meta.count += 1;
         meta.bytes += u64::from(entry.bytes);
         meta.oldest_ts.get_or_insert(entry.ts);
+        meta.oldest_id.get_or_insert(id);
+        meta.last_id = meta.last_id.max(id);
         let oldest_allowed = entry.ts.saturating_sub(r.max_age);
         let over = |m: &MailboxMeta| {
             m.count > 1
@@ -148,25 +174,40 @@ impl Store {
             // Drop from the front while over a bound (the newest entry always stays).
             let mut dropped = false;
             while over(&meta) {
-                let Some((k, v)) = self.mailbox.scan_prefix(keys::prefix(user)).next().transpose()? else {
+                let Some(oldest) = meta.oldest_id else {
                     break;
                 };
-                let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
-                self.mailbox.remove(&k)?;
-                meta.count -= 1;
-                meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
-                meta.dropped_up_to = meta.dropped_up_to.max(keys::id_of(&k).unwrap_or(0));
-                meta.oldest_ts = None;
+                if let Some(v) = self.mailbox.remove(keys::with_id(user, oldest))? {
+                    let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
+                    meta.count -= 1;
+                    meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
+                }
+                meta.dropped_up_to = meta.dropped_up_to.max(oldest);
                 dropped = true;
-                if let Some((_, v)) = self.mailbox.scan_prefix(keys::prefix(user)).next().transpose()? {
-                    let next: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
-                    meta.oldest_ts = Some(next.ts);
+                // The next oldest: a seek just past the removed key, not a scan from the start.
+                let next = self
+                    .mailbox
+                    .range(keys::with_id(user, oldest + 1)..keys::prefix_end(user))
+                    .next()
+                    .transpose()?;
+                match next {
+                    Some((k, v)) => {
+                        let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
+                        meta.oldest_id = keys::id_of(&k);
+                        meta.oldest_ts = Some(e.ts);
+                    }
+                    None => {
+                        meta.oldest_id = None;
+                        meta.oldest_ts = None;
+                        break;
+                    }
                 }
             }
             if dropped {
-                self.mailbox_meta
-                    .insert(user, bincode::serialize(&meta).map_err(|e| corrupt("mailbox_meta", e))?)?;
+                self.write_meta(user, &meta)?;
             }
+        } else if meta.count % META_WRITE_EVERY == 0 {
+            self.write_meta(user, &meta)?;
         }
         self.remember_meta(user, meta);
         Ok(meta)
@@ -327,6 +368,35 @@ mod tests {
             (meta.count, meta.dropped_up_to),
             (1, 7),
             "entries older than 50 ms dropped"
+        );
+    }
+
+    #[test]
+    fn counters_survive_a_reopen_without_a_full_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for id in 1..=100 {
+                s.append_mailbox("bob", id, &entry(100), WIDE).unwrap();
+            }
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let written: MailboxMeta = bincode::deserialize(&s.mailbox_meta.get("bob").unwrap().unwrap()).unwrap();
+        assert_eq!(written.last_id, 64, "written every 64 appends");
+        let meta = s
+            .append_mailbox(
+                "bob",
+                101,
+                &entry(100),
+                Retention {
+                    max_messages: 100,
+                    ..WIDE
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (meta.count, meta.bytes, meta.dropped_up_to, meta.oldest_id),
+            (100, 1000, 1, Some(2))
         );
     }
 
