@@ -16,9 +16,13 @@ fn publish(topic: &str, qos: QoS, pkid: u16, payload: &'static [u8]) -> Packet {
 
 async fn suback(raw: &mut Raw, filter: &str) -> u8 {
     raw.send(&subscribe_packet(filter, QoS::AtMostOnce)).await;
-    match raw.recv().await {
-        Some(Packet::SubAck(a)) => a.codes[0],
-        other => panic!("expected SUBACK, got {other:?}"),
+    // Retained messages (presence) of earlier subscriptions may come first.
+    loop {
+        match raw.recv().await {
+            Some(Packet::SubAck(a)) => return a.codes[0],
+            Some(Packet::Publish(_)) => continue,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
     }
 }
 
@@ -670,5 +674,127 @@ async fn three_users_friends_blocking_and_group_catch_up_on_two_devices() {
         }
     }
     assert_eq!(texts, vec!["one", "two", "three"]);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn registration_is_rate_limited_per_address() {
+    let b = TestBroker::start_default(|c| {
+        c.im.registration = natterd::config::Registration::Open;
+        c.im.registrations_per_hour = 2.try_into().unwrap();
+    })
+    .await;
+    let (mut anon, _) = Raw::connect(b.addr, connect_packet(Protocol::V5, None, "reg")).await;
+    assert_eq!(suback(&mut anon, "register/reg").await, 0);
+    for (i, (user, expect)) in [("u1", "ok"), ("u2", "ok"), ("u3", "rate_limited")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut req = publish("api/account.register", QoS::AtLeastOnce, i as u16 + 1, b"");
+        if let Packet::Publish(p) = &mut req {
+            p.payload = Bytes::from(json!({ "user": user, "password": "pw" }).to_string());
+        }
+        anon.send(&req).await;
+        let v = answer(&mut anon).await;
+        if expect == "ok" {
+            assert_eq!(v["ok"], true, "{v}");
+        } else {
+            assert_eq!(v["error"]["code"], expect, "{v}");
+        }
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn presence_visible_to_all_when_configured() {
+    let b = TestBroker::start_default(|c| c.im.presence_visibility = natterd::config::PresenceVisibility::All).await;
+    let _bob = ImClient::connect(b.addr, "bob", "b").await;
+    let mut carol = Raw::login(b.addr, Protocol::V5, "carol", "c").await;
+    assert_eq!(
+        suback(&mut carol, "presence/bob").await,
+        0,
+        "not a friend, visibility all"
+    );
+    assert_eq!(suback(&mut carol, "presence/+").await, 0);
+    let mut alice = ImClient::connect(b.addr, "alice", "a").await;
+    assert_eq!(
+        alice.ok("presence.get", json!({ "user": "bob" })).await["status"],
+        "online"
+    );
+    alice
+        .fails(
+            "presence.set",
+            json!({ "status": "busy", "text": "x".repeat(201) }),
+            "bad_request",
+        )
+        .await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn binary_messages_come_back_as_base64_in_history() {
+    let b = TestBroker::start_default(|_| {}).await;
+    let mut bob = ImClient::connect(b.addr, "bob", "b").await;
+    let alice = ImClient::connect(b.addr, "alice", "a").await;
+    alice
+        .c
+        .client
+        .publish(
+            "dm/bob",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            vec![0xffu8, 0x00, 0x10],
+        )
+        .await
+        .unwrap();
+    assert_eq!(&bob.next().await.payload[..], &[0xff, 0x00, 0x10]);
+    let h = bob.ok("history", json!({ "with": "alice" })).await;
+    assert_eq!(h["messages"][0]["data"], "/wAQ");
+    assert!(h["messages"][0].get("text").is_none());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_qos0_device_is_not_replayed_what_it_was_already_sent() {
+    let b = TestBroker::start_default(|_| {}).await;
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "bob-watch");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let (mut watch, _) = Raw::connect(b.addr, c.clone()).await;
+    assert_eq!(suback(&mut watch, "inbox/bob/#").await, 0);
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
+    assert_eq!(puback(&mut alice, "dm/bob", 1).await, 0);
+    assert!(matches!(watch.recv().await, Some(Packet::Publish(p)) if &*p.topic == "inbox/bob/dm/alice"));
+    drop(watch);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut watch, ack) = Raw::connect(b.addr, c).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        watch.recv_within(Duration::from_millis(400)).await,
+        Err(()),
+        "nothing replayed"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn admin_changes_a_password() {
+    let b = TestBroker::start_default(|_| {}).await;
+    let mut root = ImClient::connect(b.addr, "root", "console").await;
+    root.ok(
+        "admin.users.passwd",
+        json!({ "user": "carol", "password": "carol-new" }),
+    )
+    .await;
+    let mut c = connect_packet(Protocol::V5, Some("carol"), "c");
+    c.password = Some(Bytes::from_static(b"carol-new"));
+    let (_, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.code, 0);
+    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "c2")).await;
+    assert_eq!(
+        ack.code,
+        reason::BAD_USERNAME_OR_PASSWORD,
+        "the old password no longer works"
+    );
     b.stop().await;
 }
