@@ -26,6 +26,15 @@ async fn suback(raw: &mut Raw, filter: &str) -> u8 {
     }
 }
 
+/// Waits until every session of `user` is offline (the broker saw the disconnects).
+async fn wait_offline(b: &TestBroker, user: &str) {
+    let deadline = tokio::time::Instant::now() + natter_e2e::WAIT;
+    while b.router().sessions_of(user).iter().any(|s| s.is_online()) {
+        assert!(tokio::time::Instant::now() < deadline, "{user} still online");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The next PUBLISH's JSON payload (an API answer).
 async fn answer(raw: &mut Raw) -> serde_json::Value {
     loop {
@@ -554,14 +563,17 @@ async fn retention_drops_the_oldest_and_tells_the_device_with_a_gap_event() {
     let b = TestBroker::start_default(|c| c.im.mailbox_max_messages = 3.try_into().unwrap()).await;
     let bob = ImClient::persistent(b.addr, "bob", "bob-tablet").await;
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let alice = ImClient::connect(b.addr, "alice", "a").await;
-    for i in 0..5 {
-        alice
-            .publish("dm/bob", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, &format!("m{i}"))
-            .await;
+    wait_offline(&b, "bob").await;
+    // Each DM acknowledged, hence stored, before the next.
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
+    for i in 0..5u16 {
+        let mut p = publish("dm/bob", QoS::AtLeastOnce, i + 1, b"");
+        if let Packet::Publish(p) = &mut p {
+            p.payload = Bytes::from(format!("m{i}"));
+        }
+        alice.send(&p).await;
+        assert!(matches!(alice.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut bob = ImClient::persistent(b.addr, "bob", "bob-tablet").await;
     let gap = bob.next().await;
     assert_eq!(gap.topic, "inbox/bob/event/gap");
@@ -630,7 +642,7 @@ async fn three_users_friends_blocking_and_group_catch_up_on_two_devices() {
     {}
     drop(bob_laptop);
     drop(bob_phone);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_offline(&b, "bob").await;
 
     // One after the other (each delivered before the next is sent), so the broker's
     // order is the order written here.
@@ -766,7 +778,7 @@ async fn a_qos0_device_is_not_replayed_what_it_was_already_sent() {
     assert_eq!(puback(&mut alice, "dm/bob", 1).await, 0);
     assert!(matches!(watch.recv().await, Some(Packet::Publish(p)) if &*p.topic == "inbox/bob/dm/alice"));
     drop(watch);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_offline(&b, "bob").await;
     let (mut watch, ack) = Raw::connect(b.addr, c).await;
     assert!(ack.session_present);
     assert_eq!(
