@@ -810,3 +810,52 @@ async fn admin_changes_a_password() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_device_is_disconnected_rather_than_losing_mailbox_messages() {
+    let b = TestBroker::start_default(|c| c.limits.max_queued_messages = 2.try_into().unwrap()).await;
+    // A persistent device with a window of 1 that never acknowledges.
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "bob-slow");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    c.properties.receive_maximum = Some(1);
+    let (mut slow, _) = Raw::connect(b.addr, c.clone()).await;
+    slow.send(&subscribe_packet("inbox/bob/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(slow.recv().await, Some(Packet::SubAck(a)) if a.codes == vec![1]));
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
+    for i in 0..6u16 {
+        let mut p = publish("dm/bob", QoS::AtLeastOnce, i + 1, b"");
+        if let Packet::Publish(p) = &mut p {
+            p.payload = Bytes::from(format!("m{i}"));
+        }
+        alice.send(&p).await;
+        assert!(matches!(alice.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
+    }
+    let seen = slow.until_closed().await;
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == reason::QUOTA_EXCEEDED),
+        "{seen:?}"
+    );
+    // Back with a normal window: every message, in order, once.
+    c.properties.receive_maximum = None;
+    let (mut back, ack) = Raw::connect(b.addr, c).await;
+    assert!(ack.session_present);
+    let mut texts = Vec::new();
+    while texts.len() < 6 {
+        match back.recv().await {
+            Some(Packet::Publish(p)) => {
+                back.send(&Packet::PubAck(natter_shared::codec::Ack::new(p.pkid))).await;
+                texts.push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    assert_eq!(texts, vec!["m0", "m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(
+        back.recv_within(Duration::from_millis(300)).await,
+        Err(()),
+        "no duplicates"
+    );
+    b.stop().await;
+}

@@ -59,8 +59,9 @@ pub enum Enqueued {
     Queued,
     /// Lost for this session: queue full, or QoS 0 for an offline session.
     Dropped,
-    /// Not queued because the session is offline and the message is kept in durable
-    /// storage ([`Message::tag`]): it is replayed when the session comes back.
+    /// Not queued because the session is offline (or too slow: it is then disconnected)
+    /// and the message is kept in durable storage ([`Message::tag`]): it is replayed
+    /// when the session comes back.
     Deferred,
 }
 
@@ -168,12 +169,16 @@ impl Session {
                     "session queue full: dropping messages"
                 );
             }
-            if self.overflow == OverflowPolicy::Disconnect {
+            // A message kept in durable storage is never silently lost for this session:
+            // the slow consumer is disconnected, so its cursor stops before the message
+            // and the plugin replays it when the session comes back.
+            let durable = delivery.msg.tag.is_some();
+            if self.overflow == OverflowPolicy::Disconnect || durable {
                 if let Some(kick) = st.kick.take() {
                     let _ = kick.send(Kick::SlowConsumer);
                 }
             }
-            return Enqueued::Dropped;
+            return if durable { Enqueued::Deferred } else { Enqueued::Dropped };
         }
         st.queue.push_back(delivery);
         drop(st);
@@ -185,9 +190,9 @@ impl Session {
 }
 
 impl Session {
-    /// Puts replayed deliveries (from durable storage, oldest first) ahead of what is
-    /// queued, skipping any whose tag is already queued or in flight, and wakes the
-    /// connection. Returns how many were added.
+    /// Merges replayed deliveries (from durable storage, oldest first) into the queue
+    /// in tag order, skipping any whose tag is already queued or in flight, and wakes
+    /// the connection. Returns how many were added.
     pub fn replay(&self, deliveries: Vec<Delivery>) -> usize {
         let mut st = self.lock();
         let present: HashSet<u64> = st
@@ -197,19 +202,35 @@ impl Session {
             .chain(st.inflight.iter().map(|o| &o.delivery.msg))
             .filter_map(|m| m.tag)
             .collect();
-        let fresh: Vec<Delivery> = deliveries
+        let mut fresh = deliveries
             .into_iter()
             .filter(|d| d.msg.tag.is_none_or(|t| !present.contains(&t)))
-            .collect();
-        let n = fresh.len();
-        for d in fresh.into_iter().rev() {
-            st.queue.push_front(d);
+            .peekable();
+        if fresh.peek().is_none() {
+            return 0;
         }
+        // Queued tagged deliveries are in tag order already: merge, so that what was
+        // queued before a disconnect and what is replayed interleave by mailbox id.
+        let existing: Vec<Delivery> = st.queue.drain(..).collect();
+        let mut merged = VecDeque::with_capacity(existing.len());
+        let mut added = 0;
+        for d in existing {
+            if let Some(t) = d.msg.tag {
+                while let Some(r) = fresh.next_if(|r| r.msg.tag.is_none_or(|rt| rt < t)) {
+                    merged.push_back(r);
+                    added += 1;
+                }
+            }
+            merged.push_back(d);
+        }
+        for r in fresh {
+            merged.push_back(r);
+            added += 1;
+        }
+        st.queue = merged;
         drop(st);
-        if n > 0 {
-            self.wake();
-        }
-        n
+        self.wake();
+        added
     }
 
     /// How `topic` would be delivered to this session by its current subscriptions:
