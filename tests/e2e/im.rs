@@ -859,3 +859,40 @@ async fn a_slow_device_is_disconnected_rather_than_losing_mailbox_messages() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn accounts_mailboxes_contacts_groups_and_cursors_survive_a_restart() {
+    let b = TestBroker::start_default(|_| {}).await;
+    let mut alice = ImClient::connect(b.addr, "alice", "a").await;
+    let mut bob = ImClient::persistent(b.addr, "bob", "bob-phone").await;
+    befriend(&mut alice, &mut bob).await;
+    alice.ok("groups.create", json!({ "group": "g1", "open": true })).await;
+    bob.ok("groups.join", json!({ "group": "g1" })).await;
+    drop(bob);
+    wait_offline(&b, "bob").await;
+    let mut raw = Raw::login(b.addr, Protocol::V5, "alice", "a-raw").await;
+    assert_eq!(puback(&mut raw, "dm/bob", 1).await, 0);
+    drop((alice, raw));
+
+    let b = b.restart().await;
+    // bob's device resubscribes after the restart and gets what it missed.
+    let mut bob = ImClient::persistent(b.addr, "bob", "bob-phone").await;
+    let got = bob.next_on("inbox/bob/dm/alice").await;
+    assert_eq!(got.text(), "x");
+    assert_eq!(bob.ok("friends.list", json!({})).await["friends"], json!(["alice"]));
+    assert_eq!(
+        bob.ok("groups.list", json!({})).await["groups"],
+        json!([{ "group": "g1", "role": "member" }])
+    );
+    let h = bob.ok("history", json!({ "with": "alice" })).await;
+    assert_eq!(h["messages"][0]["text"], "x");
+    // A fresh message id is above the old ones.
+    let mut alice = ImClient::connect(b.addr, "alice", "a2").await;
+    alice
+        .publish("dm/bob", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, "after")
+        .await;
+    let next = bob.next_on("inbox/bob/dm/alice").await;
+    assert!(next.prop("id").unwrap().parse::<u64>().unwrap() > got.prop("id").unwrap().parse::<u64>().unwrap());
+    alice.ok("account.whoami", json!({})).await;
+    b.stop().await;
+}

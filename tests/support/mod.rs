@@ -94,6 +94,7 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     broker: Option<RunningBroker>,
     pub dir: tempfile::TempDir,
+    config: Config,
 }
 
 impl TestBroker {
@@ -134,16 +135,31 @@ impl TestBroker {
             }
             plugins(router, store)
         };
-        let broker = natterd::start_with(config, plugins).await.expect("broker starts");
+        let broker = natterd::start_with(config.clone(), plugins)
+            .await
+            .expect("broker starts");
         TestBroker {
             addr: broker.local_addr(),
             broker: Some(broker),
             dir,
+            config,
         }
     }
 
     pub fn router(&self) -> &Router {
         self.broker.as_ref().expect("running").router()
+    }
+
+    /// Stops the broker and starts a new one on the same data dir and config (a new
+    /// port): what survives is what the store kept.
+    pub async fn restart(mut self) -> TestBroker {
+        if let Some(b) = self.broker.take() {
+            b.shutdown().await;
+        }
+        let broker = natterd::start(self.config.clone()).await.expect("broker restarts");
+        self.addr = broker.local_addr();
+        self.broker = Some(broker);
+        self
     }
 
     pub async fn stop(mut self) {

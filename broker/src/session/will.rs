@@ -60,18 +60,39 @@ pub(super) fn after_disconnect(e: Ended) {
         session_expiry,
         ..
     } = e;
+    // The timer ends with the broker (it holds the broker's context: plugins, store);
+    // a will still pending then is published, since the session ends with the broker.
+    let mut shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
-        if let Some(w) = will {
-            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-            if session.lock().generation != generation {
-                return;
+        let pending = std::sync::Mutex::new(will);
+        let take = || pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let has_will = pending.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let timers = async {
+            if has_will {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                if session.lock().generation != generation {
+                    take();
+                    return;
+                }
+                if let Some(w) = take() {
+                    publish_will(&ctx, &info, &session, w);
+                }
             }
-            publish_will(&ctx, &info, &session, w);
-        }
-        tokio::time::sleep(Duration::from_secs(u64::from(session_expiry - delay))).await;
-        if session.lock().generation == generation {
-            tracing::debug!(client_id = %info.client_id, "session expired");
-            ctx.router.remove_session(&session);
+            tokio::time::sleep(Duration::from_secs(u64::from(session_expiry - delay))).await;
+            if session.lock().generation == generation {
+                tracing::debug!(client_id = %info.client_id, "session expired");
+                ctx.router.remove_session(&session);
+            }
+        };
+        tokio::select! {
+            () = timers => {}
+            () = crate::server::stopped(&mut shutdown) => {
+                if session.lock().generation == generation {
+                    if let Some(w) = take() {
+                        publish_will(&ctx, &info, &session, w);
+                    }
+                }
+            }
         }
     });
 }
