@@ -85,6 +85,17 @@ wait "$SUB" || fail "DM not delivered"
 grep -qx 'inbox/bob/dm/alice hi bob' "$WORK/dm.txt" || fail "DM: $(cat "$WORK/dm.txt")"
 echo "ok mosquitto DM alice -> bob"
 
+# A persistent device (-c, fixed client id) catches up on what arrived while it was away.
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-phone -c -q 1 -t 'inbox/bob/#' -C 1 > /dev/null &
+SUB=$!
+sleep 0.5
+mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'first' -q 1
+wait "$SUB" || fail "persistent device: first message"
+mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'while away' -q 1
+GOT=$(timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-phone -c -q 1 -t 'inbox/bob/#' -C 1 -v)
+[ "$GOT" = "inbox/bob/dm/alice while away" ] || fail "persistent device catch-up: '$GOT'"
+echo "ok mosquitto persistent device catches up"
+
 # Someone else's mailbox is refused (SUBACK failure: mosquitto_sub reports it).
 for V in mqttv311 mqttv5; do
     timeout 5 mosquitto_sub -h 127.0.0.1 -p "$PORT" -V "$V" -u alice -P alice-pw -t 'inbox/bob/#' -C 1 -W 2 \

@@ -561,6 +561,19 @@ async fn operator_rules_with_placeholders() {
 #[tokio::test]
 async fn retention_drops_the_oldest_and_tells_the_device_with_a_gap_event() {
     let b = TestBroker::start_default(|c| c.im.mailbox_max_messages = 3.try_into().unwrap()).await;
+    retention_gap(b).await;
+}
+
+#[tokio::test]
+async fn retention_by_bytes_drops_the_oldest_too() {
+    // Five 2-byte messages in a 6-byte mailbox: the last three stay.
+    let b = TestBroker::start_default(|c| c.im.mailbox_max_bytes = 6.try_into().unwrap()).await;
+    retention_gap(b).await;
+}
+
+/// bob's device is away while alice sends m0..m4 into a mailbox that keeps three:
+/// it gets a gap event, then m2..m4.
+async fn retention_gap(b: TestBroker) {
     let bob = ImClient::persistent(b.addr, "bob", "bob-tablet").await;
     drop(bob);
     wait_offline(&b, "bob").await;
