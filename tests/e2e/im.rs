@@ -448,19 +448,23 @@ async fn registration_when_open_never_overwrites() {
     assert_eq!(suback(&mut anon, "inbox/alice/#").await, reason::NOT_AUTHORIZED);
     assert_eq!(puback(&mut anon, "dm/alice", 1).await, reason::NOT_AUTHORIZED);
     let body = |user: &str| json!({ "user": user, "password": "dave-pw", "reply": "r1" }).to_string();
-    let mut req = publish("api/account.register", QoS::AtLeastOnce, 2, b"");
-    if let Packet::Publish(p) = &mut req {
-        p.payload = Bytes::from(body("dave"));
-    }
-    anon.send(&req).await;
+    anon.send(&publish_packet(
+        "api/account.register",
+        QoS::AtLeastOnce,
+        2,
+        body("dave"),
+    ))
+    .await;
     let r = answer(&mut anon).await;
     assert_eq!(r["ok"], true, "{r}");
     // Existing accounts are never overwritten.
-    if let Packet::Publish(p) = &mut req {
-        p.payload = Bytes::from(body("alice"));
-        p.pkid = 3;
-    }
-    anon.send(&req).await;
+    anon.send(&publish_packet(
+        "api/account.register",
+        QoS::AtLeastOnce,
+        3,
+        body("alice"),
+    ))
+    .await;
     let r = answer(&mut anon).await;
     assert_eq!(r["error"]["code"], "already_exists", "{r}");
     let mut dave = connect_packet(Protocol::V5, Some("alice"), "dave");
@@ -498,10 +502,12 @@ async fn password_reset_tokens_work_once() {
     assert_eq!(suback(&mut raw, "inbox/bob/dm/#").await, reason::NOT_AUTHORIZED);
     assert_eq!(puback(&mut raw, "dm/alice", 1).await, reason::NOT_AUTHORIZED);
     assert_eq!(suback(&mut raw, "inbox/bob/api/#").await, 0);
-    let mut req = publish("api/account.reset", QoS::AtLeastOnce, 2, b"");
-    if let Packet::Publish(p) = &mut req {
-        p.payload = Bytes::from(json!({ "token": token, "new_password": "bob-new" }).to_string());
-    }
+    let req = publish_packet(
+        "api/account.reset",
+        QoS::AtLeastOnce,
+        2,
+        Bytes::from(json!({ "token": token, "new_password": "bob-new" }).to_string()),
+    );
     raw.send(&req).await;
     let v = answer(&mut raw).await;
     assert_eq!(v["ok"], true, "{v}");
@@ -580,10 +586,7 @@ async fn retention_gap(b: TestBroker) {
     // Each DM acknowledged, hence stored, before the next.
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
     for i in 0..5u16 {
-        let mut p = publish("dm/bob", QoS::AtLeastOnce, i + 1, b"");
-        if let Packet::Publish(p) = &mut p {
-            p.payload = Bytes::from(format!("m{i}"));
-        }
+        let p = publish_packet("dm/bob", QoS::AtLeastOnce, i + 1, format!("m{i}"));
         alice.send(&p).await;
         assert!(matches!(alice.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
     }
@@ -715,10 +718,12 @@ async fn registration_is_rate_limited_per_address() {
         .into_iter()
         .enumerate()
     {
-        let mut req = publish("api/account.register", QoS::AtLeastOnce, i as u16 + 1, b"");
-        if let Packet::Publish(p) = &mut req {
-            p.payload = Bytes::from(json!({ "user": user, "password": "pw" }).to_string());
-        }
+        let req = publish_packet(
+            "api/account.register",
+            QoS::AtLeastOnce,
+            i as u16 + 1,
+            Bytes::from(json!({ "user": user, "password": "pw" }).to_string()),
+        );
         anon.send(&req).await;
         let v = answer(&mut anon).await;
         if expect == "ok" {
@@ -837,10 +842,7 @@ async fn a_slow_device_is_disconnected_rather_than_losing_mailbox_messages() {
     assert!(matches!(slow.recv().await, Some(Packet::SubAck(a)) if a.codes == vec![1]));
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
     for i in 0..6u16 {
-        let mut p = publish("dm/bob", QoS::AtLeastOnce, i + 1, b"");
-        if let Packet::Publish(p) = &mut p {
-            p.payload = Bytes::from(format!("m{i}"));
-        }
+        let p = publish_packet("dm/bob", QoS::AtLeastOnce, i + 1, format!("m{i}"));
         alice.send(&p).await;
         assert!(matches!(alice.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
     }

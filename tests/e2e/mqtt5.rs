@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use natter_e2e::{connect_packet, Raw, TestBroker};
+use natter_e2e::{connect_packet, publish_packet, Raw, TestBroker};
 use natter_shared::codec::{
-    reason, Ack, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
+    reason, Ack, Packet, Properties, Protocol, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 
 fn sub(filter: &str, qos: QoS, id: Option<u32>, no_local: bool) -> Packet {
@@ -29,15 +29,11 @@ fn sub(filter: &str, qos: QoS, id: Option<u32>, no_local: bool) -> Packet {
 }
 
 fn publish(topic: &str, qos: QoS, pkid: u16, properties: Properties, payload: &'static [u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        pkid,
-        properties,
-        payload: Bytes::from_static(payload),
-    })
+    let mut packet = publish_packet(topic, qos, pkid, Bytes::from_static(payload));
+    if let Packet::Publish(p) = &mut packet {
+        p.properties = properties;
+    }
+    packet
 }
 
 async fn subscribed(raw: &mut Raw, p: Packet) -> Vec<u8> {

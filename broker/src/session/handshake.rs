@@ -58,26 +58,15 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
     let protocol = connect.protocol;
     let limits = ctx.limits.clone();
 
-    let mut assigned = None;
-    let client_id: Arc<str> = if connect.client_id.is_empty() {
-        if protocol == Protocol::V311 && !connect.clean_start {
-            tracing::info!(%addr, "refused: empty client id without clean session (MQTT-3.1.3-8)");
-            refuse(
-                conn,
-                protocol,
-                reason::v3::IDENTIFIER_REJECTED,
-                reason::CLIENT_IDENTIFIER_NOT_VALID,
-            )
-            .await;
-            return None;
-        }
-        let id = random_client_id();
-        if protocol == Protocol::V5 {
-            assigned = Some(id.clone());
-        }
-        id.into()
+    let refusal = if connect.client_id.is_empty() && protocol == Protocol::V311 && !connect.clean_start {
+        Some("empty client id without clean session (MQTT-3.1.3-8)")
     } else if connect.client_id.len() > usize::from(limits.max_client_id_len.get()) {
-        tracing::info!(%addr, len = connect.client_id.len(), "refused: client id too long");
+        Some("client id too long")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        tracing::info!(%addr, len = connect.client_id.len(), "refused: {why}");
         refuse(
             conn,
             protocol,
@@ -86,6 +75,14 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         )
         .await;
         return None;
+    }
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        let id = random_client_id();
+        if protocol == Protocol::V5 {
+            assigned = Some(id.clone());
+        }
+        id.into()
     } else {
         connect.client_id.as_str().into()
     };
