@@ -14,8 +14,9 @@ use natterd::auth::tokens::{self, TokenIndex};
 use natterd::config::AclConfig;
 use natterd::config::Config;
 use natterd::control::ControlState;
-use natterd::hooks::Hook;
-use natterd::im::ImPlugin;
+use natterd::hooks::{Hook, PublishDecision};
+use natterd::im::writer::Writer;
+use natterd::im::{mailbox, ImPlugin};
 use natterd::message::{ClientInfo, Message};
 use natterd::router::Router;
 use natterd::session::{SessionKey, Subscription};
@@ -159,7 +160,9 @@ fn auth_benches(c: &mut Criterion) {
             users: vec![],
         }],
     };
-    let im = ImPlugin::new(control, config.im.clone(), acl);
+    let writer = Writer::start(control.store.clone(), control.router.clone(), mailbox::retention(&config.im))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let im = ImPlugin::new(control, config.im.clone(), acl, writer.clone());
     let client = ClientInfo {
         username: Some("alice".into()),
         client_id: "phone".into(),
@@ -202,13 +205,29 @@ fn auth_benches(c: &mut Criterion) {
     g.bench_function("authorize publish by operator rule", |b| {
         b.iter(|| im.authorize_publish(black_box(&client), black_box(&device)))
     });
-    g.bench_function("DM: authorize, store, append to 2 mailboxes, route", |b| {
-        b.iter(|| im.authorize_publish(black_box(&client), black_box(&dm)))
+    // Until stored: the receipt the PUBACK waits for.
+    let stored = |d: PublishDecision| match d {
+        PublishDecision::Pending(r) => assert!(r.blocking_recv().unwrap_or(false), "not stored"),
+        other => panic!("DM not accepted: {other:?}"),
+    };
+    g.bench_function("DM alone: authorize, store, append to 2 mailboxes, route", |b| {
+        b.iter(|| stored(im.authorize_publish(black_box(&client), black_box(&dm))))
     });
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("DM burst of 64 (one group commit), per DM", |b| {
+        b.iter(|| {
+            let receipts: Vec<_> = (0..64)
+                .map(|_| im.authorize_publish(black_box(&client), black_box(&dm)))
+                .collect();
+            receipts.into_iter().for_each(stored);
+        })
+    });
+    g.throughput(Throughput::Elements(1));
     g.bench_function("device token check (10k tokens)", |b| {
         b.iter(|| index.check(black_box(last.as_bytes())))
     });
     g.finish();
+    writer.stop();
 }
 
 criterion_group!(benches, codec_benches, router_benches, auth_benches);

@@ -18,7 +18,8 @@ use crate::auth::PasswordAuth;
 use crate::config::{Config, Registration};
 use crate::control::{self, ControlState};
 use crate::hooks::{Hook, Hooks};
-use crate::im::ImPlugin;
+use crate::im::writer::Writer;
+use crate::im::{mailbox, ImPlugin};
 use crate::listener::Listener;
 use crate::router::Router;
 use crate::session::Context;
@@ -34,6 +35,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot create the control socket in {dir}: {source}")]
     Control { dir: PathBuf, source: std::io::Error },
+    #[error("cannot start the message writer thread: {source}")]
+    Writer { source: std::io::Error },
     #[error("startup task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -53,6 +56,7 @@ pub struct RunningBroker {
     connections_done: mpsc::Receiver<()>,
     grace: Duration,
     store: Store,
+    writer: Writer,
     router: Router,
     socket_path: PathBuf,
 }
@@ -117,10 +121,13 @@ pub async fn start_with(
     // answers every authorization question, so nothing after it is asked).
     let mut list = plugins(&router, &store);
     list.push(Arc::new(auth));
+    let writer = Writer::start(store.clone(), router.clone(), mailbox::retention(&config.im))
+        .map_err(|source| ServerError::Writer { source })?;
     list.push(Arc::new(ImPlugin::new(
         control_state.clone(),
         config.im.clone(),
         config.acl.clone(),
+        writer.clone(),
     )));
     let hooks = Hooks::new(list);
 
@@ -149,6 +156,7 @@ pub async fn start_with(
         connections_done,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
         store,
+        writer,
         router,
         socket_path,
     })
@@ -181,6 +189,9 @@ impl RunningBroker {
                 "connections still open after the grace period"
             );
         }
+        // What connections handed over is written before the store is flushed.
+        let writer = self.writer.clone();
+        let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}

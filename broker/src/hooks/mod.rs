@@ -86,8 +86,12 @@ pub enum Access {
     Abstain,
 }
 
+/// Resolves once a plugin has stored a message it took over: `true` when stored,
+/// `false` (or a dropped sender) when it could not be.
+pub type Receipt = tokio::sync::oneshot::Receiver<bool>;
+
 /// An authorization answer for a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum PublishDecision {
     /// Route it through the core router.
     Allow,
@@ -96,6 +100,11 @@ pub enum PublishDecision {
     /// The plugin has taken the message over (stored and routed it itself); the core
     /// acknowledges it and does not route it.
     Handled,
+    /// Like `Handled`, but the plugin stores it in the background: the core
+    /// acknowledges it when the receipt resolves (PUBACK/PUBREC in arrival order), so
+    /// an acknowledgement means stored, and stops reading from a client with too many
+    /// messages waiting.
+    Pending(Receipt),
     /// The plugin could not take it (a storage failure): v5 PUBACK/PUBREC 0x80; a
     /// 3.1.1 QoS 1/2 publisher is disconnected rather than falsely acknowledged.
     Error,
@@ -224,7 +233,13 @@ mod tests {
             self.1
         }
         fn authorize_publish(&self, _: &ClientInfo, _: &Message) -> PublishDecision {
-            self.2
+            match self.2 {
+                PublishDecision::Allow => PublishDecision::Allow,
+                PublishDecision::Deny => PublishDecision::Deny,
+                PublishDecision::Handled => PublishDecision::Handled,
+                PublishDecision::Error => PublishDecision::Error,
+                PublishDecision::Pending(_) | PublishDecision::Abstain => PublishDecision::Abstain,
+            }
         }
     }
 
@@ -258,7 +273,7 @@ mod tests {
     fn empty_registry_denies() {
         let h = Hooks::default();
         assert!(!h.authorize_subscribe(&client(), "a"));
-        assert_eq!(h.authorize_publish(&client(), &msg()), PublishDecision::Deny);
+        assert!(matches!(h.authorize_publish(&client(), &msg()), PublishDecision::Deny));
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let creds = Credentials {
             username: None,
@@ -280,12 +295,12 @@ mod tests {
             Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
         ]);
         assert!(!h.authorize_subscribe(&client(), "a"));
-        assert_eq!(h.authorize_publish(&client(), &msg()), PublishDecision::Handled);
+        assert!(matches!(h.authorize_publish(&client(), &msg()), PublishDecision::Handled));
         let h = Hooks::new(vec![
             Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
             Arc::new(Fixed("b", Access::Deny, PublishDecision::Deny)),
         ]);
         assert!(h.authorize_subscribe(&client(), "a"));
-        assert_eq!(h.authorize_publish(&client(), &msg()), PublishDecision::Allow);
+        assert!(matches!(h.authorize_publish(&client(), &msg()), PublishDecision::Allow));
     }
 }

@@ -12,11 +12,12 @@ use natter_shared::codec::{Properties, QoS};
 use natter_shared::im;
 use serde_json::{json, Value};
 
+use super::writer::{Post, Writer};
 use crate::config::ImConfig;
+use crate::hooks::Receipt;
 use crate::message::Message;
-use crate::router::Router;
 use crate::session::{Delivery, Session};
-use crate::store::{MailboxEntry, Retention, Store, StoreError, StoredMessage};
+use crate::store::{MailboxEntry, NewMessage, Retention, Store, StoreError, StoredMessage};
 
 /// Most entries replayed into a session at once; the rest follow on later acks.
 const REPLAY_BATCH: usize = 10_000;
@@ -32,7 +33,7 @@ pub fn now_ms() -> u64 {
 
 /// Properties a subscriber sees on a mailbox delivery: the sender's user properties
 /// (minus any that would impersonate ours), then `id`, `from` and `ts`.
-fn properties(id: u64, m: &StoredMessage) -> Properties {
+pub(super) fn properties(id: u64, m: &StoredMessage) -> Properties {
     let mut user_properties: Vec<(String, String)> = m
         .user_properties
         .iter()
@@ -51,18 +52,16 @@ fn properties(id: u64, m: &StoredMessage) -> Properties {
 
 pub struct Mailboxes {
     store: Store,
-    router: Router,
-    retention: Retention,
+    writer: Writer,
 }
 
-/// A stored message on its way to mailboxes.
-#[derive(Clone, Copy)]
-pub struct Letter<'a> {
-    pub id: u64,
-    pub stored: &'a StoredMessage,
-    /// The payload as received (shared, not copied, by every delivery).
-    pub payload: &'a Bytes,
-    pub qos: QoS,
+/// Retention bounds from the configuration.
+pub fn retention(cfg: &ImConfig) -> Retention {
+    Retention {
+        max_messages: cfg.mailbox_max_messages.get(),
+        max_bytes: cfg.mailbox_max_bytes.get(),
+        max_age: u64::from(cfg.mailbox_max_age_days.get()) * 86_400_000,
+    }
 }
 
 /// Where a mailbox delivery comes from, for No Local and sender copies.
@@ -73,53 +72,59 @@ pub struct Origin {
     pub exclude: bool,
 }
 
+/// One mailbox a message goes to.
+pub struct Recipient {
+    pub user: String,
+    /// Where under `inbox/{user}/` it arrives.
+    pub suffix: String,
+    pub origin: Origin,
+}
+
 impl Mailboxes {
-    pub fn new(store: Store, router: Router, cfg: &ImConfig) -> Mailboxes {
-        let retention = Retention {
-            max_messages: cfg.mailbox_max_messages.get(),
-            max_bytes: cfg.mailbox_max_bytes.get(),
-            max_age: u64::from(cfg.mailbox_max_age_days.get()) * 86_400_000,
-        };
-        Mailboxes {
-            store,
-            router,
-            retention,
-        }
+    pub fn new(store: Store, writer: Writer) -> Mailboxes {
+        Mailboxes { store, writer }
     }
 
-    /// Appends message `id` to `user`'s mailbox under `inbox/{user}/{suffix}` and routes
-    /// it to the sessions subscribed now.
-    ///
-    /// # Errors
-    /// Store errors (nothing is routed then).
-    pub fn deliver(&self, user: &str, suffix: &str, letter: &Letter<'_>, origin: Origin) -> Result<(), StoreError> {
-        let Letter {
-            id,
-            stored: m,
+    /// Hands a message to the writer, which stores it once, appends it to each
+    /// recipient's mailbox and then routes it to `inbox/{user}/{suffix}` for the
+    /// sessions subscribed then. With `receipt`, returns what resolves once stored.
+    /// `Err` when the writer has stopped.
+    #[allow(clippy::result_unit_err)]
+    pub fn post(
+        &self,
+        message: StoredMessage,
+        payload: Bytes,
+        qos: QoS,
+        conversation: Option<String>,
+        to: Vec<Recipient>,
+        receipt: bool,
+    ) -> Result<Option<Receipt>, ()> {
+        let bytes = u32::try_from(message.payload.len()).unwrap_or(u32::MAX);
+        let (mailboxes, origins) = to
+            .into_iter()
+            .map(|r| {
+                let entry = MailboxEntry {
+                    suffix: r.suffix,
+                    ts: message.ts,
+                    bytes,
+                    qos: qos as u8,
+                };
+                ((r.user, entry), r.origin)
+            })
+            .unzip();
+        let post = Post {
+            record: NewMessage {
+                id: 0,
+                message,
+                conversation,
+                mailboxes,
+            },
             payload,
             qos,
-        } = *letter;
-        let entry = MailboxEntry {
-            suffix: suffix.to_owned(),
-            ts: m.ts,
-            bytes: u32::try_from(m.payload.len()).unwrap_or(u32::MAX),
-            qos: qos as u8,
+            origins,
+            done: None,
         };
-        self.store.append_mailbox(user, id, &entry, self.retention)?;
-        let msg = Message {
-            topic: format!("{}{suffix}", im::inbox_prefix(user)).into(),
-            payload: payload.clone(),
-            qos,
-            retain: false,
-            properties: properties(id, m),
-            expires_at: None,
-            origin: origin.session,
-            exclude_origin: origin.exclude,
-            tag: Some(id),
-        };
-        // Mailbox topics are never retained, so routing cannot fail on the retained store.
-        let _ = self.router.publish(Arc::new(msg));
-        Ok(())
+        self.writer.post(post, receipt)
     }
 
     /// Stores an event and delivers it to `user`'s mailbox at `inbox/{user}/event/{kind}`.
@@ -134,24 +139,20 @@ impl Mailboxes {
             user_properties: Vec::new(),
             content_type: Some("application/json".into()),
         };
-        let id = self.store.next_message_id();
         let payload = Bytes::from(m.payload.clone());
-        let result = self.store.put_message(id, &m, None).and_then(|()| {
-            self.deliver(
-                user,
-                &format!("event/{kind}"),
-                &Letter {
-                    id,
-                    stored: &m,
-                    payload: &payload,
-                    qos: QoS::AtLeastOnce,
-                },
-                Origin::default(),
-            )
-        });
-        if let Err(e) = result {
-            tracing::error!(user, kind, error = %e, "cannot store an event");
+        let to = vec![Recipient {
+            user: user.to_owned(),
+            suffix: format!("event/{kind}"),
+            origin: Origin::default(),
+        }];
+        if self.post(m, payload, QoS::AtLeastOnce, None, to, false).is_err() {
+            tracing::warn!(user, kind, "writer stopped: event not stored");
         }
+    }
+
+    /// A device acknowledged mailbox message `id`: its cursor moves there.
+    pub fn acked(&self, user: &str, device: &str, id: u64) {
+        self.writer.acked(user, device, id);
     }
 
     /// Replays `user`'s mailbox into one device's session: entries after the device's
@@ -165,8 +166,8 @@ impl Mailboxes {
 
     fn try_replay(&self, user: &str, device: &str, session: &Arc<Session>) -> Result<(), StoreError> {
         let (head, dropped_up_to) = self.store.mailbox_head(user)?;
-        let Some(cursor) = self.store.cursor(user, device)? else {
-            self.store.advance_cursor(user, device, head)?;
+        let Some(cursor) = self.writer.cursor(user, device)? else {
+            self.writer.acked(user, device, head);
             return Ok(());
         };
         let mut deliveries = Vec::new();
@@ -185,20 +186,24 @@ impl Mailboxes {
                 });
             }
         }
-        for (id, entry) in self.store.mailbox_after(user, cursor, REPLAY_BATCH)? {
+        let entries = self.store.mailbox_after(user, cursor, REPLAY_BATCH)?;
+        let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
+        let messages = self.store.messages(&ids)?;
+        for ((id, entry), m) in entries.into_iter().zip(messages) {
             let topic = format!("{}{}", im::inbox_prefix(user), entry.suffix);
             let Some((granted, _, sub_ids)) = session.granted(&topic) else {
                 continue;
             };
-            let Some(m) = self.store.message(id)? else {
+            let Some(m) = m else {
                 continue;
             };
+            let properties = properties(id, &m);
             let msg = Message {
                 topic: topic.into(),
-                payload: Bytes::from(m.payload.clone()),
+                payload: Bytes::from(m.payload),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: properties(id, &m),
+                properties,
                 expires_at: None,
                 origin: None,
                 exclude_origin: false,

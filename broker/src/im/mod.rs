@@ -5,6 +5,7 @@
 pub mod api;
 pub mod mailbox;
 pub mod presence;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -21,7 +22,9 @@ use crate::message::{ClientInfo, Message};
 use crate::router::Router;
 use crate::session::{Session, Subscription};
 use crate::store::{Store, StoreError, StoredMessage};
-use mailbox::{now_ms, Letter, Mailboxes, Origin};
+
+use mailbox::{now_ms, Mailboxes, Origin, Recipient};
+use writer::Writer;
 use presence::PresenceBook;
 
 /// Shared by the plugin and the API tasks it spawns.
@@ -73,12 +76,13 @@ fn subject(c: &ClientInfo) -> Subject<'_> {
 }
 
 impl ImPlugin {
-    pub fn new(control: ControlState, config: ImConfig, acl: AclConfig) -> ImPlugin {
+    /// `writer` stores and delivers mailbox messages (see [`writer`]).
+    pub fn new(control: ControlState, config: ImConfig, acl: AclConfig, writer: Writer) -> ImPlugin {
         let store = control.store.clone();
         let router = control.router.clone();
         ImPlugin {
             state: Arc::new(ImState {
-                mailboxes: Mailboxes::new(store.clone(), router.clone(), &config),
+                mailboxes: Mailboxes::new(store.clone(), writer),
                 presence: PresenceBook::new(router.clone()),
                 registrations: api::account::RegistrationLimiter::new(config.registrations_per_hour.get()),
                 hasher: control.hasher.clone(),
@@ -118,25 +122,38 @@ impl ImPlugin {
             tracing::info!(from, to, "DM refused: not friends");
             return Ok(PublishDecision::Deny);
         }
-        let id = s.store.next_message_id();
-        let stored = self.stored(from, msg);
-        s.store.put_message(id, &stored, Some(&dm_conversation(from, to)))?;
-        let letter = Letter {
-            id,
-            stored: &stored,
-            payload: &msg.payload,
-            qos: msg.qos,
-        };
-        s.mailboxes
-            .deliver(to, &format!("dm/{from}"), &letter, Origin::default())?;
+        let mut recipients = vec![Recipient {
+            user: to.to_owned(),
+            suffix: format!("dm/{from}"),
+            origin: Origin::default(),
+        }];
         if to != from {
-            let copy = Origin {
-                session: msg.origin,
-                exclude: true,
-            };
-            s.mailboxes.deliver(from, &format!("sent/dm/{to}"), &letter, copy)?;
+            // A copy for the sender's other devices.
+            recipients.push(Recipient {
+                user: from.to_owned(),
+                suffix: format!("sent/dm/{to}"),
+                origin: Origin {
+                    session: msg.origin,
+                    exclude: true,
+                },
+            });
         }
-        Ok(PublishDecision::Handled)
+        Ok(self.post(from, msg, dm_conversation(from, to), recipients))
+    }
+
+    /// Hands an accepted message to the writer; the publisher is acknowledged once it
+    /// is stored.
+    fn post(&self, from: &str, msg: &Message, conversation: String, to: Vec<Recipient>) -> PublishDecision {
+        let stored = self.stored(from, msg);
+        match self
+            .state
+            .mailboxes
+            .post(stored, msg.payload.clone(), msg.qos, Some(conversation), to, true)
+        {
+            Ok(Some(receipt)) => PublishDecision::Pending(receipt),
+            Ok(None) => PublishDecision::Handled,
+            Err(()) => PublishDecision::Error,
+        }
     }
 
     fn group(&self, client: &ClientInfo, group: &str, msg: &Message) -> Result<PublishDecision, StoreError> {
@@ -148,24 +165,21 @@ impl ImPlugin {
             tracing::info!(from, group, "group message refused: not a member");
             return Ok(PublishDecision::Deny);
         }
-        let id = s.store.next_message_id();
-        let stored = self.stored(from, msg);
-        s.store.put_message(id, &stored, Some(&group_conversation(group)))?;
-        let letter = Letter {
-            id,
-            stored: &stored,
-            payload: &msg.payload,
-            qos: msg.qos,
-        };
         let suffix = format!("group/{group}/{from}");
-        for (member, _) in s.store.members(group)? {
-            let origin = Origin {
-                session: msg.origin,
-                exclude: member == from,
-            };
-            s.mailboxes.deliver(&member, &suffix, &letter, origin)?;
-        }
-        Ok(PublishDecision::Handled)
+        let recipients = s
+            .store
+            .members(group)?
+            .into_iter()
+            .map(|(member, _)| Recipient {
+                origin: Origin {
+                    session: msg.origin,
+                    exclude: member == from,
+                },
+                user: member,
+                suffix: suffix.clone(),
+            })
+            .collect();
+        Ok(self.post(from, msg, group_conversation(group), recipients))
     }
 
     fn sees_presence(&self, me: &str, user: &str) -> bool {
@@ -273,9 +287,7 @@ impl Hook for ImPlugin {
         if !client.persistent || im::inbox_owner(&msg.topic) != Some(user) {
             return;
         }
-        if let Err(e) = self.state.store.advance_cursor(user, &client.client_id, id) {
-            tracing::error!(user, error = %e, "cannot move the device cursor");
-        }
+        self.state.mailboxes.acked(user, &client.client_id, id);
     }
 }
 

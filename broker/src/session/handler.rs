@@ -2,6 +2,7 @@
 //! to the session, drains the session's queue within the inflight window, and writes
 //! everything it produced in one batch per wake-up.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,23 @@ use super::inflight::Stage;
 use super::state::{Delivery, Kick, Session, Subscription};
 use super::{will, Context};
 use crate::connection::{Connection, WRITE_HIGH_WATER};
-use crate::hooks::PublishDecision;
+use crate::hooks::{PublishDecision, Receipt};
 use crate::message::{ClientInfo, Message};
 use crate::router::{Opened, RetainedFull};
+
+/// An acknowledgement owed to the client, in arrival order (MQTT-4.6.0-2/3).
+struct OwedAck {
+    pkid: u16,
+    qos: QoS,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// The reason code is known.
+    Ready(u8),
+    /// A plugin is storing the message.
+    Waiting(Receipt),
+}
 
 /// Why the connection ended.
 #[derive(Debug)]
@@ -58,6 +73,8 @@ pub(super) struct Handler {
     client_max_packet: usize,
     /// Topic aliases set by the client (MQTT 5), index = alias - 1; allocated on first use.
     aliases: Vec<Option<Arc<str>>>,
+    /// Acknowledgements waiting for a plugin's receipt, and those queued behind them.
+    owed: VecDeque<OwedAck>,
 }
 
 impl Handler {
@@ -90,6 +107,7 @@ impl Handler {
             window,
             client_max_packet,
             aliases: Vec::new(),
+            owed: VecDeque::new(),
             ctx,
             info,
             session: opened.session,
@@ -138,6 +156,9 @@ impl Handler {
             return End::Shutdown;
         }
         loop {
+            if let Some(end) = self.settle() {
+                return end;
+            }
             let more = self.drain();
             if self.conn.pending() > 0 {
                 // Stay responsive to kicks and shutdown while a slow reader blocks the write.
@@ -158,11 +179,19 @@ impl Handler {
                 self.keepalive_timer.as_mut().reset(deadline.into());
             }
             self.conn.release_idle();
+            // Too many messages waiting to be stored: stop reading (TCP pushes back).
+            let reading = self.owed.len() < usize::from(self.ctx.limits.receive_maximum.get());
+            let waiting = matches!(self.owed.front(), Some(OwedAck { outcome: Outcome::Waiting(_), .. }));
             tokio::select! {
                 biased;
                 k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
                 _ = shutdown.changed() => return End::Shutdown,
-                r = self.conn.fill() => {
+                stored = next_receipt(&mut self.owed), if waiting => {
+                    if let Some(front) = self.owed.front_mut() {
+                        front.outcome = Outcome::Ready(stored_code(stored));
+                    }
+                }
+                r = self.conn.fill(), if reading => {
                     if let Err(e) = r {
                         return End::Abrupt(e.to_string());
                     }
@@ -353,12 +382,10 @@ impl Handler {
                 ));
             }
         }
-        let code = if self.protocol == Protocol::V5
+        let malformed_utf8 = self.protocol == Protocol::V5
             && p.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&p.payload).is_err()
-        {
-            reason::PAYLOAD_FORMAT_INVALID
-        } else {
+            && std::str::from_utf8(&p.payload).is_err();
+        let outcome = if !malformed_utf8 {
             let now = Instant::now();
             let mut properties = p.properties;
             let expires_at = properties
@@ -377,27 +404,69 @@ impl Handler {
                 tag: None,
             };
             self.route(msg)
+        } else {
+            Outcome::Ready(reason::PAYLOAD_FORMAT_INVALID)
         };
-        if code == reason::UNSPECIFIED_ERROR && self.protocol == Protocol::V311 && p.qos != QoS::AtMostOnce {
-            // 3.1.1 has no negative acknowledgement: close rather than falsely acknowledge.
-            return Some(End::Protocol(code, "the message could not be stored"));
+        if p.qos == QoS::ExactlyOnce {
+            // Known from now on, so a re-send while it is being stored is not stored twice.
+            self.session.lock().incoming_qos2.insert(p.pkid);
         }
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(p.pkid, code))),
-            QoS::ExactlyOnce => {
-                if code < 0x80 || self.protocol == Protocol::V311 {
-                    self.session.lock().incoming_qos2.insert(p.pkid);
-                }
-                self.send(Packet::PubRec(Ack::with_reason(p.pkid, code)));
+        match outcome {
+            Outcome::Ready(code) if self.owed.is_empty() => self.acknowledge(p.pkid, p.qos, code),
+            outcome => {
+                self.owed.push_back(OwedAck {
+                    pkid: p.pkid,
+                    qos: p.qos,
+                    outcome,
+                });
+                None
+            }
+        }
+    }
+
+    /// Sends the acknowledgements whose outcome is known, in arrival order.
+    fn settle(&mut self) -> Option<End> {
+        while let Some(front) = self.owed.front_mut() {
+            let code = match &mut front.outcome {
+                Outcome::Ready(code) => *code,
+                Outcome::Waiting(receipt) => match receipt.try_recv() {
+                    Ok(stored) => stored_code(stored),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => stored_code(false),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                },
+            };
+            let (pkid, qos) = (front.pkid, front.qos);
+            self.owed.pop_front();
+            if let Some(end) = self.acknowledge(pkid, qos, code) {
+                return Some(end);
             }
         }
         None
     }
 
-    /// Authorizes and routes a client's message; returns the MQTT 5 reason code.
-    fn route(&self, msg: Message) -> u8 {
-        match self.ctx.hooks.authorize_publish(&self.info, &msg) {
+    fn acknowledge(&mut self, pkid: u16, qos: QoS, code: u8) -> Option<End> {
+        if code == reason::UNSPECIFIED_ERROR && self.protocol == Protocol::V311 && qos != QoS::AtMostOnce {
+            // 3.1.1 has no negative acknowledgement: close rather than falsely acknowledge.
+            return Some(End::Protocol(code, "the message could not be stored"));
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(pkid, code))),
+            QoS::ExactlyOnce => {
+                if code >= 0x80 && self.protocol == Protocol::V5 {
+                    // Refused: the flow ends with this PUBREC.
+                    self.session.lock().incoming_qos2.remove(&pkid);
+                }
+                self.send(Packet::PubRec(Ack::with_reason(pkid, code)));
+            }
+        }
+        None
+    }
+
+    /// Authorizes and routes a client's message: the MQTT 5 reason code, or a receipt
+    /// when a plugin stores it in the background.
+    fn route(&self, msg: Message) -> Outcome {
+        let code = match self.ctx.hooks.authorize_publish(&self.info, &msg) {
             PublishDecision::Allow => match self.ctx.router.publish(Arc::new(msg)) {
                 Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
                 Ok(_) => reason::SUCCESS,
@@ -407,6 +476,7 @@ impl Handler {
                 }
             },
             PublishDecision::Handled => reason::SUCCESS,
+            PublishDecision::Pending(receipt) => return Outcome::Waiting(receipt),
             PublishDecision::Error => reason::UNSPECIFIED_ERROR,
             PublishDecision::Deny | PublishDecision::Abstain => {
                 tracing::info!(
@@ -417,7 +487,8 @@ impl Handler {
                 );
                 reason::NOT_AUTHORIZED
             }
-        }
+        };
+        Outcome::Ready(code)
     }
 
     fn on_subscribe(&mut self, s: Subscribe) {
@@ -569,6 +640,25 @@ impl Handler {
             session_expiry: self.session_expiry,
             shutting_down: matches!(end, End::Shutdown),
         });
+    }
+}
+
+/// Resolves with the front acknowledgement's receipt (the caller checked it waits).
+async fn next_receipt(owed: &mut VecDeque<OwedAck>) -> bool {
+    match owed.front_mut() {
+        Some(OwedAck {
+            outcome: Outcome::Waiting(receipt),
+            ..
+        }) => receipt.await.unwrap_or(false),
+        _ => std::future::pending().await,
+    }
+}
+
+fn stored_code(stored: bool) -> u8 {
+    if stored {
+        reason::SUCCESS
+    } else {
+        reason::UNSPECIFIED_ERROR
     }
 }
 

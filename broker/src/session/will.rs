@@ -122,7 +122,7 @@ fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill
                 tracing::warn!(client_id = %info.client_id, "retained store full: will not retained");
             }
         }
-        PublishDecision::Handled => {}
+        PublishDecision::Handled | PublishDecision::Pending(_) => {}
         PublishDecision::Error => tracing::error!(client_id = %info.client_id, "will could not be stored"),
         PublishDecision::Deny | PublishDecision::Abstain => {
             tracing::info!(client_id = %info.client_id, topic = %msg.topic, "will refused by authorization")

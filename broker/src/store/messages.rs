@@ -1,9 +1,18 @@
 //! Messages, mailboxes, conversation history and device cursors.
 //!
-//! A message is stored once (`messages`: id to content) and referenced from each
-//! mailbox it goes to (`mailbox`: user+id to the topic suffix it arrives on) and from
-//! its conversation's history (`history`: conversation+id). Ids come from one
-//! increasing sequence, so they increase in every mailbox and conversation.
+//! Writes come in batches (the IM writer commits everything that arrived while the
+//! previous batch was written), and each batch becomes a handful of sled records
+//! rather than several per message, because sled's cost is per record:
+//! - `messages`: first id of a chunk -> the chunk's messages (each stored once);
+//! - `mailbox`: user + first id -> that user's entries of one batch (which message,
+//!   and the topic suffix it arrives on);
+//! - `history`: conversation + first id -> the conversation's ids of one batch.
+//!
+//! Chunks never overlap, so the chunk holding id `n` is the last one whose key is at
+//! most `n`. Ids come from one increasing sequence, so they increase in every mailbox
+//! and conversation.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +43,15 @@ pub struct MailboxEntry {
     pub qos: u8,
 }
 
+/// One message of a batch: its content, its conversation, the mailboxes it goes to.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: u64,
+    pub message: StoredMessage,
+    pub conversation: Option<String>,
+    pub mailboxes: Vec<(String, MailboxEntry)>,
+}
+
 /// Retention bounds of one mailbox.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -50,19 +68,37 @@ pub struct Retention {
 pub struct MailboxMeta {
     pub count: u64,
     pub bytes: u64,
-    /// Highest id removed by retention (0: none). The only persisted counter.
+    /// Highest id removed by retention (0: none).
     pub dropped_up_to: u64,
     /// Time of the oldest entry.
     pub oldest_ts: Option<u64>,
-    /// Id of the oldest entry (so retention deletes by key, never scans).
+    /// Id of the oldest entry (so retention finds it by a seek, never a scan).
     pub oldest_id: Option<u64>,
     /// The newest id these counters include.
     pub last_id: u64,
 }
 
-/// Counters are written every this many appends (and at every retention drop); at
+impl MailboxMeta {
+    fn add(&mut self, id: u64, e: &MailboxEntry) {
+        self.count += 1;
+        self.bytes += u64::from(e.bytes);
+        self.oldest_ts.get_or_insert(e.ts);
+        self.oldest_id.get_or_insert(id);
+        self.last_id = self.last_id.max(id);
+    }
+}
+
+/// Counters are written after this many appends (and at every retention drop); at
 /// start only the entries after the last write are counted again.
 const META_WRITE_EVERY: u64 = 64;
+
+/// A message chunk holds at most this many messages...
+const CHUNK_MESSAGES: usize = 256;
+/// ...and about this many payload bytes (a larger message is a chunk of its own).
+const CHUNK_BYTES: usize = 64 * 1024;
+
+type MessageChunk = Vec<(u64, StoredMessage)>;
+type MailboxChunk = Vec<(u64, MailboxEntry)>;
 
 fn corrupt(tree: &'static str, e: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -71,32 +107,194 @@ fn corrupt(tree: &'static str, e: impl ToString) -> StoreError {
     }
 }
 
+fn encode<T: Serialize>(tree: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serialize(v).map_err(|e| corrupt(tree, e))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
+    bincode::deserialize(v).map_err(|e| corrupt(tree, e))
+}
+
+/// The last id of the newest message chunk (0 when there is none).
+pub(super) fn last_message_id(messages: &sled::Tree) -> Result<u64, StoreError> {
+    let Some((_, v)) = messages.last()? else {
+        return Ok(0);
+    };
+    let chunk: MessageChunk = decode("messages", &v)?;
+    Ok(chunk.last().map_or(0, |(id, _)| *id))
+}
+
 impl Store {
     /// The next message id.
     pub fn next_message_id(&self) -> u64 {
         self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stores a message under `id`, and in the history of `conversation` (if any).
+    /// Stores a batch of messages (ids increasing), their history and their mailbox
+    /// entries, then applies each touched mailbox's retention.
     ///
     /// # Errors
-    /// I/O errors.
-    pub fn put_message(&self, id: u64, msg: &StoredMessage, conversation: Option<&str>) -> Result<(), StoreError> {
-        let value = bincode::serialize(msg).map_err(|e| corrupt("messages", e))?;
-        self.messages.insert(id.to_be_bytes(), value)?;
-        if let Some(conv) = conversation {
-            self.history.insert(keys::with_id(conv, id), &[])?;
+    /// I/O errors. Part of the batch may have been written then.
+    pub fn append(&self, batch: &[NewMessage], r: Retention) -> Result<(), StoreError> {
+        // Messages: chunks of consecutive ids, bounded in count and bytes.
+        let mut chunk: Vec<(u64, &StoredMessage)> = Vec::new();
+        let mut chunk_bytes = 0;
+        for m in batch {
+            if !chunk.is_empty() && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + m.message.payload.len() > CHUNK_BYTES) {
+                self.messages.insert(chunk[0].0.to_be_bytes(), encode("messages", &chunk)?)?;
+                chunk.clear();
+                chunk_bytes = 0;
+            }
+            chunk_bytes += m.message.payload.len();
+            chunk.push((m.id, &m.message));
+        }
+        if let Some(&(first, _)) = chunk.first() {
+            self.messages.insert(first.to_be_bytes(), encode("messages", &chunk)?)?;
+        }
+        // History: one record per conversation.
+        let mut history: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for m in batch {
+            if let Some(conv) = m.conversation.as_deref() {
+                history.entry(conv).or_default().push(m.id);
+            }
+        }
+        for (conv, ids) in history {
+            self.history.insert(keys::with_id(conv, ids[0]), encode("history", &ids)?)?;
+        }
+        // Mailboxes: one record per user.
+        let mut mailboxes: BTreeMap<&str, Vec<(u64, &MailboxEntry)>> = BTreeMap::new();
+        for m in batch {
+            for (user, entry) in &m.mailboxes {
+                mailboxes.entry(user).or_default().push((m.id, entry));
+            }
+        }
+        for (user, entries) in mailboxes {
+            let mut meta = self.mailbox_meta(user)?;
+            self.mailbox
+                .insert(keys::with_id(user, entries[0].0), encode("mailbox", &entries)?)?;
+            let before = meta.count;
+            for (id, e) in &entries {
+                meta.add(*id, e);
+            }
+            let newest_ts = entries.iter().map(|(_, e)| e.ts).max().unwrap_or(0);
+            let dropped = self.apply_retention(user, &mut meta, newest_ts, r)?;
+            if dropped || before / META_WRITE_EVERY != meta.count / META_WRITE_EVERY {
+                self.write_meta(user, &meta)?;
+            }
+            self.remember_meta(user, meta);
         }
         Ok(())
+    }
+
+    /// Drops a mailbox's oldest entries while it is over a bound (the newest always
+    /// stays). Returns whether anything was dropped.
+    fn apply_retention(
+        &self,
+        user: &str,
+        meta: &mut MailboxMeta,
+        newest_ts: u64,
+        r: Retention,
+    ) -> Result<bool, StoreError> {
+        let oldest_allowed = newest_ts.saturating_sub(r.max_age);
+        let over = |m: &MailboxMeta| {
+            m.count > 1
+                && (m.count > r.max_messages
+                    || m.bytes > r.max_bytes
+                    || m.oldest_ts.is_some_and(|t| t < oldest_allowed))
+        };
+        let mut dropped = false;
+        while over(meta) {
+            let Some(oldest) = meta.oldest_id else {
+                break;
+            };
+            let Some((key, mut entries)) = self.mailbox_chunk_at(user, oldest)? else {
+                meta.oldest_id = None;
+                meta.oldest_ts = None;
+                break;
+            };
+            let mut cut = 0;
+            while cut < entries.len() && over(meta) {
+                let (id, e) = &entries[cut];
+                if *id < oldest {
+                    cut += 1;
+                    continue;
+                }
+                meta.count -= 1;
+                meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
+                meta.dropped_up_to = meta.dropped_up_to.max(*id);
+                dropped = true;
+                cut += 1;
+            }
+            if cut < entries.len() {
+                entries.drain(..cut);
+                meta.oldest_id = Some(entries[0].0);
+                meta.oldest_ts = Some(entries[0].1.ts);
+                self.mailbox.insert(key, encode("mailbox", &entries)?)?;
+                break;
+            }
+            self.mailbox.remove(&key)?;
+            // The next chunk: a seek just past the removed one, not a scan.
+            let next_key = keys::id_of(&key).unwrap_or(oldest).max(oldest).saturating_add(1);
+            let next = self
+                .mailbox
+                .range(keys::with_id(user, next_key)..keys::prefix_end(user))
+                .next()
+                .transpose()?;
+            match next {
+                Some((_, v)) => {
+                    let entries: MailboxChunk = decode("mailbox", &v)?;
+                    meta.oldest_id = entries.first().map(|(id, _)| *id);
+                    meta.oldest_ts = entries.first().map(|(_, e)| e.ts);
+                }
+                None => {
+                    meta.oldest_id = None;
+                    meta.oldest_ts = None;
+                    break;
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// The mailbox chunk of `user` holding `id`, with its key.
+    fn mailbox_chunk_at(&self, user: &str, id: u64) -> Result<Option<(sled::IVec, MailboxChunk)>, StoreError> {
+        let found = self
+            .mailbox
+            .range(keys::prefix(user)..=keys::with_id(user, id))
+            .next_back()
+            .transpose()?;
+        found.map(|(k, v)| Ok((k, decode("mailbox", &v)?))).transpose()
     }
 
     /// # Errors
     /// I/O errors and undecodable records.
     pub fn message(&self, id: u64) -> Result<Option<StoredMessage>, StoreError> {
-        self.messages
-            .get(id.to_be_bytes())?
-            .map(|v| bincode::deserialize(&v).map_err(|e| corrupt("messages", e)))
-            .transpose()
+        Ok(self.messages(&[id])?.pop().flatten())
+    }
+
+    /// Messages by id (ascending ids read each chunk once); `None` for unknown ids.
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut chunk: MessageChunk = Vec::new();
+        for &id in ids {
+            let held = matches!((chunk.first(), chunk.last()), (Some((a, _)), Some((b, _))) if *a <= id && id <= *b);
+            if !held {
+                chunk = match self.messages.range(..=id.to_be_bytes()).next_back().transpose()? {
+                    Some((_, v)) => decode("messages", &v)?,
+                    None => Vec::new(),
+                };
+            }
+            out.push(
+                chunk
+                    .binary_search_by_key(&id, |(i, _)| *i)
+                    .ok()
+                    .map(|i| chunk[i].1.clone()),
+            );
+        }
+        Ok(out)
     }
 
     /// The mailbox's counters, read once per user per process and then kept in memory.
@@ -113,26 +311,15 @@ impl Store {
             None => MailboxMeta::default(),
         };
         // Count what was appended after the counters were last written (a seek, then
-        // at most a few dozen entries).
-        let tail = self
-            .mailbox
-            .range(keys::with_id(user, meta.last_id.saturating_add(1))..keys::prefix_end(user));
-        for kv in tail {
-            let (k, v) = kv?;
-            let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
-            let id = keys::id_of(&k).unwrap_or(0);
-            meta.count += 1;
-            meta.bytes += u64::from(e.bytes);
-            meta.oldest_ts.get_or_insert(e.ts);
-            meta.oldest_id.get_or_insert(id);
-            meta.last_id = meta.last_id.max(id);
+        // at most a few chunks).
+        for (id, e) in self.mailbox_after(user, meta.last_id, usize::MAX)? {
+            meta.add(id, &e);
         }
         Ok(meta)
     }
 
     fn write_meta(&self, user: &str, meta: &MailboxMeta) -> Result<(), StoreError> {
-        self.mailbox_meta
-            .insert(user, bincode::serialize(meta).map_err(|e| corrupt("mailbox_meta", e))?)?;
+        self.mailbox_meta.insert(user, encode("mailbox_meta", meta)?)?;
         Ok(())
     }
 
@@ -143,91 +330,30 @@ impl Store {
             .insert(user.to_owned(), meta);
     }
 
-    /// Appends message `id` to `user`'s mailbox, then applies retention. Returns the
-    /// mailbox's state after.
-    ///
-    /// # Errors
-    /// I/O errors.
-    pub fn append_mailbox(
-        &self,
-        user: &str,
-        id: u64,
-        entry: &MailboxEntry,
-        r: Retention,
-    ) -> Result<MailboxMeta, StoreError> {
-        let value = bincode::serialize(entry).map_err(|e| corrupt("mailbox", e))?;
-        let mut meta = self.mailbox_meta(user)?;
-        self.mailbox.insert(keys::with_id(user, id), value)?;
-        meta.count += 1;
-        meta.bytes += u64::from(entry.bytes);
-        meta.oldest_ts.get_or_insert(entry.ts);
-        meta.oldest_id.get_or_insert(id);
-        meta.last_id = meta.last_id.max(id);
-        let oldest_allowed = entry.ts.saturating_sub(r.max_age);
-        let over = |m: &MailboxMeta| {
-            m.count > 1
-                && (m.count > r.max_messages
-                    || m.bytes > r.max_bytes
-                    || m.oldest_ts.is_some_and(|t| t < oldest_allowed))
-        };
-        if over(&meta) {
-            // Drop from the front while over a bound (the newest entry always stays).
-            let mut dropped = false;
-            while over(&meta) {
-                let Some(oldest) = meta.oldest_id else {
-                    break;
-                };
-                if let Some(v) = self.mailbox.remove(keys::with_id(user, oldest))? {
-                    let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
-                    meta.count -= 1;
-                    meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
-                }
-                meta.dropped_up_to = meta.dropped_up_to.max(oldest);
-                dropped = true;
-                // The next oldest: a seek just past the removed key, not a scan from the start.
-                let next = self
-                    .mailbox
-                    .range(keys::with_id(user, oldest + 1)..keys::prefix_end(user))
-                    .next()
-                    .transpose()?;
-                match next {
-                    Some((k, v)) => {
-                        let e: MailboxEntry = bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?;
-                        meta.oldest_id = keys::id_of(&k);
-                        meta.oldest_ts = Some(e.ts);
-                    }
-                    None => {
-                        meta.oldest_id = None;
-                        meta.oldest_ts = None;
-                        break;
-                    }
-                }
-            }
-            if dropped {
-                self.write_meta(user, &meta)?;
-            }
-        } else if meta.count % META_WRITE_EVERY == 0 {
-            self.write_meta(user, &meta)?;
-        }
-        self.remember_meta(user, meta);
-        Ok(meta)
-    }
-
     /// Mailbox entries of `user` with ids above `after`, oldest first, at most `limit`.
     ///
     /// # Errors
     /// I/O errors and undecodable records.
     pub fn mailbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, MailboxEntry)>, StoreError> {
-        let start = keys::with_id(user, after.saturating_add(1));
-        self.mailbox
-            .range(start..keys::prefix_end(user))
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                let id = keys::id_of(&k).ok_or_else(|| corrupt("mailbox", "short key"))?;
-                Ok((id, bincode::deserialize(&v).map_err(|e| corrupt("mailbox", e))?))
-            })
-            .collect()
+        let first = after.saturating_add(1);
+        let start = match self.mailbox_chunk_at(user, first)? {
+            Some((k, _)) => k.to_vec(),
+            None => keys::with_id(user, first),
+        };
+        let mut out = Vec::new();
+        for kv in self.mailbox.range(start..keys::prefix_end(user)) {
+            let (_, v) = kv?;
+            let chunk: MailboxChunk = decode("mailbox", &v)?;
+            for (id, e) in chunk {
+                if id > after {
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                    out.push((id, e));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The newest id in `user`'s mailbox (0 when empty), and the highest id retention
@@ -238,11 +364,13 @@ impl Store {
     pub fn mailbox_head(&self, user: &str) -> Result<(u64, u64), StoreError> {
         let last = self
             .mailbox
-            .scan_prefix(keys::prefix(user))
-            .keys()
+            .range(keys::prefix(user)..keys::prefix_end(user))
             .next_back()
             .transpose()?;
-        let head = last.and_then(|k| keys::id_of(&k)).unwrap_or(0);
+        let head = match last {
+            Some((_, v)) => decode::<MailboxChunk>("mailbox", &v)?.last().map_or(0, |(id, _)| *id),
+            None => 0,
+        };
         Ok((head, self.mailbox_meta(user)?.dropped_up_to))
     }
 
@@ -258,32 +386,41 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
-        let lo = keys::with_id(conversation, after.map_or(0, |a| a.saturating_add(1)));
-        let hi = keys::with_id(conversation, before.unwrap_or(u64::MAX));
-        let range = self.history.range(lo..hi);
-        let ids: Vec<u64> = if after.is_some() && before.is_none() {
-            range
-                .keys()
-                .take(limit)
-                .filter_map(|k| k.ok().and_then(|k| keys::id_of(&k)))
-                .collect()
-        } else {
-            let mut v: Vec<u64> = range
-                .keys()
-                .rev()
-                .take(limit)
-                .filter_map(|k| k.ok().and_then(|k| keys::id_of(&k)))
-                .collect();
-            v.reverse();
-            v
-        };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(m) = self.message(id)? {
-                out.push((id, m));
+        let lo = after.map_or(0, |a| a.saturating_add(1));
+        let hi = before.unwrap_or(u64::MAX);
+        let within = |id: &u64| lo <= *id && *id < hi;
+        let mut ids: Vec<u64> = Vec::new();
+        if after.is_some() && before.is_none() {
+            let start = self
+                .history
+                .range(keys::prefix(conversation)..=keys::with_id(conversation, lo))
+                .next_back()
+                .transpose()?
+                .map_or_else(|| keys::with_id(conversation, lo), |(k, _)| k.to_vec());
+            for kv in self.history.range(start..keys::prefix_end(conversation)) {
+                let chunk: Vec<u64> = decode("history", &kv?.1)?;
+                ids.extend(chunk.into_iter().filter(within));
+                if ids.len() >= limit {
+                    break;
+                }
             }
+            ids.truncate(limit);
+        } else {
+            let range = self
+                .history
+                .range(keys::prefix(conversation)..keys::with_id(conversation, hi));
+            for kv in range.rev() {
+                let chunk: Vec<u64> = decode("history", &kv?.1)?;
+                ids.extend(chunk.into_iter().rev().filter(within));
+                if ids.len() >= limit {
+                    break;
+                }
+            }
+            ids.truncate(limit);
+            ids.reverse();
         }
-        Ok(out)
+        let found = self.messages(&ids)?;
+        Ok(ids.into_iter().zip(found).filter_map(|(id, m)| m.map(|m| (id, m))).collect())
     }
 
     /// The last id a device acknowledged.
@@ -333,42 +470,61 @@ mod tests {
         }
     }
 
+    /// A message for `users`' mailboxes, in conversation `conv`.
+    fn new(id: u64, conv: Option<&str>, users: &[&str], ts: u64) -> NewMessage {
+        NewMessage {
+            id,
+            message: msg(&format!("m{id}")),
+            conversation: conv.map(str::to_owned),
+            mailboxes: users.iter().map(|u| ((*u).to_owned(), entry(ts))).collect(),
+        }
+    }
+
     const WIDE: Retention = Retention {
         max_messages: 1000,
         max_bytes: 1 << 30,
         max_age: u64::MAX,
     };
 
+    fn ids<T>(v: Vec<(u64, T)>) -> Vec<u64> {
+        v.into_iter().map(|(i, _)| i).collect()
+    }
+
     #[test]
-    fn mailbox_append_read_and_retention() {
+    fn mailbox_append_read_and_retention_across_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        for id in 1..=5 {
-            s.append_mailbox("bob", id, &entry(100), WIDE).unwrap();
-        }
-        s.append_mailbox("bobby", 6, &entry(100), WIDE).unwrap();
-        let after2: Vec<u64> = s
-            .mailbox_after("bob", 2, 100)
-            .unwrap()
-            .into_iter()
-            .map(|(i, _)| i)
-            .collect();
-        assert_eq!(after2, vec![3, 4, 5], "bobby's mailbox is separate");
+        // Two batches: ids 1-3 and 4-5, plus bobby's separate mailbox.
+        let a: Vec<_> = (1..=3).map(|id| new(id, None, &["bob"], 100)).collect();
+        s.append(&a, WIDE).unwrap();
+        s.append(&[new(4, None, &["bob"], 100), new(5, None, &["bob", "bobby"], 100)], WIDE)
+            .unwrap();
+        assert_eq!(ids(s.mailbox_after("bob", 2, 100).unwrap()), vec![3, 4, 5], "inside a chunk");
+        assert_eq!(ids(s.mailbox_after("bob", 0, 2).unwrap()), vec![1, 2], "limit");
+        assert_eq!(ids(s.mailbox_after("bobby", 0, 100).unwrap()), vec![5], "separate");
         assert_eq!(s.mailbox_head("bob").unwrap(), (5, 0));
         let tight = Retention {
             max_messages: 3,
             ..WIDE
         };
-        let meta = s.append_mailbox("bob", 7, &entry(100), tight).unwrap();
-        assert_eq!((meta.count, meta.dropped_up_to), (3, 3));
-        assert_eq!(s.mailbox_after("bob", 0, 100).unwrap().len(), 3);
+        s.append(&[new(7, None, &["bob"], 100)], tight).unwrap();
+        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![4, 5, 7]);
+        assert_eq!(s.mailbox_head("bob").unwrap(), (7, 3), "1-3 dropped");
+        let tighter = Retention {
+            max_messages: 2,
+            ..WIDE
+        };
+        s.append(&[new(8, None, &["bob"], 100)], tighter).unwrap();
+        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![7, 8], "a chunk cut in two");
+        assert_eq!(ids(s.mailbox_after("bob", 3, 100).unwrap()), vec![7, 8]);
         let aged = Retention { max_age: 50, ..WIDE };
-        let meta = s.append_mailbox("bob", 8, &entry(200), aged).unwrap();
-        assert_eq!(
-            (meta.count, meta.dropped_up_to),
-            (1, 7),
-            "entries older than 50 ms dropped"
-        );
+        s.append(&[new(9, None, &["bob"], 200)], aged).unwrap();
+        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![9], "older than 50 ms dropped");
+        assert_eq!(s.mailbox_head("bob").unwrap(), (9, 8));
+        let one_byte = Retention { max_bytes: 1, ..WIDE };
+        s.append(&[new(10, None, &["bob"], 200), new(11, None, &["bob"], 200)], one_byte)
+            .unwrap();
+        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![11], "the newest always stays");
     }
 
     #[test]
@@ -377,23 +533,22 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             for id in 1..=100 {
-                s.append_mailbox("bob", id, &entry(100), WIDE).unwrap();
+                s.append(&[new(id, None, &["bob"], 100)], WIDE).unwrap();
             }
         }
         let s = Store::open(dir.path()).unwrap();
         let written: MailboxMeta = bincode::deserialize(&s.mailbox_meta.get("bob").unwrap().unwrap()).unwrap();
         assert_eq!(written.last_id, 64, "written every 64 appends");
-        let meta = s
-            .append_mailbox(
-                "bob",
-                101,
-                &entry(100),
-                Retention {
-                    max_messages: 100,
-                    ..WIDE
-                },
-            )
-            .unwrap();
+        assert_eq!(s.next_message_id(), 101, "ids continue after the last stored one");
+        s.append(
+            &[new(101, None, &["bob"], 100)],
+            Retention {
+                max_messages: 100,
+                ..WIDE
+            },
+        )
+        .unwrap();
+        let meta = s.mailbox_meta("bob").unwrap();
         assert_eq!(
             (meta.count, meta.bytes, meta.dropped_up_to, meta.oldest_id),
             (100, 1000, 1, Some(2))
@@ -401,26 +556,49 @@ mod tests {
     }
 
     #[test]
-    fn history_pages_and_cursors() {
+    fn messages_are_chunked_by_count_and_size() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        for id in 1..=10 {
-            s.put_message(id, &msg(&format!("m{id}")), Some("dm:alice:bob"))
-                .unwrap();
-        }
-        s.put_message(11, &msg("other"), Some("dm:alice:carol")).unwrap();
-        let ids = |v: Vec<(u64, StoredMessage)>| v.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        let mut batch: Vec<_> = (1..=600).map(|id| new(id, None, &[], 1)).collect();
+        batch[300].message.payload = vec![0; CHUNK_BYTES + 1];
+        s.append(&batch, WIDE).unwrap();
+        assert!(s.messages.len() >= 4, "600 messages, 256 per chunk, one oversized");
+        let got = s.messages(&[1, 256, 257, 301, 600, 601]).unwrap();
+        let texts: Vec<_> = got
+            .iter()
+            .map(|m| m.as_ref().map(|m| m.payload.len()))
+            .collect();
         assert_eq!(
-            ids(s.history("dm:alice:bob", None, None, 3).unwrap()),
-            vec![8, 9, 10],
-            "latest"
+            texts,
+            vec![Some(2), Some(4), Some(4), Some(CHUNK_BYTES + 1), Some(4), None]
         );
+        assert_eq!(s.message(42).unwrap().unwrap().payload, b"m42");
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.next_message_id(), 601);
+    }
+
+    #[test]
+    fn history_pages_across_chunks_and_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ab = Some("dm:alice:bob");
+        // Chunks of 3, 4 and 3 ids; id 11 in another conversation.
+        for range in [1..=3, 4..=7, 8..=10] {
+            let batch: Vec<_> = range.map(|id| new(id, ab, &[], 1)).collect();
+            s.append(&batch, WIDE).unwrap();
+        }
+        s.append(&[new(11, Some("dm:alice:carol"), &[], 1)], WIDE).unwrap();
+        assert_eq!(ids(s.history("dm:alice:bob", None, None, 3).unwrap()), vec![8, 9, 10], "latest");
         assert_eq!(ids(s.history("dm:alice:bob", Some(8), None, 3).unwrap()), vec![5, 6, 7]);
         assert_eq!(ids(s.history("dm:alice:bob", None, Some(8), 5).unwrap()), vec![9, 10]);
+        assert_eq!(ids(s.history("dm:alice:bob", None, Some(2), 4).unwrap()), vec![3, 4, 5, 6]);
         assert_eq!(
             ids(s.history("dm:alice:bob", Some(5), Some(1), 10).unwrap()),
             vec![2, 3, 4]
         );
+        assert_eq!(ids(s.history("dm:alice:carol", None, None, 10).unwrap()), vec![11]);
+        assert_eq!(s.history("dm:alice:bob", None, Some(9), 10).unwrap()[0].1.payload, b"m10");
         assert_eq!(s.cursor("bob", "phone").unwrap(), None);
         s.advance_cursor("bob", "phone", 7).unwrap();
         s.advance_cursor("bob", "phone", 5).unwrap();

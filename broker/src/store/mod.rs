@@ -18,7 +18,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use messages::{MailboxEntry, MailboxMeta, Retention, StoredMessage};
+pub use messages::{MailboxEntry, MailboxMeta, NewMessage, Retention, StoredMessage};
 pub use social::{Contact, GroupRecord, ResetRecord, Role};
 pub use tokens::TokenRecord;
 pub use users::UserRecord;
@@ -122,17 +122,7 @@ impl Store {
         let tokens = db.open_tree("tokens")?;
         let token_names = db.open_tree("token_names")?;
         let messages = db.open_tree("messages")?;
-        let last_id = match messages.last()? {
-            Some((k, _)) => {
-                <[u8; 8]>::try_from(k.as_ref())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
-                        tree: "messages",
-                        reason: "key is not 8 bytes".into(),
-                    })?
-            }
-            None => 0,
-        };
+        let last_id = messages::last_message_id(&messages)?;
         Ok(Store {
             users,
             tokens,

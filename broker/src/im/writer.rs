@@ -1,0 +1,261 @@
+//! The IM writer: one thread stores what the IM layer accepted, in batches, then
+//! delivers it. A batch is everything that arrived while the previous one was being
+//! written (group commit without a timer: one message alone is written at once, a
+//! burst shares the cost), and becomes a handful of store records. Message ids are
+//! assigned here, in the order messages are stored and delivered, so every mailbox
+//! sees increasing ids. Only after a message is stored is it routed to the sessions
+//! subscribed now and its publisher's receipt resolved (its PUBACK sent).
+//!
+//! Device cursors go through here too: an acknowledgement updates an in-memory map at
+//! once (read by replays) and is written with the next batch, one write per device.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use natter_shared::codec::QoS;
+use natter_shared::im;
+use tokio::sync::oneshot;
+
+use super::mailbox::{properties, Origin};
+use crate::hooks::Receipt;
+use crate::message::Message;
+use crate::router::Router;
+use crate::store::{NewMessage, Retention, Store, StoreError};
+
+/// Most operations committed in one batch.
+const MAX_BATCH: usize = 4096;
+
+/// A message on its way to mailboxes.
+pub struct Post {
+    /// Everything but the id, which the writer assigns.
+    pub record: NewMessage,
+    /// The payload as received (shared, not copied, by every delivery).
+    pub payload: Bytes,
+    pub qos: QoS,
+    /// One per mailbox in `record.mailboxes`.
+    pub origins: Vec<Origin>,
+    pub done: Option<oneshot::Sender<bool>>,
+}
+
+enum Op {
+    Post(Box<Post>),
+    Cursor { user: String, device: String, id: u64 },
+    Stop,
+}
+
+type Cursors = Arc<Mutex<HashMap<(String, String), u64>>>;
+
+/// A handle on the writer thread (cheap to clone).
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+    /// Acknowledged positions not yet written.
+    cursors: Cursors,
+    store: Store,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+struct Worker {
+    rx: mpsc::Receiver<Op>,
+    store: Store,
+    router: Router,
+    retention: Retention,
+    cursors: Cursors,
+}
+
+impl Writer {
+    /// Starts the writer thread.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start(store: Store, router: Router, retention: Retention) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel();
+        let cursors = Cursors::default();
+        let worker = Worker {
+            rx,
+            store: store.clone(),
+            router,
+            retention,
+            cursors: cursors.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("natterd-writer".into())
+            .spawn(move || worker.run())?;
+        Ok(Writer {
+            tx,
+            cursors,
+            store,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Queues a message; with `receipt`, returns what resolves once it is stored.
+    /// `Err` when the writer has stopped (the broker is shutting down).
+    #[allow(clippy::result_unit_err)]
+    pub fn post(&self, mut post: Post, receipt: bool) -> Result<Option<Receipt>, ()> {
+        let rx = if receipt {
+            let (tx, rx) = oneshot::channel();
+            post.done = Some(tx);
+            Some(rx)
+        } else {
+            None
+        };
+        self.tx.send(Op::Post(Box::new(post))).map_err(|_| ())?;
+        Ok(rx)
+    }
+
+    /// A device acknowledged mailbox id `id`.
+    pub fn acked(&self, user: &str, device: &str, id: u64) {
+        {
+            let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            match map.entry((user.to_owned(), device.to_owned())) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if *e.get() >= id {
+                        return;
+                    }
+                    e.insert(id);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(id);
+                }
+            }
+        }
+        let op = Op::Cursor {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            id,
+        };
+        if self.tx.send(op).is_err() {
+            tracing::warn!(user, device, "writer stopped: cursor not saved");
+        }
+    }
+
+    /// The last id a device acknowledged, written or not.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        // The map first: an entry leaves it only after the store has it.
+        let pending = self
+            .cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(user.to_owned(), device.to_owned()))
+            .copied();
+        let stored = self.store.cursor(user, device)?;
+        Ok(pending.max(stored))
+    }
+
+    /// Writes what is queued and stops the thread. Blocking.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Op::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("the writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn run(self) {
+        let mut ops = Vec::new();
+        while let Ok(first) = self.rx.recv() {
+            ops.push(first);
+            while ops.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            if self.commit(&mut ops) {
+                break;
+            }
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    /// Stores and delivers one batch; true when told to stop.
+    fn commit(&self, ops: &mut Vec<Op>) -> bool {
+        let mut stop = false;
+        let mut cursors: HashMap<(String, String), u64> = HashMap::new();
+        let mut records = Vec::new();
+        let mut rest = Vec::new();
+        for op in ops.drain(..) {
+            match op {
+                Op::Post(p) => {
+                    let Post {
+                        mut record,
+                        payload,
+                        qos,
+                        origins,
+                        done,
+                    } = *p;
+                    record.id = self.store.next_message_id();
+                    records.push(record);
+                    rest.push((payload, qos, origins, done));
+                }
+                Op::Cursor { user, device, id } => {
+                    let cur = cursors.entry((user, device)).or_insert(0);
+                    *cur = (*cur).max(id);
+                }
+                Op::Stop => stop = true,
+            }
+        }
+        if !records.is_empty() {
+            match self.store.append(&records, self.retention) {
+                Ok(()) => {
+                    for (record, (payload, qos, origins, done)) in records.iter().zip(rest) {
+                        self.deliver(record, &payload, qos, &origins);
+                        if let Some(done) = done {
+                            let _ = done.send(true);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, messages = records.len(), "messages not stored");
+                    for (_, _, _, done) in rest {
+                        if let Some(done) = done {
+                            let _ = done.send(false);
+                        }
+                    }
+                }
+            }
+        }
+        for ((user, device), id) in cursors {
+            match self.store.advance_cursor(&user, &device, id) {
+                Ok(()) => {
+                    let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+                    let key = (user, device);
+                    if map.get(&key).is_some_and(|&v| v <= id) {
+                        map.remove(&key);
+                    }
+                }
+                Err(e) => tracing::error!(user, device, error = %e, "cannot move the device cursor"),
+            }
+        }
+        stop
+    }
+
+    /// Routes a stored message to the sessions subscribed to its mailboxes now.
+    fn deliver(&self, record: &NewMessage, payload: &Bytes, qos: QoS, origins: &[Origin]) {
+        for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
+            let msg = Message {
+                topic: format!("{}{}", im::inbox_prefix(user), entry.suffix).into(),
+                payload: payload.clone(),
+                qos,
+                retain: false,
+                properties: properties(record.id, &record.message),
+                expires_at: None,
+                origin: origin.session,
+                exclude_origin: origin.exclude,
+                tag: Some(record.id),
+            };
+            // Mailbox topics are never retained, so routing cannot fail on the retained store.
+            let _ = self.router.publish(Arc::new(msg));
+        }
+    }
+}
