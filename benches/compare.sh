@@ -8,12 +8,15 @@
 #
 #   bash benches/compare.sh              # ROUNDS=3 DURATION=8 by default
 #   ROUNDS=1 DURATION=2 CONNS=2000 bash benches/compare.sh   # quick look
+#   ONLY='pairs-qos1-unpaced' bash benches/compare.sh       # scenarios matching a regex;
+#                                  prints results, leaves docs/benchmarks.md alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-10000}
+ONLY=${ONLY:-}
 RESULTS=${RESULTS:-target/bench-results.jsonl}
 NATTER_PORT=18931
 MOSQ_PORT=18932
@@ -121,6 +124,9 @@ for ROUND in $(seq "$ROUNDS"); do
     if [ $((ROUND % 2)) -eq 1 ]; then ORDER="natterd mosquitto"; else ORDER="mosquitto natterd"; fi
     for entry in "${SCENARIOS[@]}"; do
         name=${entry%%|*}
+        if [ -n "$ONLY" ] && ! [[ "$name" =~ $ONLY ]]; then
+            continue
+        fi
         read -r -a args <<< "${entry#*|}"
         if [ "${name#im:}" != "$name" ]; then
             # Natter's IM topics: natterd only (compared with its own plain-MQTT path).
@@ -133,6 +139,10 @@ for ROUND in $(seq "$ROUNDS"); do
     done
 done
 
+if [ -n "$ONLY" ]; then
+    echo "ONLY=$ONLY: results in $RESULTS, report not written"
+    exit 0
+fi
 python3 benches/report.py "$RESULTS" docs/benchmarks.md docs/benchmarks.svg \
     --command "ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS bash benches/compare.sh"
 echo "wrote docs/benchmarks.md and docs/benchmarks.svg"

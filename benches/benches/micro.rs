@@ -160,8 +160,14 @@ fn auth_benches(c: &mut Criterion) {
             users: vec![],
         }],
     };
-    let writer = Writer::start(control.store.clone(), control.router.clone(), mailbox::retention(&config.im))
-        .unwrap_or_else(|e| panic!("{e}"));
+    // The writer is a task: a runtime in the background runs it.
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let _in_runtime = rt.enter();
+    let writer = Writer::start(
+        control.store.clone(),
+        control.router.clone(),
+        mailbox::retention(&config.im),
+    );
     let im = ImPlugin::new(control, config.im.clone(), acl, writer.clone());
     let client = ClientInfo {
         username: Some("alice".into()),
@@ -227,7 +233,7 @@ fn auth_benches(c: &mut Criterion) {
         b.iter(|| index.check(black_box(last.as_bytes())))
     });
     g.finish();
-    writer.stop();
+    rt.block_on(writer.stop());
 }
 
 criterion_group!(benches, codec_benches, router_benches, auth_benches);

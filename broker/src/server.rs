@@ -35,8 +35,6 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot create the control socket in {dir}: {source}")]
     Control { dir: PathBuf, source: std::io::Error },
-    #[error("cannot start the message writer thread: {source}")]
-    Writer { source: std::io::Error },
     #[error("startup task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -121,8 +119,7 @@ pub async fn start_with(
     // answers every authorization question, so nothing after it is asked).
     let mut list = plugins(&router, &store);
     list.push(Arc::new(auth));
-    let writer = Writer::start(store.clone(), router.clone(), mailbox::retention(&config.im))
-        .map_err(|source| ServerError::Writer { source })?;
+    let writer = Writer::start(store.clone(), router.clone(), mailbox::retention(&config.im));
     list.push(Arc::new(ImPlugin::new(
         control_state.clone(),
         config.im.clone(),
@@ -190,8 +187,7 @@ impl RunningBroker {
             );
         }
         // What connections handed over is written before the store is flushed.
-        let writer = self.writer.clone();
-        let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
+        self.writer.stop().await;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}

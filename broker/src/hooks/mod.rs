@@ -295,7 +295,10 @@ mod tests {
             Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
         ]);
         assert!(!h.authorize_subscribe(&client(), "a"));
-        assert!(matches!(h.authorize_publish(&client(), &msg()), PublishDecision::Handled));
+        assert!(matches!(
+            h.authorize_publish(&client(), &msg()),
+            PublishDecision::Handled
+        ));
         let h = Hooks::new(vec![
             Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
             Arc::new(Fixed("b", Access::Deny, PublishDecision::Deny)),

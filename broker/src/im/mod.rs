@@ -24,8 +24,8 @@ use crate::session::{Session, Subscription};
 use crate::store::{Store, StoreError, StoredMessage};
 
 use mailbox::{now_ms, Mailboxes, Origin, Recipient};
-use writer::Writer;
 use presence::PresenceBook;
+use writer::Writer;
 
 /// Shared by the plugin and the API tasks it spawns.
 pub struct ImState {

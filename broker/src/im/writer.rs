@@ -1,4 +1,4 @@
-//! The IM writer: one thread stores what the IM layer accepted, in batches, then
+//! The IM writer: one task stores what the IM layer accepted, in batches, then
 //! delivers it. A batch is everything that arrived while the previous one was being
 //! written (group commit without a timer: one message alone is written at once, a
 //! burst shares the cost), and becomes a handful of store records. Message ids are
@@ -6,17 +6,23 @@
 //! sees increasing ids. Only after a message is stored is it routed to the sessions
 //! subscribed now and its publisher's receipt resolved (its PUBACK sent).
 //!
+//! It is a task on the runtime rather than a thread: handing a message over and
+//! waking the publisher and subscribers afterwards stay within the runtime (no
+//! thread switch per message, which cost ~200 us of latency on a busy core). Store
+//! calls here never flush; the durability step's flush goes to the blocking pool,
+//! once per batch.
+//!
 //! Device cursors go through here too: an acknowledgement updates an in-memory map at
 //! once (read by replays) and is written with the next batch, one write per device.
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use natter_shared::codec::QoS;
 use natter_shared::im;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::mailbox::{properties, Origin};
 use crate::hooks::Receipt;
@@ -47,18 +53,18 @@ enum Op {
 
 type Cursors = Arc<Mutex<HashMap<(String, String), u64>>>;
 
-/// A handle on the writer thread (cheap to clone).
+/// A handle on the writer task (cheap to clone).
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::UnboundedSender<Op>,
     /// Acknowledged positions not yet written.
     cursors: Cursors,
     store: Store,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 struct Worker {
-    rx: mpsc::Receiver<Op>,
+    rx: mpsc::UnboundedReceiver<Op>,
     store: Store,
     router: Router,
     retention: Retention,
@@ -66,12 +72,9 @@ struct Worker {
 }
 
 impl Writer {
-    /// Starts the writer thread.
-    ///
-    /// # Errors
-    /// The thread could not be spawned.
-    pub fn start(store: Store, router: Router, retention: Retention) -> std::io::Result<Writer> {
-        let (tx, rx) = mpsc::channel();
+    /// Starts the writer task (on the current runtime).
+    pub fn start(store: Store, router: Router, retention: Retention) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
         let cursors = Cursors::default();
         let worker = Worker {
             rx,
@@ -80,15 +83,13 @@ impl Writer {
             retention,
             cursors: cursors.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("natterd-writer".into())
-            .spawn(move || worker.run())?;
-        Ok(Writer {
+        let task = tokio::spawn(worker.run());
+        Writer {
             tx,
             cursors,
             store,
-            thread: Arc::new(Mutex::new(Some(thread))),
-        })
+            task: Arc::new(Mutex::new(Some(task))),
+        }
     }
 
     /// Queues a message; with `receipt`, returns what resolves once it is stored.
@@ -148,22 +149,23 @@ impl Writer {
         Ok(pending.max(stored))
     }
 
-    /// Writes what is queued and stops the thread. Blocking.
-    pub fn stop(&self) {
+    /// Writes what is queued and stops the task.
+    pub async fn stop(&self) {
         let _ = self.tx.send(Op::Stop);
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = thread {
-            if t.join().is_err() {
-                tracing::error!("the writer thread panicked");
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "the writer task failed");
             }
         }
     }
 }
 
 impl Worker {
-    fn run(self) {
+    async fn run(mut self) {
         let mut ops = Vec::new();
-        while let Ok(first) = self.rx.recv() {
+        let (mut batches, mut committed) = (0u64, 0u64);
+        while let Some(first) = self.rx.recv().await {
             ops.push(first);
             while ops.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -171,11 +173,15 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            batches += 1;
+            committed += ops.len() as u64;
             if self.commit(&mut ops) {
                 break;
             }
+            // Let the connections run between batches.
+            tokio::task::yield_now().await;
         }
-        tracing::debug!("writer stopped");
+        tracing::debug!(batches, committed, "writer stopped");
     }
 
     /// Stores and delivers one batch; true when told to stop.
@@ -242,20 +248,27 @@ impl Worker {
 
     /// Routes a stored message to the sessions subscribed to its mailboxes now.
     fn deliver(&self, record: &NewMessage, payload: &Bytes, qos: QoS, origins: &[Origin]) {
+        let mut topic = String::new();
         for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
-            let msg = Message {
-                topic: format!("{}{}", im::inbox_prefix(user), entry.suffix).into(),
-                payload: payload.clone(),
-                qos,
-                retain: false,
-                properties: properties(record.id, &record.message),
-                expires_at: None,
-                origin: origin.session,
-                exclude_origin: origin.exclude,
-                tag: Some(record.id),
-            };
-            // Mailbox topics are never retained, so routing cannot fail on the retained store.
-            let _ = self.router.publish(Arc::new(msg));
+            topic.clear();
+            topic.push_str(im::INBOX);
+            topic.push('/');
+            topic.push_str(user);
+            topic.push('/');
+            topic.push_str(&entry.suffix);
+            // Built only for a session to receive it (often none: the sender's copy).
+            self.router
+                .publish_built(&topic, origin.session, origin.exclude, || Message {
+                    topic: topic.as_str().into(),
+                    payload: payload.clone(),
+                    qos,
+                    retain: false,
+                    properties: properties(record.id, &record.message),
+                    expires_at: None,
+                    origin: origin.session,
+                    exclude_origin: origin.exclude,
+                    tag: Some(record.id),
+                });
         }
     }
 }

@@ -69,6 +69,9 @@ fn split_group(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// A session a message goes to: granted QoS, Retain As Published, subscription ids.
+type Target = (Arc<Session>, QoS, bool, Vec<u32>);
+
 impl Router {
     pub fn new(limits: Limits) -> Router {
         Router {
@@ -279,24 +282,44 @@ impl Router {
         } else {
             Ok(())
         };
+        let targets = self.targets(&msg.topic, msg.origin, msg.exclude_origin);
+        let reached = self.deliver(&msg, targets);
+        retained.map(|()| reached)
+    }
+
+    /// Routes a message that is never retained, building it only when some session is
+    /// to receive it (`origin` and `exclude_origin` as in [`Message`]). Returns the
+    /// number of sessions it reached.
+    pub fn publish_built(
+        &self,
+        topic: &str,
+        origin: Option<u64>,
+        exclude_origin: bool,
+        build: impl FnOnce() -> Message,
+    ) -> usize {
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        let targets = self.targets(topic, origin, exclude_origin);
+        if targets.is_empty() {
+            return 0;
+        }
+        self.deliver(&Arc::new(build()), targets)
+    }
+
+    /// The sessions a message on `topic` goes to, each once: highest granted QoS,
+    /// Retain As Published, every subscription id.
+    fn targets(&self, topic: &str, origin: Option<u64>, exclude_origin: bool) -> Vec<Target> {
         let mut matches = Vec::new();
         self.inner
             .trie
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .matches(&msg.topic, &mut matches);
-        let reached = self.deliver(&msg, matches);
-        retained.map(|()| reached)
-    }
-
-    fn deliver(&self, msg: &Arc<Message>, matches: Vec<Subscriber>) -> usize {
-        // One delivery per session: highest granted QoS, every subscription id. Few
-        // matches (the common case) are grouped by a linear scan, many through a map.
-        let mut targets: Vec<(Arc<Session>, QoS, bool, Vec<u32>)> = Vec::with_capacity(matches.len());
+            .matches(topic, &mut matches);
+        // Few matches (the common case) are grouped by a linear scan, many through a map.
+        let mut targets: Vec<Target> = Vec::with_capacity(matches.len());
         let mut index: Option<HashMap<u64, usize>> = (matches.len() > 16).then(HashMap::new);
         for m in matches {
             let opts = m.sub.options;
-            if (opts.no_local || msg.exclude_origin) && msg.origin == Some(m.session.id) {
+            if (opts.no_local || exclude_origin) && origin == Some(m.session.id) {
                 continue;
             }
             let found = match &index {
@@ -318,6 +341,10 @@ impl Router {
             t.2 |= opts.retain_as_published;
             t.3.extend(m.sub.id);
         }
+        targets
+    }
+
+    fn deliver(&self, msg: &Arc<Message>, targets: Vec<Target>) -> usize {
         let stats = &self.inner.stats;
         let mut reached = 0;
         for (session, granted, rap, sub_ids) in targets {

@@ -181,7 +181,13 @@ impl Handler {
             self.conn.release_idle();
             // Too many messages waiting to be stored: stop reading (TCP pushes back).
             let reading = self.owed.len() < usize::from(self.ctx.limits.receive_maximum.get());
-            let waiting = matches!(self.owed.front(), Some(OwedAck { outcome: Outcome::Waiting(_), .. }));
+            let waiting = matches!(
+                self.owed.front(),
+                Some(OwedAck {
+                    outcome: Outcome::Waiting(_),
+                    ..
+                })
+            );
             tokio::select! {
                 biased;
                 k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),

@@ -93,9 +93,9 @@ impl MailboxMeta {
 const META_WRITE_EVERY: u64 = 64;
 
 /// A message chunk holds at most this many messages...
-const CHUNK_MESSAGES: usize = 256;
+const CHUNK_MESSAGES: usize = 32;
 /// ...and about this many payload bytes (a larger message is a chunk of its own).
-const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 4 * 1024;
 
 type MessageChunk = Vec<(u64, StoredMessage)>;
 type MailboxChunk = Vec<(u64, MailboxEntry)>;
@@ -140,8 +140,11 @@ impl Store {
         let mut chunk: Vec<(u64, &StoredMessage)> = Vec::new();
         let mut chunk_bytes = 0;
         for m in batch {
-            if !chunk.is_empty() && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + m.message.payload.len() > CHUNK_BYTES) {
-                self.messages.insert(chunk[0].0.to_be_bytes(), encode("messages", &chunk)?)?;
+            if !chunk.is_empty()
+                && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + m.message.payload.len() > CHUNK_BYTES)
+            {
+                self.messages
+                    .insert(chunk[0].0.to_be_bytes(), encode("messages", &chunk)?)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
@@ -159,7 +162,8 @@ impl Store {
             }
         }
         for (conv, ids) in history {
-            self.history.insert(keys::with_id(conv, ids[0]), encode("history", &ids)?)?;
+            self.history
+                .insert(keys::with_id(conv, ids[0]), encode("history", &ids)?)?;
         }
         // Mailboxes: one record per user.
         let mut mailboxes: BTreeMap<&str, Vec<(u64, &MailboxEntry)>> = BTreeMap::new();
@@ -196,12 +200,17 @@ impl Store {
         r: Retention,
     ) -> Result<bool, StoreError> {
         let oldest_allowed = newest_ts.saturating_sub(r.max_age);
-        let over = |m: &MailboxMeta| {
+        let over = |m: &MailboxMeta, max_messages: u64, max_bytes: u64| {
             m.count > 1
-                && (m.count > r.max_messages
-                    || m.bytes > r.max_bytes
-                    || m.oldest_ts.is_some_and(|t| t < oldest_allowed))
+                && (m.count > max_messages || m.bytes > max_bytes || m.oldest_ts.is_some_and(|t| t < oldest_allowed))
         };
+        if !over(meta, r.max_messages, r.max_bytes) {
+            return Ok(false);
+        }
+        // Once over a bound, trim to 15/16 of it: large mailboxes are trimmed in steps
+        // (whole chunks, once per many appends), small bounds stay exact.
+        let (max_messages, max_bytes) = (r.max_messages - r.max_messages / 16, r.max_bytes - r.max_bytes / 16);
+        let over = |m: &MailboxMeta| over(m, max_messages, max_bytes);
         let mut dropped = false;
         while over(meta) {
             let Some(oldest) = meta.oldest_id else {
@@ -420,7 +429,11 @@ impl Store {
             ids.reverse();
         }
         let found = self.messages(&ids)?;
-        Ok(ids.into_iter().zip(found).filter_map(|(id, m)| m.map(|m| (id, m))).collect())
+        Ok(ids
+            .into_iter()
+            .zip(found)
+            .filter_map(|(id, m)| m.map(|m| (id, m)))
+            .collect())
     }
 
     /// The last id a device acknowledged.
@@ -497,9 +510,16 @@ mod tests {
         // Two batches: ids 1-3 and 4-5, plus bobby's separate mailbox.
         let a: Vec<_> = (1..=3).map(|id| new(id, None, &["bob"], 100)).collect();
         s.append(&a, WIDE).unwrap();
-        s.append(&[new(4, None, &["bob"], 100), new(5, None, &["bob", "bobby"], 100)], WIDE)
-            .unwrap();
-        assert_eq!(ids(s.mailbox_after("bob", 2, 100).unwrap()), vec![3, 4, 5], "inside a chunk");
+        s.append(
+            &[new(4, None, &["bob"], 100), new(5, None, &["bob", "bobby"], 100)],
+            WIDE,
+        )
+        .unwrap();
+        assert_eq!(
+            ids(s.mailbox_after("bob", 2, 100).unwrap()),
+            vec![3, 4, 5],
+            "inside a chunk"
+        );
         assert_eq!(ids(s.mailbox_after("bob", 0, 2).unwrap()), vec![1, 2], "limit");
         assert_eq!(ids(s.mailbox_after("bobby", 0, 100).unwrap()), vec![5], "separate");
         assert_eq!(s.mailbox_head("bob").unwrap(), (5, 0));
@@ -515,16 +535,28 @@ mod tests {
             ..WIDE
         };
         s.append(&[new(8, None, &["bob"], 100)], tighter).unwrap();
-        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![7, 8], "a chunk cut in two");
+        assert_eq!(
+            ids(s.mailbox_after("bob", 0, 100).unwrap()),
+            vec![7, 8],
+            "a chunk cut in two"
+        );
         assert_eq!(ids(s.mailbox_after("bob", 3, 100).unwrap()), vec![7, 8]);
         let aged = Retention { max_age: 50, ..WIDE };
         s.append(&[new(9, None, &["bob"], 200)], aged).unwrap();
-        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![9], "older than 50 ms dropped");
+        assert_eq!(
+            ids(s.mailbox_after("bob", 0, 100).unwrap()),
+            vec![9],
+            "older than 50 ms dropped"
+        );
         assert_eq!(s.mailbox_head("bob").unwrap(), (9, 8));
         let one_byte = Retention { max_bytes: 1, ..WIDE };
         s.append(&[new(10, None, &["bob"], 200), new(11, None, &["bob"], 200)], one_byte)
             .unwrap();
-        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![11], "the newest always stays");
+        assert_eq!(
+            ids(s.mailbox_after("bob", 0, 100).unwrap()),
+            vec![11],
+            "the newest always stays"
+        );
     }
 
     #[test]
@@ -551,7 +583,8 @@ mod tests {
         let meta = s.mailbox_meta("bob").unwrap();
         assert_eq!(
             (meta.count, meta.bytes, meta.dropped_up_to, meta.oldest_id),
-            (100, 1000, 1, Some(2))
+            (94, 940, 7, Some(8)),
+            "the 101 counted right after the reopen; over 100, trimmed to 15/16 of it"
         );
     }
 
@@ -564,10 +597,7 @@ mod tests {
         s.append(&batch, WIDE).unwrap();
         assert!(s.messages.len() >= 4, "600 messages, 256 per chunk, one oversized");
         let got = s.messages(&[1, 256, 257, 301, 600, 601]).unwrap();
-        let texts: Vec<_> = got
-            .iter()
-            .map(|m| m.as_ref().map(|m| m.payload.len()))
-            .collect();
+        let texts: Vec<_> = got.iter().map(|m| m.as_ref().map(|m| m.payload.len())).collect();
         assert_eq!(
             texts,
             vec![Some(2), Some(4), Some(4), Some(CHUNK_BYTES + 1), Some(4), None]
@@ -589,16 +619,26 @@ mod tests {
             s.append(&batch, WIDE).unwrap();
         }
         s.append(&[new(11, Some("dm:alice:carol"), &[], 1)], WIDE).unwrap();
-        assert_eq!(ids(s.history("dm:alice:bob", None, None, 3).unwrap()), vec![8, 9, 10], "latest");
+        assert_eq!(
+            ids(s.history("dm:alice:bob", None, None, 3).unwrap()),
+            vec![8, 9, 10],
+            "latest"
+        );
         assert_eq!(ids(s.history("dm:alice:bob", Some(8), None, 3).unwrap()), vec![5, 6, 7]);
         assert_eq!(ids(s.history("dm:alice:bob", None, Some(8), 5).unwrap()), vec![9, 10]);
-        assert_eq!(ids(s.history("dm:alice:bob", None, Some(2), 4).unwrap()), vec![3, 4, 5, 6]);
+        assert_eq!(
+            ids(s.history("dm:alice:bob", None, Some(2), 4).unwrap()),
+            vec![3, 4, 5, 6]
+        );
         assert_eq!(
             ids(s.history("dm:alice:bob", Some(5), Some(1), 10).unwrap()),
             vec![2, 3, 4]
         );
         assert_eq!(ids(s.history("dm:alice:carol", None, None, 10).unwrap()), vec![11]);
-        assert_eq!(s.history("dm:alice:bob", None, Some(9), 10).unwrap()[0].1.payload, b"m10");
+        assert_eq!(
+            s.history("dm:alice:bob", None, Some(9), 10).unwrap()[0].1.payload,
+            b"m10"
+        );
         assert_eq!(s.cursor("bob", "phone").unwrap(), None);
         s.advance_cursor("bob", "phone", 7).unwrap();
         s.advance_cursor("bob", "phone", 5).unwrap();
