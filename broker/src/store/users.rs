@@ -42,7 +42,16 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn user_exists(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.users.contains_key(name)?)
+        if self.hot.users.read().unwrap_or_else(|p| p.into_inner()).contains(name) {
+            return Ok(true);
+        }
+        // A miss reads the store under the write lock, so a deletion cannot interleave.
+        let mut known = self.hot.users.write().unwrap_or_else(|p| p.into_inner());
+        let exists = self.users.contains_key(name)?;
+        if exists {
+            known.insert(name.to_owned());
+        }
+        Ok(exists)
     }
 
     /// Creates an account; never overwrites one. Flushes.
@@ -83,8 +92,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::NoSuchUser`], I/O errors.
     pub fn delete_user(&self, name: &str) -> Result<(), StoreError> {
-        if self.users.remove(name)?.is_none() {
-            return Err(StoreError::NoSuchUser(name.to_owned()));
+        {
+            let mut known = self.hot.users.write().unwrap_or_else(|p| p.into_inner());
+            known.remove(name);
+            if self.users.remove(name)?.is_none() {
+                return Err(StoreError::NoSuchUser(name.to_owned()));
+            }
         }
         self.flush()
     }
@@ -141,7 +154,9 @@ mod tests {
             s.create_user("alice", &rec("h")).unwrap();
             s.update_user("bob", |r| r.admin = true).unwrap();
             assert!(matches!(s.update_user("carol", |_| {}), Err(StoreError::NoSuchUser(_))));
+            assert!(s.user_exists("alice").unwrap(), "now remembered in memory");
             s.delete_user("alice").unwrap();
+            assert!(!s.user_exists("alice").unwrap(), "forgotten with the account");
             assert!(matches!(s.delete_user("alice"), Err(StoreError::NoSuchUser(_))));
         }
         let s = Store::open(dir.path()).unwrap();
