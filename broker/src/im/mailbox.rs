@@ -17,7 +17,7 @@ use crate::config::ImConfig;
 use crate::hooks::Receipt;
 use crate::message::Message;
 use crate::session::{Delivery, Session};
-use crate::store::{MailboxEntry, NewMessage, Retention, Store, StoreError, StoredMessage};
+use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Store, StoreError, StoredMessage};
 
 /// Most entries replayed into a session at once; the rest follow on later acks.
 const REPLAY_BATCH: usize = 10_000;
@@ -99,14 +99,11 @@ impl Mailboxes {
         to: Vec<Recipient>,
         receipt: bool,
     ) -> Result<Option<Receipt>, ()> {
-        let bytes = u32::try_from(message.payload.len()).unwrap_or(u32::MAX);
         let (mailboxes, origins) = to
             .into_iter()
             .map(|r| {
                 let entry = MailboxEntry {
                     suffix: r.suffix,
-                    ts: message.ts,
-                    bytes,
                     qos: qos as u8,
                 };
                 ((r.user, entry), r.origin)
@@ -165,6 +162,7 @@ impl Mailboxes {
     }
 
     fn try_replay(&self, user: &str, device: &str, session: &Arc<Session>) -> Result<(), StoreError> {
+        self.writer.index_now()?;
         let (head, dropped_up_to) = self.store.mailbox_head(user)?;
         let Some(cursor) = self.writer.cursor(user, device)? else {
             self.writer.acked(user, device, head);
@@ -186,15 +184,9 @@ impl Mailboxes {
                 });
             }
         }
-        let entries = self.store.mailbox_after(user, cursor, REPLAY_BATCH)?;
-        let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
-        let messages = self.store.messages(&ids)?;
-        for ((id, entry), m) in entries.into_iter().zip(messages) {
+        for Replayed { id, entry, message: m } in self.store.mailbox_after(user, cursor, REPLAY_BATCH)? {
             let topic = format!("{}{}", im::inbox_prefix(user), entry.suffix);
             let Some((granted, _, sub_ids)) = session.granted(&topic) else {
-                continue;
-            };
-            let Some(m) = m else {
                 continue;
             };
             let properties = properties(id, &m);

@@ -32,6 +32,10 @@ use crate::store::{NewMessage, Retention, Store, StoreError};
 
 /// Most operations committed in one batch.
 const MAX_BATCH: usize = 4096;
+/// The mailbox and history indexes are written this often...
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...or when this many entries wait in memory.
+const INDEX_AT: usize = 16_384;
 
 /// A message on its way to mailboxes.
 pub struct Post {
@@ -60,6 +64,7 @@ pub struct Writer {
     /// Acknowledged positions not yet written.
     cursors: Cursors,
     store: Store,
+    retention: Retention,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -88,6 +93,7 @@ impl Writer {
             tx,
             cursors,
             store,
+            retention,
             task: Arc::new(Mutex::new(Some(task))),
         }
     }
@@ -149,6 +155,15 @@ impl Writer {
         Ok(pending.max(stored))
     }
 
+    /// Writes the index entries kept in memory now, applying retention (before a
+    /// device is replayed, so it sees its mailbox within bounds).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn index_now(&self) -> Result<(), StoreError> {
+        self.store.index(self.retention)
+    }
+
     /// Writes what is queued and stops the task.
     pub async fn stop(&self) {
         let _ = self.tx.send(Op::Stop);
@@ -165,7 +180,19 @@ impl Worker {
     async fn run(mut self) {
         let mut ops = Vec::new();
         let (mut batches, mut committed) = (0u64, 0u64);
-        while let Some(first) = self.rx.recv().await {
+        let mut tick = tokio::time::interval(INDEX_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                op = self.rx.recv() => op,
+                _ = tick.tick() => {
+                    self.index();
+                    continue;
+                }
+            };
+            let Some(first) = first else {
+                break;
+            };
             ops.push(first);
             while ops.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -181,6 +208,7 @@ impl Worker {
             // Let the connections run between batches.
             tokio::task::yield_now().await;
         }
+        self.index();
         tracing::debug!(batches, committed, "writer stopped");
     }
 
@@ -212,8 +240,11 @@ impl Worker {
             }
         }
         if !records.is_empty() {
-            match self.store.append(&records, self.retention) {
-                Ok(()) => {
+            match self.store.append(&records) {
+                Ok(pending) => {
+                    if pending >= INDEX_AT {
+                        self.index();
+                    }
                     for (record, (payload, qos, origins, done)) in records.iter().zip(rest) {
                         self.deliver(record, &payload, qos, &origins);
                         if let Some(done) = done {
@@ -244,6 +275,13 @@ impl Worker {
             }
         }
         stop
+    }
+
+    /// Writes the index entries kept in memory (see [`crate::store`]'s messages).
+    fn index(&self) {
+        if let Err(e) = self.store.index(self.retention) {
+            tracing::error!(error = %e, "mailbox index not written (kept in memory, retried)");
+        }
     }
 
     /// Routes a stored message to the sessions subscribed to its mailboxes now.

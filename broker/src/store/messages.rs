@@ -1,19 +1,26 @@
 //! Messages, mailboxes, conversation history and device cursors.
 //!
-//! Writes come in batches (the IM writer commits everything that arrived while the
-//! previous batch was written), and each batch becomes a handful of sled records
-//! rather than several per message, because sled's cost is per record:
-//! - `messages`: first id of a chunk -> the chunk's messages (each stored once);
-//! - `mailbox`: user + first id -> that user's entries of one batch (which message,
-//!   and the topic suffix it arrives on);
-//! - `history`: conversation + first id -> the conversation's ids of one batch.
+//! A journal with indexes written behind it:
+//! - `journal`: every message once, with where it goes (its conversation and the
+//!   mailboxes it was appended to), in chunks keyed by their first id. Writing a
+//!   batch is one or a few records, whatever the number of recipients: this is the
+//!   write a publisher's acknowledgement waits for.
+//! - `mailbox_index` (user + first id) and `history_index` (conversation + first id):
+//!   id lists, written from memory by [`Store::index`] every so often (the IM writer
+//!   does it every 100 ms or few thousand entries), so a busy mailbox gets one index
+//!   record per interval rather than one per message. Until then the entries are in
+//!   memory (`Index::pending`) and every read merges them in; on open the journal
+//!   after the last indexed id is read back into memory, so nothing depends on the
+//!   indexes having been written before a crash.
 //!
-//! Chunks never overlap, so the chunk holding id `n` is the last one whose key is at
-//! most `n`. Ids come from one increasing sequence, so they increase in every mailbox
-//! and conversation.
+//! sled's cost is per record and per byte (it rewrites whole leaves), hence the
+//! chunks and the compact varint encoding. Chunks never overlap, so the chunk
+//! holding id `n` is the last one whose key is at most `n`. Ids come from one
+//! increasing sequence, so they increase in every mailbox and conversation.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
+use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use super::keys;
@@ -32,24 +39,46 @@ pub struct StoredMessage {
     pub content_type: Option<String>,
 }
 
-/// A mailbox entry: which message, and where under `inbox/{user}/` it arrives.
+/// Where a message arrives in one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxEntry {
-    /// e.g. `dm/alice`, `group/g1/alice`, `sent/dm/bob`, `event/friend_request`.
+    /// Under `inbox/{user}/`: e.g. `dm/alice`, `group/g1/alice`, `sent/dm/bob`,
+    /// `event/friend_request`.
     pub suffix: String,
-    pub ts: u64,
-    pub bytes: u32,
     /// QoS it was sent with (replays use at most this).
     pub qos: u8,
 }
 
-/// One message of a batch: its content, its conversation, the mailboxes it goes to.
-#[derive(Debug, Clone)]
+/// One journal record: a message, its conversation, the mailboxes it goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
     pub id: u64,
     pub message: StoredMessage,
     pub conversation: Option<String>,
     pub mailboxes: Vec<(String, MailboxEntry)>,
+}
+
+impl NewMessage {
+    /// This message's entry in `user`'s mailbox.
+    pub fn entry_for(&self, user: &str) -> Option<&MailboxEntry> {
+        self.mailboxes.iter().find(|(u, _)| u == user).map(|(_, e)| e)
+    }
+
+    fn slot(&self) -> Slot {
+        Slot {
+            id: self.id,
+            ts: self.message.ts,
+            bytes: u32::try_from(self.message.payload.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// A message replayed from a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub id: u64,
+    pub entry: MailboxEntry,
+    pub message: StoredMessage,
 }
 
 /// Retention bounds of one mailbox.
@@ -61,9 +90,9 @@ pub struct Retention {
     pub max_age: u64,
 }
 
-/// Counts kept per mailbox so retention does not scan on every append. Kept in memory,
-/// written to the store from time to time; at start the entries after the written
-/// state are counted again, so the counters are right after a crash too.
+/// Counts kept per mailbox so retention does not scan. Kept in memory, written with
+/// the index; on load the index entries after the written state are counted again,
+/// so the counters are right after a crash too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxMeta {
     pub count: u64,
@@ -74,31 +103,55 @@ pub struct MailboxMeta {
     pub oldest_ts: Option<u64>,
     /// Id of the oldest entry (so retention finds it by a seek, never a scan).
     pub oldest_id: Option<u64>,
-    /// The newest id these counters include.
+    /// The newest id these counters include, and its time.
     pub last_id: u64,
+    pub newest_ts: u64,
 }
 
 impl MailboxMeta {
-    fn add(&mut self, id: u64, e: &MailboxEntry) {
+    fn add(&mut self, s: Slot) {
+        if s.id <= self.last_id {
+            return;
+        }
         self.count += 1;
-        self.bytes += u64::from(e.bytes);
-        self.oldest_ts.get_or_insert(e.ts);
-        self.oldest_id.get_or_insert(id);
-        self.last_id = self.last_id.max(id);
+        self.bytes += u64::from(s.bytes);
+        self.oldest_ts.get_or_insert(s.ts);
+        self.oldest_id.get_or_insert(s.id);
+        self.last_id = s.id;
+        self.newest_ts = s.ts;
     }
 }
 
-/// Counters are written after this many appends (and at every retention drop); at
-/// start only the entries after the last write are counted again.
-const META_WRITE_EVERY: u64 = 64;
+/// A mailbox index entry: which message, when, how big (so retention and counting
+/// never read the journal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    id: u64,
+    ts: u64,
+    bytes: u32,
+}
 
-/// A message chunk holds at most this many messages...
+/// The in-memory side of the indexes.
+#[derive(Default)]
+pub(super) struct Index {
+    /// Mailbox entries appended since the last [`Store::index`].
+    pending: HashMap<String, Vec<Slot>>,
+    /// History ids appended since then.
+    pending_history: HashMap<String, Vec<u64>>,
+    pending_entries: usize,
+    /// The newest id appended.
+    last_id: u64,
+    /// Counters of the mailboxes seen since start.
+    meta: HashMap<String, MailboxMeta>,
+}
+
+/// A journal chunk holds at most this many messages...
 const CHUNK_MESSAGES: usize = 32;
 /// ...and about this many payload bytes (a larger message is a chunk of its own).
 const CHUNK_BYTES: usize = 4 * 1024;
 
-type MessageChunk = Vec<(u64, StoredMessage)>;
-type MailboxChunk = Vec<(u64, MailboxEntry)>;
+/// Where the index stands: everything up to this id is in the index trees.
+const INDEXED_THROUGH: &str = "indexed_through";
 
 fn corrupt(tree: &'static str, e: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -107,21 +160,82 @@ fn corrupt(tree: &'static str, e: impl ToString) -> StoreError {
     }
 }
 
+/// Varint encoding: ids, times and lengths take the bytes they need.
+fn opts() -> impl Options {
+    bincode::DefaultOptions::new()
+}
+
 fn encode<T: Serialize>(tree: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
-    bincode::serialize(v).map_err(|e| corrupt(tree, e))
+    opts().serialize(v).map_err(|e| corrupt(tree, e))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
-    bincode::deserialize(v).map_err(|e| corrupt(tree, e))
+    opts().deserialize(v).map_err(|e| corrupt(tree, e))
 }
 
-/// The last id of the newest message chunk (0 when there is none).
-pub(super) fn last_message_id(messages: &sled::Tree) -> Result<u64, StoreError> {
-    let Some((_, v)) = messages.last()? else {
+/// A mailbox index chunk: first id and time, then deltas.
+fn encode_slots(slots: &[Slot]) -> Result<Vec<u8>, StoreError> {
+    let mut prev = Slot { id: 0, ts: 0, bytes: 0 };
+    let deltas: Vec<(u64, i64, u32)> = slots
+        .iter()
+        .map(|s| {
+            let d = (s.id - prev.id, s.ts as i64 - prev.ts as i64, s.bytes);
+            prev = *s;
+            d
+        })
+        .collect();
+    encode("mailbox_index", &deltas)
+}
+
+fn decode_slots(v: &[u8]) -> Result<Vec<Slot>, StoreError> {
+    let deltas: Vec<(u64, i64, u32)> = decode("mailbox_index", v)?;
+    let (mut id, mut ts) = (0u64, 0i64);
+    Ok(deltas
+        .into_iter()
+        .map(|(di, dt, bytes)| {
+            id = id.wrapping_add(di);
+            ts = ts.wrapping_add(dt);
+            Slot {
+                id,
+                ts: ts.max(0) as u64,
+                bytes,
+            }
+        })
+        .collect())
+}
+
+fn encode_ids(ids: &[u64]) -> Result<Vec<u8>, StoreError> {
+    let mut prev = 0;
+    let deltas: Vec<u64> = ids
+        .iter()
+        .map(|&id| {
+            let d = id - prev;
+            prev = id;
+            d
+        })
+        .collect();
+    encode("history_index", &deltas)
+}
+
+fn decode_ids(v: &[u8]) -> Result<Vec<u64>, StoreError> {
+    let deltas: Vec<u64> = decode("history_index", v)?;
+    let mut id = 0u64;
+    Ok(deltas
+        .into_iter()
+        .map(|d| {
+            id = id.wrapping_add(d);
+            id
+        })
+        .collect())
+}
+
+/// The last id in the journal (0 when empty).
+pub(super) fn last_message_id(journal: &sled::Tree) -> Result<u64, StoreError> {
+    let Some((_, v)) = journal.last()? else {
         return Ok(0);
     };
-    let chunk: MessageChunk = decode("messages", &v)?;
-    Ok(chunk.last().map_or(0, |(id, _)| *id))
+    let chunk: Vec<NewMessage> = decode("journal", &v)?;
+    Ok(chunk.last().map_or(0, |m| m.id))
 }
 
 impl Store {
@@ -130,76 +244,142 @@ impl Store {
         self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stores a batch of messages (ids increasing), their history and their mailbox
-    /// entries, then applies each touched mailbox's retention.
+    fn index_state(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Journals a batch of messages (ids increasing) and adds them to the in-memory
+    /// index. Returns the number of index entries not yet written.
     ///
     /// # Errors
     /// I/O errors. Part of the batch may have been written then.
-    pub fn append(&self, batch: &[NewMessage], r: Retention) -> Result<(), StoreError> {
-        // Messages: chunks of consecutive ids, bounded in count and bytes.
-        let mut chunk: Vec<(u64, &StoredMessage)> = Vec::new();
+    pub fn append(&self, batch: &[NewMessage]) -> Result<usize, StoreError> {
+        let mut chunk: Vec<&NewMessage> = Vec::new();
         let mut chunk_bytes = 0;
         for m in batch {
             if !chunk.is_empty()
                 && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + m.message.payload.len() > CHUNK_BYTES)
             {
                 self.messages
-                    .insert(chunk[0].0.to_be_bytes(), encode("messages", &chunk)?)?;
+                    .insert(chunk[0].id.to_be_bytes(), encode("journal", &chunk)?)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
             chunk_bytes += m.message.payload.len();
-            chunk.push((m.id, &m.message));
+            chunk.push(m);
         }
-        if let Some(&(first, _)) = chunk.first() {
-            self.messages.insert(first.to_be_bytes(), encode("messages", &chunk)?)?;
+        if let Some(first) = chunk.first() {
+            self.messages
+                .insert(first.id.to_be_bytes(), encode("journal", &chunk)?)?;
         }
-        // History: one record per conversation.
-        let mut history: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut ix = self.index_state();
         for m in batch {
-            if let Some(conv) = m.conversation.as_deref() {
-                history.entry(conv).or_default().push(m.id);
-            }
+            self.remember(&mut ix, m)?;
         }
-        for (conv, ids) in history {
-            self.history
-                .insert(keys::with_id(conv, ids[0]), encode("history", &ids)?)?;
+        Ok(ix.pending_entries)
+    }
+
+    /// Adds a journaled message to the in-memory index and the mailbox counters.
+    fn remember(&self, ix: &mut Index, m: &NewMessage) -> Result<(), StoreError> {
+        let slot = m.slot();
+        for (user, _) in &m.mailboxes {
+            // Counters loaded before the slot is pending, so it is counted once.
+            let mut meta = self.mailbox_meta_in(ix, user)?;
+            meta.add(slot);
+            ix.meta.insert(user.clone(), meta);
+            ix.pending.entry(user.clone()).or_default().push(slot);
+            ix.pending_entries += 1;
         }
-        // Mailboxes: one record per user.
-        let mut mailboxes: BTreeMap<&str, Vec<(u64, &MailboxEntry)>> = BTreeMap::new();
-        for m in batch {
-            for (user, entry) in &m.mailboxes {
-                mailboxes.entry(user).or_default().push((m.id, entry));
-            }
+        if let Some(conv) = &m.conversation {
+            ix.pending_history.entry(conv.clone()).or_default().push(m.id);
+            ix.pending_entries += 1;
         }
-        for (user, entries) in mailboxes {
-            let mut meta = self.mailbox_meta(user)?;
-            self.mailbox
-                .insert(keys::with_id(user, entries[0].0), encode("mailbox", &entries)?)?;
-            let before = meta.count;
-            for (id, e) in &entries {
-                meta.add(*id, e);
-            }
-            let newest_ts = entries.iter().map(|(_, e)| e.ts).max().unwrap_or(0);
-            let dropped = self.apply_retention(user, &mut meta, newest_ts, r)?;
-            if dropped || before / META_WRITE_EVERY != meta.count / META_WRITE_EVERY {
-                self.write_meta(user, &meta)?;
-            }
-            self.remember_meta(user, meta);
-        }
+        ix.last_id = ix.last_id.max(m.id);
         Ok(())
     }
 
-    /// Drops a mailbox's oldest entries while it is over a bound (the newest always
-    /// stays). Returns whether anything was dropped.
-    fn apply_retention(
-        &self,
-        user: &str,
-        meta: &mut MailboxMeta,
-        newest_ts: u64,
-        r: Retention,
-    ) -> Result<bool, StoreError> {
-        let oldest_allowed = newest_ts.saturating_sub(r.max_age);
+    /// Writes the in-memory index entries to the index trees, one record per mailbox
+    /// and conversation, and applies retention to the mailboxes written.
+    ///
+    /// # Errors
+    /// I/O errors (what was not written stays in memory for the next call).
+    pub fn index(&self, r: Retention) -> Result<(), StoreError> {
+        let mut ix = self.index_state();
+        if ix.pending_entries == 0 {
+            return Ok(());
+        }
+        let users: Vec<String> = ix.pending.keys().cloned().collect();
+        for user in users {
+            let Some(slots) = ix.pending.get(&user) else {
+                continue;
+            };
+            if let Some(first) = slots.first() {
+                self.mailbox
+                    .insert(keys::with_id(&user, first.id), encode_slots(slots)?)?;
+            }
+            let n = slots.len();
+            ix.pending.remove(&user);
+            ix.pending_entries -= n;
+            let mut meta = self.mailbox_meta_in(&mut ix, &user)?;
+            self.apply_retention(&user, &mut meta, r)?;
+            self.mailbox_meta
+                .insert(user.as_str(), encode("mailbox_meta", &meta)?)?;
+            ix.meta.insert(user, meta);
+        }
+        let convs: Vec<String> = ix.pending_history.keys().cloned().collect();
+        for conv in convs {
+            let Some(ids) = ix.pending_history.get(&conv) else {
+                continue;
+            };
+            if let Some(&first) = ids.first() {
+                self.history.insert(keys::with_id(&conv, first), encode_ids(ids)?)?;
+            }
+            let n = ids.len();
+            ix.pending_history.remove(&conv);
+            ix.pending_entries -= n;
+        }
+        self.meta.insert(INDEXED_THROUGH, &ix.last_id.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Reads the journal after the last indexed id back into the in-memory index (at
+    /// open: what was journaled but not indexed before the last stop or crash).
+    pub(super) fn recover_index(&self) -> Result<usize, StoreError> {
+        let through = self
+            .meta
+            .get(INDEXED_THROUGH)?
+            .and_then(|v| keys::id_of(&v))
+            .unwrap_or(0);
+        let mut ix = self.index_state();
+        ix.last_id = through;
+        let mut recovered = 0;
+        for kv in self.messages.range(self.journal_start(through.saturating_add(1))?..) {
+            let chunk: Vec<NewMessage> = decode("journal", &kv?.1)?;
+            for m in chunk.iter().filter(|m| m.id > through) {
+                self.remember(&mut ix, m)?;
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// The key of the journal chunk holding `id` (or `id` itself when none does).
+    fn journal_start(&self, id: u64) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .messages
+            .range(..=id.to_be_bytes())
+            .next_back()
+            .transpose()?
+            .map_or_else(|| id.to_be_bytes().to_vec(), |(k, _)| k.to_vec()))
+    }
+
+    /// Drops a mailbox's oldest index entries while it is over a bound (the newest
+    /// always stays). Once over a count or byte bound, it is trimmed to 15/16 of it:
+    /// large mailboxes in steps (whole chunks, once per many appends), small bounds
+    /// stay exact. Only index entries go: the journal keeps messages for history.
+    fn apply_retention(&self, user: &str, meta: &mut MailboxMeta, r: Retention) -> Result<bool, StoreError> {
+        // Age is measured from the newest entry.
+        let oldest_allowed = meta.newest_ts.saturating_sub(r.max_age);
         let over = |m: &MailboxMeta, max_messages: u64, max_bytes: u64| {
             m.count > 1
                 && (m.count > max_messages || m.bytes > max_bytes || m.oldest_ts.is_some_and(|t| t < oldest_allowed))
@@ -207,8 +387,6 @@ impl Store {
         if !over(meta, r.max_messages, r.max_bytes) {
             return Ok(false);
         }
-        // Once over a bound, trim to 15/16 of it: large mailboxes are trimmed in steps
-        // (whole chunks, once per many appends), small bounds stay exact.
         let (max_messages, max_bytes) = (r.max_messages - r.max_messages / 16, r.max_bytes - r.max_bytes / 16);
         let over = |m: &MailboxMeta| over(m, max_messages, max_bytes);
         let mut dropped = false;
@@ -216,34 +394,31 @@ impl Store {
             let Some(oldest) = meta.oldest_id else {
                 break;
             };
-            let Some((key, mut entries)) = self.mailbox_chunk_at(user, oldest)? else {
+            let Some((key, mut slots)) = self.mailbox_chunk_at(user, oldest)? else {
                 meta.oldest_id = None;
                 meta.oldest_ts = None;
                 break;
             };
+            slots.retain(|s| s.id >= oldest);
             let mut cut = 0;
-            while cut < entries.len() && over(meta) {
-                let (id, e) = &entries[cut];
-                if *id < oldest {
-                    cut += 1;
-                    continue;
-                }
+            while cut < slots.len() && over(meta) && slots[cut].id != meta.last_id {
+                let s = slots[cut];
                 meta.count -= 1;
-                meta.bytes = meta.bytes.saturating_sub(u64::from(e.bytes));
-                meta.dropped_up_to = meta.dropped_up_to.max(*id);
+                meta.bytes = meta.bytes.saturating_sub(u64::from(s.bytes));
+                meta.dropped_up_to = meta.dropped_up_to.max(s.id);
                 dropped = true;
                 cut += 1;
             }
-            if cut < entries.len() {
-                entries.drain(..cut);
-                meta.oldest_id = Some(entries[0].0);
-                meta.oldest_ts = Some(entries[0].1.ts);
-                self.mailbox.insert(key, encode("mailbox", &entries)?)?;
+            if cut < slots.len() {
+                slots.drain(..cut);
+                meta.oldest_id = Some(slots[0].id);
+                meta.oldest_ts = Some(slots[0].ts);
+                self.mailbox.insert(key, encode_slots(&slots)?)?;
                 break;
             }
             self.mailbox.remove(&key)?;
             // The next chunk: a seek just past the removed one, not a scan.
-            let next_key = keys::id_of(&key).unwrap_or(oldest).max(oldest).saturating_add(1);
+            let next_key = slots.last().map_or(oldest, |s| s.id).saturating_add(1);
             let next = self
                 .mailbox
                 .range(keys::with_id(user, next_key)..keys::prefix_end(user))
@@ -251,9 +426,9 @@ impl Store {
                 .transpose()?;
             match next {
                 Some((_, v)) => {
-                    let entries: MailboxChunk = decode("mailbox", &v)?;
-                    meta.oldest_id = entries.first().map(|(id, _)| *id);
-                    meta.oldest_ts = entries.first().map(|(_, e)| e.ts);
+                    let first = decode_slots(&v)?.first().copied();
+                    meta.oldest_id = first.map(|s| s.id);
+                    meta.oldest_ts = first.map(|s| s.ts);
                 }
                 None => {
                     meta.oldest_id = None;
@@ -265,14 +440,40 @@ impl Store {
         Ok(dropped)
     }
 
-    /// The mailbox chunk of `user` holding `id`, with its key.
-    fn mailbox_chunk_at(&self, user: &str, id: u64) -> Result<Option<(sled::IVec, MailboxChunk)>, StoreError> {
+    /// The mailbox index chunk of `user` holding `id`, with its key.
+    fn mailbox_chunk_at(&self, user: &str, id: u64) -> Result<Option<(sled::IVec, Vec<Slot>)>, StoreError> {
         let found = self
             .mailbox
             .range(keys::prefix(user)..=keys::with_id(user, id))
             .next_back()
             .transpose()?;
-        found.map(|(k, v)| Ok((k, decode("mailbox", &v)?))).transpose()
+        found.map(|(k, v)| Ok((k, decode_slots(&v)?))).transpose()
+    }
+
+    /// Journal records by id (ascending ids read each chunk once); `None` for
+    /// unknown ids.
+    fn records(&self, ids: &[u64]) -> Result<Vec<Option<NewMessage>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut chunk: Vec<NewMessage> = Vec::new();
+        for &id in ids {
+            let held = matches!((chunk.first(), chunk.last()), (Some(a), Some(b)) if a.id <= id && id <= b.id);
+            if !held {
+                chunk = match self.messages.range(..=id.to_be_bytes()).next_back().transpose()? {
+                    Some((_, v)) => decode("journal", &v)?,
+                    None => Vec::new(),
+                };
+            }
+            out.push(chunk.binary_search_by_key(&id, |m| m.id).ok().map(|i| chunk[i].clone()));
+        }
+        Ok(out)
+    }
+
+    /// Messages by id (ascending ids read each chunk once); `None` for unknown ids.
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>, StoreError> {
+        Ok(self.records(ids)?.into_iter().map(|r| r.map(|r| r.message)).collect())
     }
 
     /// # Errors
@@ -281,69 +482,32 @@ impl Store {
         Ok(self.messages(&[id])?.pop().flatten())
     }
 
-    /// Messages by id (ascending ids read each chunk once); `None` for unknown ids.
-    ///
-    /// # Errors
-    /// I/O errors and undecodable records.
-    pub fn messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        let mut chunk: MessageChunk = Vec::new();
-        for &id in ids {
-            let held = matches!((chunk.first(), chunk.last()), (Some((a, _)), Some((b, _))) if *a <= id && id <= *b);
-            if !held {
-                chunk = match self.messages.range(..=id.to_be_bytes()).next_back().transpose()? {
-                    Some((_, v)) => decode("messages", &v)?,
-                    None => Vec::new(),
-                };
-            }
-            out.push(
-                chunk
-                    .binary_search_by_key(&id, |(i, _)| *i)
-                    .ok()
-                    .map(|i| chunk[i].1.clone()),
-            );
-        }
-        Ok(out)
-    }
-
     /// The mailbox's counters, read once per user per process and then kept in memory.
-    fn mailbox_meta(&self, user: &str) -> Result<MailboxMeta, StoreError> {
-        if let Some(m) = self.meta_cache.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+    fn mailbox_meta_in(&self, ix: &mut Index, user: &str) -> Result<MailboxMeta, StoreError> {
+        if let Some(m) = ix.meta.get(user) {
             return Ok(*m);
         }
         // The counters are derived data: unreadable ones are recounted, not an error.
         let mut meta: MailboxMeta = match self.mailbox_meta.get(user)? {
-            Some(v) => bincode::deserialize(&v).unwrap_or_else(|e| {
+            Some(v) => decode("mailbox_meta", &v).unwrap_or_else(|e| {
                 tracing::warn!(user, error = %e, "mailbox counters unreadable: recounting");
                 MailboxMeta::default()
             }),
             None => MailboxMeta::default(),
         };
-        // Count what was appended after the counters were last written (a seek, then
-        // at most a few chunks).
-        for (id, e) in self.mailbox_after(user, meta.last_id, usize::MAX)? {
-            meta.add(id, &e);
+        // Count what was indexed after the counters were written, then what is pending.
+        for s in self.indexed_after(user, meta.last_id, usize::MAX)? {
+            meta.add(s);
         }
+        for s in ix.pending.get(user).into_iter().flatten() {
+            meta.add(*s);
+        }
+        ix.meta.insert(user.to_owned(), meta);
         Ok(meta)
     }
 
-    fn write_meta(&self, user: &str, meta: &MailboxMeta) -> Result<(), StoreError> {
-        self.mailbox_meta.insert(user, encode("mailbox_meta", meta)?)?;
-        Ok(())
-    }
-
-    fn remember_meta(&self, user: &str, meta: MailboxMeta) {
-        self.meta_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user.to_owned(), meta);
-    }
-
-    /// Mailbox entries of `user` with ids above `after`, oldest first, at most `limit`.
-    ///
-    /// # Errors
-    /// I/O errors and undecodable records.
-    pub fn mailbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, MailboxEntry)>, StoreError> {
+    /// Index entries of `user` written to the tree, with ids above `after`.
+    fn indexed_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Slot>, StoreError> {
         let first = after.saturating_add(1);
         let start = match self.mailbox_chunk_at(user, first)? {
             Some((k, _)) => k.to_vec(),
@@ -351,18 +515,60 @@ impl Store {
         };
         let mut out = Vec::new();
         for kv in self.mailbox.range(start..keys::prefix_end(user)) {
-            let (_, v) = kv?;
-            let chunk: MailboxChunk = decode("mailbox", &v)?;
-            for (id, e) in chunk {
-                if id > after {
+            for s in decode_slots(&kv?.1)? {
+                if s.id > after {
                     if out.len() >= limit {
                         return Ok(out);
                     }
-                    out.push((id, e));
+                    out.push(s);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Ids in `user`'s mailbox above `after`, oldest first, at most `limit`.
+    fn mailbox_ids(&self, user: &str, after: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        // Pending first: an index write in between moves entries into the tree, where
+        // the second read finds them (duplicates are merged), never loses them.
+        let pending: Vec<u64> = self
+            .index_state()
+            .pending
+            .get(user)
+            .map(|v| v.iter().map(|s| s.id).filter(|&id| id > after).collect())
+            .unwrap_or_default();
+        let mut ids: Vec<u64> = self
+            .indexed_after(user, after, limit)?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let last = ids.last().copied().unwrap_or(after);
+        ids.extend(pending.into_iter().filter(|&id| id > last));
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    /// Messages in `user`'s mailbox with ids above `after`, oldest first, at most
+    /// `limit`, with where each arrives.
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn mailbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Replayed>, StoreError> {
+        let ids = self.mailbox_ids(user, after, limit)?;
+        let records = self.records(&ids)?;
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .filter_map(|(id, r)| {
+                let r = r?;
+                let entry = r.entry_for(user)?.clone();
+                Some(Replayed {
+                    id,
+                    entry,
+                    message: r.message,
+                })
+            })
+            .collect())
     }
 
     /// The newest id in `user`'s mailbox (0 when empty), and the highest id retention
@@ -371,20 +577,13 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn mailbox_head(&self, user: &str) -> Result<(u64, u64), StoreError> {
-        let last = self
-            .mailbox
-            .range(keys::prefix(user)..keys::prefix_end(user))
-            .next_back()
-            .transpose()?;
-        let head = match last {
-            Some((_, v)) => decode::<MailboxChunk>("mailbox", &v)?.last().map_or(0, |(id, _)| *id),
-            None => 0,
-        };
-        Ok((head, self.mailbox_meta(user)?.dropped_up_to))
+        let mut ix = self.index_state();
+        let meta = self.mailbox_meta_in(&mut ix, user)?;
+        Ok((meta.last_id, meta.dropped_up_to))
     }
 
-    /// History of `conversation`: ids after `after` (oldest first) or before `before`
-    /// (the newest ones, returned oldest first), at most `limit`.
+    /// History of `conversation`: messages after `after` (oldest first) or before
+    /// `before` (the newest ones, returned oldest first), at most `limit`.
     ///
     /// # Errors
     /// I/O errors and undecodable records.
@@ -398,6 +597,12 @@ impl Store {
         let lo = after.map_or(0, |a| a.saturating_add(1));
         let hi = before.unwrap_or(u64::MAX);
         let within = |id: &u64| lo <= *id && *id < hi;
+        let pending: Vec<u64> = self
+            .index_state()
+            .pending_history
+            .get(conversation)
+            .map(|v| v.iter().copied().filter(within).collect())
+            .unwrap_or_default();
         let mut ids: Vec<u64> = Vec::new();
         if after.is_some() && before.is_none() {
             let start = self
@@ -407,26 +612,35 @@ impl Store {
                 .transpose()?
                 .map_or_else(|| keys::with_id(conversation, lo), |(k, _)| k.to_vec());
             for kv in self.history.range(start..keys::prefix_end(conversation)) {
-                let chunk: Vec<u64> = decode("history", &kv?.1)?;
-                ids.extend(chunk.into_iter().filter(within));
+                ids.extend(decode_ids(&kv?.1)?.into_iter().filter(within));
                 if ids.len() >= limit {
                     break;
                 }
             }
+            let last = ids.last().copied().unwrap_or(0);
+            ids.extend(pending.into_iter().filter(|&id| id > last));
             ids.truncate(limit);
         } else {
+            // Newest first: pending (all newer than the tree), then the tree backwards.
+            let mut newest: Vec<u64> = pending.into_iter().rev().collect();
             let range = self
                 .history
                 .range(keys::prefix(conversation)..keys::with_id(conversation, hi));
             for kv in range.rev() {
-                let chunk: Vec<u64> = decode("history", &kv?.1)?;
-                ids.extend(chunk.into_iter().rev().filter(within));
-                if ids.len() >= limit {
+                if newest.len() >= limit {
                     break;
                 }
+                let floor = newest.last().copied().unwrap_or(u64::MAX);
+                newest.extend(
+                    decode_ids(&kv?.1)?
+                        .into_iter()
+                        .rev()
+                        .filter(|id| within(id) && *id < floor),
+                );
             }
-            ids.truncate(limit);
-            ids.reverse();
+            newest.truncate(limit);
+            newest.reverse();
+            ids = newest;
         }
         let found = self.messages(&ids)?;
         Ok(ids
@@ -464,32 +678,34 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn msg(text: &str) -> StoredMessage {
+    fn msg(text: &str, ts: u64) -> StoredMessage {
         StoredMessage {
             from: "alice".into(),
-            ts: 1,
+            ts,
             payload: text.as_bytes().to_vec(),
             user_properties: vec![],
             content_type: None,
         }
     }
 
-    fn entry(ts: u64) -> MailboxEntry {
-        MailboxEntry {
-            suffix: "dm/alice".into(),
-            ts,
-            bytes: 10,
-            qos: 1,
-        }
-    }
-
-    /// A message for `users`' mailboxes, in conversation `conv`.
+    /// Message `id` (payload `m{id}`) for `users`' mailboxes, in conversation `conv`.
     fn new(id: u64, conv: Option<&str>, users: &[&str], ts: u64) -> NewMessage {
         NewMessage {
             id,
-            message: msg(&format!("m{id}")),
+            message: msg(&format!("m{id}"), ts),
             conversation: conv.map(str::to_owned),
-            mailboxes: users.iter().map(|u| ((*u).to_owned(), entry(ts))).collect(),
+            mailboxes: users
+                .iter()
+                .map(|u| {
+                    (
+                        (*u).to_owned(),
+                        MailboxEntry {
+                            suffix: "dm/alice".into(),
+                            qos: 1,
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -499,149 +715,246 @@ mod tests {
         max_age: u64::MAX,
     };
 
-    fn ids<T>(v: Vec<(u64, T)>) -> Vec<u64> {
+    fn ids(v: Vec<Replayed>) -> Vec<u64> {
+        v.into_iter().map(|r| r.id).collect()
+    }
+
+    fn hist(v: Vec<(u64, StoredMessage)>) -> Vec<u64> {
         v.into_iter().map(|(i, _)| i).collect()
     }
 
     #[test]
-    fn mailbox_append_read_and_retention_across_chunks() {
+    fn mailbox_reads_merge_the_index_and_memory() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        // Two batches: ids 1-3 and 4-5, plus bobby's separate mailbox.
         let a: Vec<_> = (1..=3).map(|id| new(id, None, &["bob"], 100)).collect();
-        s.append(&a, WIDE).unwrap();
-        s.append(
-            &[new(4, None, &["bob"], 100), new(5, None, &["bob", "bobby"], 100)],
-            WIDE,
-        )
-        .unwrap();
+        assert_eq!(s.append(&a).unwrap(), 3, "three entries wait in memory");
+        s.index(WIDE).unwrap();
+        s.append(&[new(4, None, &["bob"], 100), new(5, None, &["bob", "bobby"], 100)])
+            .unwrap();
         assert_eq!(
             ids(s.mailbox_after("bob", 2, 100).unwrap()),
             vec![3, 4, 5],
-            "inside a chunk"
+            "tree then memory"
         );
         assert_eq!(ids(s.mailbox_after("bob", 0, 2).unwrap()), vec![1, 2], "limit");
+        assert_eq!(ids(s.mailbox_after("bob", 4, 100).unwrap()), vec![5], "memory only");
         assert_eq!(ids(s.mailbox_after("bobby", 0, 100).unwrap()), vec![5], "separate");
+        let r = &s.mailbox_after("bobby", 0, 1).unwrap()[0];
+        assert_eq!(
+            (r.entry.suffix.as_str(), r.message.payload.as_slice()),
+            ("dm/alice", &b"m5"[..])
+        );
         assert_eq!(s.mailbox_head("bob").unwrap(), (5, 0));
+        s.index(WIDE).unwrap();
+        assert_eq!(
+            ids(s.mailbox_after("bob", 0, 100).unwrap()),
+            vec![1, 2, 3, 4, 5],
+            "all in the tree"
+        );
+        assert_eq!(s.append(&[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn retention_by_count_bytes_and_age_at_index_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for id in 1..=5 {
+            s.append(&[new(id, None, &["bob"], 100)]).unwrap();
+        }
         let tight = Retention {
             max_messages: 3,
             ..WIDE
         };
-        s.append(&[new(7, None, &["bob"], 100)], tight).unwrap();
-        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![4, 5, 7]);
-        assert_eq!(s.mailbox_head("bob").unwrap(), (7, 3), "1-3 dropped");
+        s.index(tight).unwrap();
+        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![3, 4, 5]);
+        assert_eq!(s.mailbox_head("bob").unwrap(), (5, 2), "1-2 dropped");
+        s.append(&[new(7, None, &["bob"], 100)]).unwrap();
         let tighter = Retention {
             max_messages: 2,
             ..WIDE
         };
-        s.append(&[new(8, None, &["bob"], 100)], tighter).unwrap();
+        s.index(tighter).unwrap();
         assert_eq!(
             ids(s.mailbox_after("bob", 0, 100).unwrap()),
-            vec![7, 8],
+            vec![5, 7],
             "a chunk cut in two"
         );
-        assert_eq!(ids(s.mailbox_after("bob", 3, 100).unwrap()), vec![7, 8]);
-        let aged = Retention { max_age: 50, ..WIDE };
-        s.append(&[new(9, None, &["bob"], 200)], aged).unwrap();
+        s.append(&[new(9, None, &["bob"], 200)]).unwrap();
+        s.index(Retention { max_age: 50, ..WIDE }).unwrap();
         assert_eq!(
             ids(s.mailbox_after("bob", 0, 100).unwrap()),
             vec![9],
             "older than 50 ms dropped"
         );
-        assert_eq!(s.mailbox_head("bob").unwrap(), (9, 8));
-        let one_byte = Retention { max_bytes: 1, ..WIDE };
-        s.append(&[new(10, None, &["bob"], 200), new(11, None, &["bob"], 200)], one_byte)
+        assert_eq!(s.mailbox_head("bob").unwrap(), (9, 7));
+        s.append(&[new(10, None, &["bob"], 200), new(11, None, &["bob"], 200)])
             .unwrap();
+        s.index(Retention { max_bytes: 1, ..WIDE }).unwrap();
         assert_eq!(
             ids(s.mailbox_after("bob", 0, 100).unwrap()),
             vec![11],
             "the newest always stays"
         );
+        assert_eq!(s.history("none", None, None, 10).unwrap(), vec![]);
+        // Retention drops index entries only: the messages stay for history.
+        assert_eq!(s.message(1).unwrap().unwrap().payload, b"m1");
     }
 
     #[test]
-    fn counters_survive_a_reopen_without_a_full_scan() {
+    fn large_mailboxes_are_trimmed_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let r = Retention {
+            max_messages: 160,
+            ..WIDE
+        };
+        for id in 1..=161 {
+            s.append(&[new(id, None, &["bob"], 100)]).unwrap();
+            s.index(r).unwrap();
+        }
+        let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+        assert_eq!((meta.count, meta.dropped_up_to), (150, 11), "161 > 160: cut to 150");
+        s.append(&[new(162, None, &["bob"], 100)]).unwrap();
+        s.index(r).unwrap();
+        let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+        assert_eq!(meta.count, 151, "no trimming until over the bound again");
+    }
+
+    #[test]
+    fn a_crash_before_the_index_is_written_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
             for id in 1..=100 {
-                s.append(&[new(id, None, &["bob"], 100)], WIDE).unwrap();
+                s.append(&[new(id, Some("dm:alice:bob"), &["bob"], 100)]).unwrap();
+                if id == 64 {
+                    s.index(WIDE).unwrap();
+                }
             }
+            // Dropped without writing the index of 65..=100.
         }
         let s = Store::open(dir.path()).unwrap();
-        let written: MailboxMeta = bincode::deserialize(&s.mailbox_meta.get("bob").unwrap().unwrap()).unwrap();
-        assert_eq!(written.last_id, 64, "written every 64 appends");
-        assert_eq!(s.next_message_id(), 101, "ids continue after the last stored one");
-        s.append(
-            &[new(101, None, &["bob"], 100)],
-            Retention {
-                max_messages: 100,
-                ..WIDE
-            },
-        )
-        .unwrap();
-        let meta = s.mailbox_meta("bob").unwrap();
+        assert_eq!(s.next_message_id(), 101, "ids continue after the journal");
+        assert_eq!(s.mailbox_after("bob", 0, 1000).unwrap().len(), 100);
         assert_eq!(
-            (meta.count, meta.bytes, meta.dropped_up_to, meta.oldest_id),
-            (94, 940, 7, Some(8)),
-            "the 101 counted right after the reopen; over 100, trimmed to 15/16 of it"
+            hist(s.history("dm:alice:bob", None, None, 3).unwrap()),
+            vec![98, 99, 100]
         );
+        assert_eq!(s.mailbox_head("bob").unwrap(), (100, 0));
+        let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+        assert_eq!(
+            (meta.count, meta.bytes, meta.oldest_id),
+            (100, 9 * 2 + 90 * 3 + 4, Some(1))
+        );
+        s.append(&[new(101, None, &["bob"], 100)]).unwrap();
+        s.index(Retention {
+            max_messages: 100,
+            ..WIDE
+        })
+        .unwrap();
+        let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+        assert_eq!((meta.count, meta.dropped_up_to, meta.oldest_id), (94, 7, Some(8)));
     }
 
     #[test]
     fn messages_are_chunked_by_count_and_size() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let mut batch: Vec<_> = (1..=600).map(|id| new(id, None, &[], 1)).collect();
-        batch[300].message.payload = vec![0; CHUNK_BYTES + 1];
-        s.append(&batch, WIDE).unwrap();
-        assert!(s.messages.len() >= 4, "600 messages, 256 per chunk, one oversized");
-        let got = s.messages(&[1, 256, 257, 301, 600, 601]).unwrap();
-        let texts: Vec<_> = got.iter().map(|m| m.as_ref().map(|m| m.payload.len())).collect();
+        let mut batch: Vec<_> = (1..=100).map(|id| new(id, None, &[], 1)).collect();
+        batch[50].message.payload = vec![0; CHUNK_BYTES + 1];
+        s.append(&batch).unwrap();
+        assert!(s.messages.len() >= 5, "100 messages, 32 per chunk, one oversized");
+        let got = s.messages(&[1, 32, 33, 51, 100, 101]).unwrap();
+        let lens: Vec<_> = got.iter().map(|m| m.as_ref().map(|m| m.payload.len())).collect();
         assert_eq!(
-            texts,
-            vec![Some(2), Some(4), Some(4), Some(CHUNK_BYTES + 1), Some(4), None]
+            lens,
+            vec![Some(2), Some(3), Some(3), Some(CHUNK_BYTES + 1), Some(4), None]
         );
         assert_eq!(s.message(42).unwrap().unwrap().payload, b"m42");
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.next_message_id(), 601);
+        assert_eq!(s.next_message_id(), 101);
     }
 
     #[test]
-    fn history_pages_across_chunks_and_cursors() {
+    fn history_pages_across_chunks_and_memory() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let ab = Some("dm:alice:bob");
-        // Chunks of 3, 4 and 3 ids; id 11 in another conversation.
-        for range in [1..=3, 4..=7, 8..=10] {
+        // Index records of 3 and 4 ids; 8-10 still in memory; 11 elsewhere.
+        for range in [1..=3, 4..=7] {
             let batch: Vec<_> = range.map(|id| new(id, ab, &[], 1)).collect();
-            s.append(&batch, WIDE).unwrap();
+            s.append(&batch).unwrap();
+            s.index(WIDE).unwrap();
         }
-        s.append(&[new(11, Some("dm:alice:carol"), &[], 1)], WIDE).unwrap();
-        assert_eq!(
-            ids(s.history("dm:alice:bob", None, None, 3).unwrap()),
-            vec![8, 9, 10],
-            "latest"
-        );
-        assert_eq!(ids(s.history("dm:alice:bob", Some(8), None, 3).unwrap()), vec![5, 6, 7]);
-        assert_eq!(ids(s.history("dm:alice:bob", None, Some(8), 5).unwrap()), vec![9, 10]);
-        assert_eq!(
-            ids(s.history("dm:alice:bob", None, Some(2), 4).unwrap()),
-            vec![3, 4, 5, 6]
-        );
-        assert_eq!(
-            ids(s.history("dm:alice:bob", Some(5), Some(1), 10).unwrap()),
-            vec![2, 3, 4]
-        );
-        assert_eq!(ids(s.history("dm:alice:carol", None, None, 10).unwrap()), vec![11]);
-        assert_eq!(
-            s.history("dm:alice:bob", None, Some(9), 10).unwrap()[0].1.payload,
-            b"m10"
-        );
+        let batch: Vec<_> = (8..=10).map(|id| new(id, ab, &[], 1)).collect();
+        s.append(&batch).unwrap();
+        s.append(&[new(11, Some("dm:alice:carol"), &[], 1)]).unwrap();
+        let check = |s: &Store| {
+            assert_eq!(
+                hist(s.history("dm:alice:bob", None, None, 3).unwrap()),
+                vec![8, 9, 10],
+                "latest"
+            );
+            assert_eq!(
+                hist(s.history("dm:alice:bob", None, None, 5).unwrap()),
+                vec![6, 7, 8, 9, 10]
+            );
+            assert_eq!(
+                hist(s.history("dm:alice:bob", Some(8), None, 3).unwrap()),
+                vec![5, 6, 7]
+            );
+            assert_eq!(hist(s.history("dm:alice:bob", None, Some(8), 5).unwrap()), vec![9, 10]);
+            assert_eq!(
+                hist(s.history("dm:alice:bob", None, Some(2), 4).unwrap()),
+                vec![3, 4, 5, 6]
+            );
+            assert_eq!(
+                hist(s.history("dm:alice:bob", None, Some(5), 10).unwrap()),
+                vec![6, 7, 8, 9, 10]
+            );
+            assert_eq!(
+                hist(s.history("dm:alice:bob", Some(5), Some(1), 10).unwrap()),
+                vec![2, 3, 4]
+            );
+            assert_eq!(hist(s.history("dm:alice:carol", None, None, 10).unwrap()), vec![11]);
+            assert_eq!(
+                s.history("dm:alice:bob", None, Some(9), 10).unwrap()[0].1.payload,
+                b"m10"
+            );
+        };
+        check(&s);
+        s.index(WIDE).unwrap();
+        check(&s);
         assert_eq!(s.cursor("bob", "phone").unwrap(), None);
         s.advance_cursor("bob", "phone", 7).unwrap();
         s.advance_cursor("bob", "phone", 5).unwrap();
         assert_eq!(s.cursor("bob", "phone").unwrap(), Some(7), "never back");
+    }
+
+    #[test]
+    fn index_encodings_round_trip() {
+        let slots = vec![
+            Slot {
+                id: 5,
+                ts: 1_700_000_000_000,
+                bytes: 3,
+            },
+            Slot {
+                id: 9,
+                ts: 1_699_999_999_990,
+                bytes: 70_000,
+            },
+            Slot {
+                id: u64::MAX,
+                ts: 0,
+                bytes: 0,
+            },
+        ];
+        assert_eq!(decode_slots(&encode_slots(&slots).unwrap()).unwrap(), slots);
+        let ids = vec![1, 2, 300, u64::MAX];
+        assert_eq!(decode_ids(&encode_ids(&ids).unwrap()).unwrap(), ids);
+        assert!(decode_slots(b"\xff\xff").is_err(), "garbage is an error, not a panic");
     }
 }

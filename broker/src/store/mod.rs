@@ -7,6 +7,7 @@
 
 mod keys;
 mod messages;
+mod migrate;
 mod social;
 mod tokens;
 mod users;
@@ -18,13 +19,15 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use messages::{MailboxEntry, MailboxMeta, NewMessage, Retention, StoredMessage};
+pub use messages::{MailboxEntry, MailboxMeta, NewMessage, Replayed, Retention, StoredMessage};
 pub use social::{Contact, GroupRecord, ResetRecord, Role};
 pub use tokens::TokenRecord;
 pub use users::UserRecord;
 
 /// Schema version written at creation; a later version migrates from it on open.
-const SCHEMA_VERSION: u32 = 1;
+/// 2: messages in a chunked journal with lazily written id indexes (1: one record
+/// per message and per mailbox entry; migrated on open, see [`migrate`]).
+const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -67,8 +70,9 @@ pub struct Store {
     resets: sled::Tree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
-    /// Mailbox counters by user, so retention is checked without reading the store.
-    meta_cache: Arc<std::sync::Mutex<std::collections::HashMap<String, MailboxMeta>>>,
+    meta: sled::Tree,
+    /// Index entries not yet written, and mailbox counters (see [`messages`]).
+    index: Arc<std::sync::Mutex<messages::Index>>,
     /// Answers every DM asks, kept in memory.
     hot: Arc<Hot>,
 }
@@ -112,39 +116,35 @@ impl Store {
             }
         };
         let meta = db.open_tree("meta")?;
-        match meta.get("schema_version")? {
-            None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-            }
+        let found = match meta.get("schema_version")? {
+            None => None,
             Some(v) => {
-                let found =
+                Some(
                     <[u8; 4]>::try_from(v.as_ref())
                         .map(u32::from_be_bytes)
                         .map_err(|_| StoreError::Corrupt {
                             tree: "meta",
                             reason: "schema_version is not 4 bytes".into(),
-                        })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::UnsupportedSchema {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
+                        })?,
+                )
             }
+        };
+        if let Some(found) = found.filter(|&f| f > SCHEMA_VERSION) {
+            return Err(StoreError::UnsupportedSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
-        let users = db.open_tree("users")?;
-        let tokens = db.open_tree("tokens")?;
-        let token_names = db.open_tree("token_names")?;
-        let messages = db.open_tree("messages")?;
+        let messages = db.open_tree("journal")?;
         let last_id = messages::last_message_id(&messages)?;
-        Ok(Store {
-            users,
-            tokens,
-            token_names,
+        let store = Store {
+            users: db.open_tree("users")?,
+            tokens: db.open_tree("tokens")?,
+            token_names: db.open_tree("token_names")?,
             messages,
-            mailbox: db.open_tree("mailbox")?,
+            mailbox: db.open_tree("mailbox_index")?,
             mailbox_meta: db.open_tree("mailbox_meta")?,
-            history: db.open_tree("history")?,
+            history: db.open_tree("history_index")?,
             cursors: db.open_tree("cursors")?,
             contacts: db.open_tree("contacts")?,
             blocks: db.open_tree("blocks")?,
@@ -153,11 +153,23 @@ impl Store {
             memberships: db.open_tree("memberships")?,
             invites: db.open_tree("invites")?,
             resets: db.open_tree("resets")?,
+            meta,
             next_id: Arc::new(AtomicU64::new(last_id + 1)),
-            meta_cache: Arc::default(),
+            index: Arc::default(),
             hot: Arc::default(),
             db,
-        })
+        };
+        if found == Some(1) {
+            migrate::v1_to_v2(&store)?;
+        }
+        if found != Some(SCHEMA_VERSION) {
+            store.meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        }
+        let recovered = store.recover_index()?;
+        if recovered > 0 {
+            tracing::info!(messages = recovered, "journal read back into the index");
+        }
+        Ok(store)
     }
 
     /// Writes everything to disk. Blocking.
