@@ -284,14 +284,28 @@ impl Store {
         let slot = m.slot();
         for (user, _) in &m.mailboxes {
             // Counters loaded before the slot is pending, so it is counted once.
-            let mut meta = self.mailbox_meta_in(ix, user)?;
-            meta.add(slot);
-            ix.meta.insert(user.clone(), meta);
-            ix.pending.entry(user.clone()).or_default().push(slot);
+            if !ix.meta.contains_key(user) {
+                self.mailbox_meta_in(ix, user)?;
+            }
+            if let Some(meta) = ix.meta.get_mut(user) {
+                meta.add(slot);
+            }
+            // Names are copied only for a mailbox's first pending entry.
+            match ix.pending.get_mut(user) {
+                Some(slots) => slots.push(slot),
+                None => {
+                    ix.pending.insert(user.clone(), vec![slot]);
+                }
+            }
             ix.pending_entries += 1;
         }
         if let Some(conv) = &m.conversation {
-            ix.pending_history.entry(conv.clone()).or_default().push(m.id);
+            match ix.pending_history.get_mut(conv) {
+                Some(ids) => ids.push(m.id),
+                None => {
+                    ix.pending_history.insert(conv.clone(), vec![m.id]);
+                }
+            }
             ix.pending_entries += 1;
         }
         ix.last_id = ix.last_id.max(m.id);
