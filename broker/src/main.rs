@@ -17,8 +17,9 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc rather than glibc malloc: measured 30% less CPU per IM message (sled
 /// and the message path allocate and free many short-lived buffers; glibc spent a
 /// quarter of the time in malloc/free/consolidation) and 3.5 instead of 5.2 KiB per
-/// idle connection. It keeps freed argon2 working memory for reuse, so the resident
-/// baseline is higher (~70 MB with the OWASP parameters) but flat.
+/// idle connection. Built without transparent huge pages (`no_thp`): with them the
+/// kernel zeroed 2 MiB pages on every fault (5% of the CPU under load) and the idle
+/// broker was resident at ~70 MB instead of ~17 MB.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
