@@ -911,3 +911,53 @@ async fn accounts_mailboxes_contacts_groups_and_cursors_survive_a_restart() {
     alice.ok("account.whoami", json!({})).await;
     b.stop().await;
 }
+
+/// PUBACK/PUBREC of a DM wait until it is stored, and acknowledgements keep the order
+/// of the publishes, also when answers known at once (a plain topic, a refusal) sit
+/// between DMs being stored.
+#[tokio::test]
+async fn acknowledgements_follow_storage_in_publish_order() {
+    let b = TestBroker::start().await;
+    let mut bob = ImClient::connect(b.addr, "bob", "bob").await;
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a-raw").await;
+    let plan = [
+        ("dm/bob", QoS::AtLeastOnce, "one"),
+        ("plain/x", QoS::AtLeastOnce, "plain"),
+        ("dm/bob", QoS::ExactlyOnce, "two"),
+        ("dm/nobody", QoS::AtLeastOnce, "refused"),
+        ("dm/bob", QoS::AtLeastOnce, "three"),
+    ];
+    for (i, (topic, qos, text)) in plan.iter().enumerate() {
+        alice
+            .send(&publish_packet(topic, *qos, i as u16 + 1, text.as_bytes().to_vec()))
+            .await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < plan.len() {
+        match alice.recv().await {
+            Some(Packet::PubAck(a) | Packet::PubRec(a)) => acks.push((a.pkid, a.reason)),
+            Some(_) => continue,
+            None => panic!("closed"),
+        }
+    }
+    assert_eq!(
+        acks,
+        vec![
+            (1, reason::SUCCESS),
+            (2, reason::NO_MATCHING_SUBSCRIBERS),
+            (3, reason::SUCCESS),
+            (4, reason::NOT_AUTHORIZED),
+            (5, reason::SUCCESS),
+        ]
+    );
+    // Acknowledged means stored: the conversation's history has all three already.
+    let all = bob.ok("history", json!({ "with": "alice" })).await["messages"].clone();
+    let texts: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["one", "two", "three"]);
+    b.stop().await;
+}
