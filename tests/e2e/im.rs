@@ -26,6 +26,14 @@ async fn suback(raw: &mut Raw, filter: &str) -> u8 {
     }
 }
 
+/// The `text` of each message of a `history` answer.
+fn texts(messages: &serde_json::Value) -> Vec<&str> {
+    let all = messages.as_array().expect("messages is an array");
+    all.iter()
+        .map(|m| m["text"].as_str().expect("a text message"))
+        .collect()
+}
+
 /// Waits until every session of `user` is offline (the broker saw the disconnects).
 async fn wait_offline(b: &TestBroker, user: &str) {
     let deadline = tokio::time::Instant::now() + natter_e2e::WAIT;
@@ -346,13 +354,7 @@ async fn history_is_paged_in_order() {
         .await;
     alice.next_on("inbox/alice/dm/bob").await;
     let all = bob.ok("history", json!({ "with": "alice" })).await["messages"].clone();
-    let texts: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, vec!["a0", "a1", "a2", "a3", "a4", "from bob"]);
+    assert_eq!(texts(&all), vec!["a0", "a1", "a2", "a3", "a4", "from bob"]);
     let ids: Vec<u64> = all
         .as_array()
         .unwrap()
@@ -363,13 +365,7 @@ async fn history_is_paged_in_order() {
         .ok("history", json!({ "with": "bob", "before": ids[3], "limit": 2 }))
         .await["messages"]
         .clone();
-    let texts: Vec<&str> = page
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, vec!["a1", "a2"]);
+    assert_eq!(texts(&page), vec!["a1", "a2"]);
     let after = alice.ok("history", json!({ "with": "bob", "after": ids[4] })).await["messages"].clone();
     assert_eq!(after.as_array().unwrap().len(), 1);
     assert_eq!(after[0]["from"], "bob");
@@ -952,12 +948,6 @@ async fn acknowledgements_follow_storage_in_publish_order() {
     );
     // Acknowledged means stored: the conversation's history has all three already.
     let all = bob.ok("history", json!({ "with": "alice" })).await["messages"].clone();
-    let texts: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, vec!["one", "two", "three"]);
+    assert_eq!(texts(&all), vec!["one", "two", "three"]);
     b.stop().await;
 }
