@@ -139,3 +139,84 @@ async fn the_core_honours_every_hook() {
         );
     }
 }
+
+/// Takes over `slow/{ms}/{ok|fail}`: stored (or not) by a task after `ms`.
+struct Slow;
+
+impl Hook for Slow {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+
+    fn authorize_publish(&self, _c: &ClientInfo, msg: &Message) -> PublishDecision {
+        let mut parts = msg.topic.split('/');
+        if parts.next() != Some("slow") {
+            return PublishDecision::Abstain;
+        }
+        let ms: u64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let ok = parts.next() == Some("ok");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let _ = tx.send(ok);
+        });
+        PublishDecision::Pending(rx)
+    }
+}
+
+/// A plugin storing in the background: acknowledgements wait for its receipts, keep
+/// the publishes' order whatever order the receipts resolve in, and a failure is
+/// 0x80 on MQTT 5 and a closed connection on 3.1.1 (never a false acknowledgement).
+#[tokio::test]
+async fn acknowledgements_wait_for_receipts_in_order() {
+    use natter_e2e::{publish_packet, Raw};
+    use natter_shared::codec::{reason, Packet, Protocol, QoS};
+
+    let b = TestBroker::start_with(|_| {}, |_, _| vec![Arc::new(Slow) as Arc<dyn Hook>]).await;
+    let mut v5 = Raw::login(b.addr, Protocol::V5, "alice", "slow5").await;
+    let plan = [
+        ("slow/300/ok", QoS::AtLeastOnce),
+        ("slow/0/ok", QoS::AtLeastOnce),
+        ("slow/0/fail", QoS::AtLeastOnce),
+        ("slow/100/ok", QoS::ExactlyOnce),
+        ("plain/x", QoS::AtLeastOnce),
+    ];
+    let started = tokio::time::Instant::now();
+    for (i, (topic, qos)) in plan.iter().enumerate() {
+        v5.send(&publish_packet(topic, *qos, i as u16 + 1, "x")).await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < plan.len() {
+        match v5.recv().await {
+            Some(Packet::PubAck(a) | Packet::PubRec(a)) => acks.push((a.pkid, a.reason)),
+            Some(_) => continue,
+            None => panic!("closed"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the first waited for its receipt"
+    );
+    assert_eq!(
+        acks,
+        vec![
+            (1, reason::SUCCESS),
+            (2, reason::SUCCESS),
+            (3, reason::UNSPECIFIED_ERROR),
+            (4, reason::SUCCESS),
+            (5, reason::NO_MATCHING_SUBSCRIBERS),
+        ],
+        "in publish order, though 2 and 3 resolved first"
+    );
+
+    let mut v3 = Raw::login(b.addr, Protocol::V311, "alice", "slow3").await;
+    v3.send(&publish_packet("slow/0/ok", QoS::AtLeastOnce, 1, "x")).await;
+    assert!(matches!(v3.recv().await, Some(Packet::PubAck(a)) if a.pkid == 1));
+    v3.send(&publish_packet("slow/0/fail", QoS::AtLeastOnce, 2, "x")).await;
+    let rest = v3.until_closed().await;
+    assert!(
+        !rest.iter().any(|p| matches!(p, Packet::PubAck(_))),
+        "3.1.1 has no negative PUBACK: closed instead, got {rest:?}"
+    );
+    b.stop().await;
+}
