@@ -161,21 +161,20 @@ impl ImPlugin {
         let Some(from) = client.username.as_deref() else {
             return Ok(PublishDecision::Deny);
         };
-        if s.store.role(group, from)?.is_none() {
+        let members = s.store.members_shared(group)?;
+        if !members.iter().any(|(m, _)| m == from) {
             tracing::info!(from, group, "group message refused: not a member");
             return Ok(PublishDecision::Deny);
         }
         let suffix = format!("group/{group}/{from}");
-        let recipients = s
-            .store
-            .members(group)?
-            .into_iter()
+        let recipients = members
+            .iter()
             .map(|(member, _)| Recipient {
                 origin: Origin {
                     session: msg.origin,
                     exclude: member == from,
                 },
-                user: member,
+                user: member.clone(),
                 suffix: suffix.clone(),
             })
             .collect();

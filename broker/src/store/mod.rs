@@ -86,6 +86,8 @@ struct Hot {
     users: std::sync::RwLock<std::collections::HashSet<String>>,
     /// Whom each user blocked, loaded on first use.
     blocks: std::sync::RwLock<std::collections::HashMap<String, Vec<String>>>,
+    /// Each group's members, loaded on first use.
+    members: std::sync::RwLock<std::collections::HashMap<String, Arc<[(String, Role)]>>>,
 }
 
 impl Store {

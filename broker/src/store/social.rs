@@ -186,6 +186,9 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn set_member(&self, group: &str, user: &str, role: Option<Role>) -> Result<(), StoreError> {
+        let mut cache = self.hot.members.write().unwrap_or_else(|p| p.into_inner());
+        // Reloaded on the next question rather than patched.
+        cache.remove(group);
         match role {
             Some(r) => {
                 self.members.insert(keys::pair(group, user), enc("members", &r)?)?;
@@ -198,6 +201,21 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Members of a group with their roles, from memory after the first question (what
+    /// every group message asks).
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn members_shared(&self, group: &str) -> Result<std::sync::Arc<[(String, Role)]>, StoreError> {
+        if let Some(list) = self.hot.members.read().unwrap_or_else(|p| p.into_inner()).get(group) {
+            return Ok(list.clone());
+        }
+        let mut cache = self.hot.members.write().unwrap_or_else(|p| p.into_inner());
+        let list: std::sync::Arc<[(String, Role)]> = self.members(group)?.into();
+        cache.insert(group.to_owned(), list.clone());
+        Ok(list)
     }
 
     /// Members of a group with their roles.
@@ -306,11 +324,20 @@ mod tests {
         assert!(!s.invited("g1", "bob").unwrap(), "joining consumes the invitation");
         assert_eq!(s.role("g1", "alice").unwrap(), Some(Role::Owner));
         assert_eq!(s.groups_of("bob").unwrap(), vec!["g1".to_string()]);
+        // The in-memory member list follows every change.
+        let names =
+            |s: &Store| -> Vec<String> { s.members_shared("g1").unwrap().iter().map(|(u, _)| u.clone()).collect() };
+        assert_eq!(names(&s), vec!["alice".to_string(), "bob".to_string()]);
+        s.set_member("g1", "bob", None).unwrap();
+        assert_eq!(names(&s), vec!["alice".to_string()], "a kicked member is gone at once");
+        s.set_member("g1", "bob", Some(Role::Member)).unwrap();
+        assert_eq!(names(&s).len(), 2);
         let mut gone = s.delete_group("g1").unwrap();
         gone.sort();
         assert_eq!(gone, vec!["alice".to_string(), "bob".to_string()]);
         assert!(s.groups_of("bob").unwrap().is_empty());
         assert!(s.group("g1").unwrap().is_none());
+        assert!(s.members_shared("g1").unwrap().is_empty());
     }
 
     #[test]
