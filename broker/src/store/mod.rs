@@ -20,7 +20,7 @@ use std::path::Path;
 use thiserror::Error;
 
 pub use messages::{MailboxEntry, MailboxMeta, NewMessage, Replayed, Retention, StoredMessage};
-pub use social::{Contact, GroupRecord, ResetRecord, Role};
+pub use social::{Contact, GroupRecord, Members, ResetRecord, Role};
 pub use tokens::TokenRecord;
 pub use users::UserRecord;
 
@@ -87,7 +87,7 @@ struct Hot {
     /// Whom each user blocked, loaded on first use.
     blocks: std::sync::RwLock<std::collections::HashMap<String, Vec<String>>>,
     /// Each group's members, loaded on first use.
-    members: std::sync::RwLock<std::collections::HashMap<String, Arc<[(String, Role)]>>>,
+    members: std::sync::RwLock<std::collections::HashMap<String, Members>>,
 }
 
 impl Store {

@@ -16,6 +16,9 @@ pub enum Contact {
     RequestReceived,
 }
 
+/// A group's members with their roles, shared.
+pub type Members = std::sync::Arc<[(String, Role)]>;
+
 /// A member's role in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Role {
@@ -208,12 +211,12 @@ impl Store {
     ///
     /// # Errors
     /// I/O errors and undecodable records.
-    pub fn members_shared(&self, group: &str) -> Result<std::sync::Arc<[(String, Role)]>, StoreError> {
+    pub fn members_shared(&self, group: &str) -> Result<Members, StoreError> {
         if let Some(list) = self.hot.members.read().unwrap_or_else(|p| p.into_inner()).get(group) {
             return Ok(list.clone());
         }
         let mut cache = self.hot.members.write().unwrap_or_else(|p| p.into_inner());
-        let list: std::sync::Arc<[(String, Role)]> = self.members(group)?.into();
+        let list: Members = self.members(group)?.into();
         cache.insert(group.to_owned(), list.clone());
         Ok(list)
     }
