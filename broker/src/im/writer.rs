@@ -12,6 +12,9 @@
 //! calls here never flush; the durability step's flush goes to the blocking pool,
 //! once per batch.
 //!
+//! The mailbox and history indexes are written from here too, every 100 ms or when
+//! 16k entries wait in memory (see the store's messages module).
+//!
 //! Device cursors go through here too: an acknowledgement updates an in-memory map at
 //! once (read by replays) and is written with the next batch, one write per device.
 
