@@ -209,6 +209,34 @@ async fn acknowledgements_wait_for_receipts_in_order() {
         "in publish order, though 2 and 3 resolved first"
     );
 
+    // A QoS 2 publish re-sent while it is still being stored is acknowledged behind it.
+    let started = tokio::time::Instant::now();
+    v5.send(&publish_packet("slow/200/ok", QoS::ExactlyOnce, 7, "x")).await;
+    let mut dup = publish_packet("slow/200/ok", QoS::ExactlyOnce, 7, "x");
+    if let Packet::Publish(p) = &mut dup {
+        p.dup = true;
+    }
+    v5.send(&dup).await;
+    v5.send(&publish_packet("plain/y", QoS::AtLeastOnce, 8, "x")).await;
+    assert!(
+        v5.recv_within(Duration::from_millis(120)).await.is_err(),
+        "nothing is acknowledged before the first is stored"
+    );
+    let mut acks = Vec::new();
+    while acks.len() < 3 {
+        match v5.recv().await {
+            Some(Packet::PubAck(a)) => acks.push(("puback", a.pkid)),
+            Some(Packet::PubRec(a)) => acks.push(("pubrec", a.pkid)),
+            Some(_) => continue,
+            None => panic!("closed"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "none overtook the stored one"
+    );
+    assert_eq!(acks, vec![("pubrec", 7), ("pubrec", 7), ("puback", 8)]);
+
     let mut v3 = Raw::login(b.addr, Protocol::V311, "alice", "slow3").await;
     v3.send(&publish_packet("slow/0/ok", QoS::AtLeastOnce, 1, "x")).await;
     assert!(matches!(v3.recv().await, Some(Packet::PubAck(a)) if a.pkid == 1));

@@ -376,10 +376,10 @@ impl Handler {
         if p.qos == QoS::ExactlyOnce {
             let st = self.session.lock();
             if st.incoming_qos2.contains(&p.pkid) {
-                // A re-sent QoS 2 publish we already routed: acknowledge, don't route again.
+                // A re-sent QoS 2 publish we already took: acknowledge (in order, behind
+                // any acknowledgement still owed), don't route again.
                 drop(st);
-                self.send(Packet::PubRec(Ack::new(p.pkid)));
-                return None;
+                return self.answer(p.pkid, p.qos, Outcome::Ready(reason::SUCCESS));
             }
             if st.incoming_qos2.len() >= usize::from(self.ctx.limits.receive_maximum.get()) {
                 return Some(End::Protocol(
@@ -417,14 +417,16 @@ impl Handler {
             // Known from now on, so a re-send while it is being stored is not stored twice.
             self.session.lock().incoming_qos2.insert(p.pkid);
         }
+        self.answer(p.pkid, p.qos, outcome)
+    }
+
+    /// Acknowledges a publish now when nothing is owed before it, else queues the
+    /// answer behind what is (acknowledgements keep the publishes' order).
+    fn answer(&mut self, pkid: u16, qos: QoS, outcome: Outcome) -> Option<End> {
         match outcome {
-            Outcome::Ready(code) if self.owed.is_empty() => self.acknowledge(p.pkid, p.qos, code),
+            Outcome::Ready(code) if self.owed.is_empty() => self.acknowledge(pkid, qos, code),
             outcome => {
-                self.owed.push_back(OwedAck {
-                    pkid: p.pkid,
-                    qos: p.qos,
-                    outcome,
-                });
+                self.owed.push_back(OwedAck { pkid, qos, outcome });
                 None
             }
         }
