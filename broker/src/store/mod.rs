@@ -5,6 +5,7 @@
 //! Every method is synchronous: callers on the async runtime run writes (which
 //! flush) through [`tokio::task::spawn_blocking`].
 
+mod hot;
 mod keys;
 mod messages;
 mod migrate;
@@ -77,17 +78,15 @@ pub struct Store {
     hot: Arc<Hot>,
 }
 
-/// Read-mostly answers the IM path asks for every message, in memory. Every write
-/// to what they mirror goes through this handle (the only one open on the store),
-/// under the same lock, so they cannot go stale.
+/// The in-memory answers of [`hot`].
 #[derive(Default)]
 struct Hot {
-    /// Accounts known to exist (misses are read from the store).
-    users: std::sync::RwLock<std::collections::HashSet<String>>,
-    /// Whom each user blocked, loaded on first use.
-    blocks: std::sync::RwLock<std::collections::HashMap<String, Vec<String>>>,
-    /// Each group's members, loaded on first use.
-    members: std::sync::RwLock<std::collections::HashMap<String, Members>>,
+    /// Accounts known to exist (misses are read from the store each time).
+    users: hot::Cache<()>,
+    /// Whom each user blocked.
+    blocks: hot::Cache<Arc<[String]>>,
+    /// Each group's members.
+    members: hot::Cache<Members>,
 }
 
 impl Store {

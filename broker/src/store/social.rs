@@ -107,29 +107,24 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn blocked(&self, user: &str, other: &str) -> Result<bool, StoreError> {
-        if let Some(list) = self.hot.blocks.read().unwrap_or_else(|p| p.into_inner()).get(user) {
-            return Ok(list.iter().any(|b| b == other));
-        }
-        let mut cache = self.hot.blocks.write().unwrap_or_else(|p| p.into_inner());
-        let list = self.blocked_by(user)?;
-        let found = list.iter().any(|b| b == other);
-        cache.insert(user.to_owned(), list);
-        Ok(found)
+        let list = self
+            .hot
+            .blocks
+            .get_or_load(user, || Ok(Some(self.blocked_by(user)?.into())))?;
+        Ok(list.is_some_and(|l| l.iter().any(|b| b == other)))
     }
 
     /// # Errors
     /// I/O errors.
     pub fn set_blocked(&self, user: &str, other: &str, blocked: bool) -> Result<bool, StoreError> {
         let k = keys::pair(user, other);
-        let mut cache = self.hot.blocks.write().unwrap_or_else(|p| p.into_inner());
-        let changed = if blocked {
-            self.blocks.insert(k, &[])?.is_none()
-        } else {
-            self.blocks.remove(k)?.is_some()
-        };
-        // Reloaded on the next question rather than patched.
-        cache.remove(user);
-        Ok(changed)
+        self.hot.blocks.write(user, || {
+            Ok(if blocked {
+                self.blocks.insert(k, &[])?.is_none()
+            } else {
+                self.blocks.remove(k)?.is_some()
+            })
+        })
     }
 
     /// # Errors
@@ -189,21 +184,20 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn set_member(&self, group: &str, user: &str, role: Option<Role>) -> Result<(), StoreError> {
-        let mut cache = self.hot.members.write().unwrap_or_else(|p| p.into_inner());
-        // Reloaded on the next question rather than patched.
-        cache.remove(group);
-        match role {
-            Some(r) => {
-                self.members.insert(keys::pair(group, user), enc("members", &r)?)?;
-                self.memberships.insert(keys::pair(user, group), &[])?;
-                self.invites.remove(keys::pair(group, user))?;
+        self.hot.members.write(group, || {
+            match role {
+                Some(r) => {
+                    self.members.insert(keys::pair(group, user), enc("members", &r)?)?;
+                    self.memberships.insert(keys::pair(user, group), &[])?;
+                    self.invites.remove(keys::pair(group, user))?;
+                }
+                None => {
+                    self.members.remove(keys::pair(group, user))?;
+                    self.memberships.remove(keys::pair(user, group))?;
+                }
             }
-            None => {
-                self.members.remove(keys::pair(group, user))?;
-                self.memberships.remove(keys::pair(user, group))?;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Members of a group with their roles, from memory after the first question (what
@@ -212,13 +206,11 @@ impl Store {
     /// # Errors
     /// I/O errors and undecodable records.
     pub fn members_shared(&self, group: &str) -> Result<Members, StoreError> {
-        if let Some(list) = self.hot.members.read().unwrap_or_else(|p| p.into_inner()).get(group) {
-            return Ok(list.clone());
-        }
-        let mut cache = self.hot.members.write().unwrap_or_else(|p| p.into_inner());
-        let list: Members = self.members(group)?.into();
-        cache.insert(group.to_owned(), list.clone());
-        Ok(list)
+        let list = self
+            .hot
+            .members
+            .get_or_load(group, || Ok(Some(self.members(group)?.into())))?;
+        Ok(list.unwrap_or_else(|| Members::from(Vec::new())))
     }
 
     /// Members of a group with their roles.

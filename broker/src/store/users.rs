@@ -42,16 +42,11 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn user_exists(&self, name: &str) -> Result<bool, StoreError> {
-        if self.hot.users.read().unwrap_or_else(|p| p.into_inner()).contains(name) {
-            return Ok(true);
-        }
-        // A miss reads the store under the write lock, so a deletion cannot interleave.
-        let mut known = self.hot.users.write().unwrap_or_else(|p| p.into_inner());
-        let exists = self.users.contains_key(name)?;
-        if exists {
-            known.insert(name.to_owned());
-        }
-        Ok(exists)
+        let known = self
+            .hot
+            .users
+            .get_or_load(name, || Ok(self.users.contains_key(name)?.then_some(())))?;
+        Ok(known.is_some())
     }
 
     /// Creates an account; never overwrites one. Flushes.
@@ -92,13 +87,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::NoSuchUser`], I/O errors.
     pub fn delete_user(&self, name: &str) -> Result<(), StoreError> {
-        {
-            let mut known = self.hot.users.write().unwrap_or_else(|p| p.into_inner());
-            known.remove(name);
-            if self.users.remove(name)?.is_none() {
-                return Err(StoreError::NoSuchUser(name.to_owned()));
-            }
-        }
+        self.hot.users.write(name, || match self.users.remove(name)? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NoSuchUser(name.to_owned())),
+        })?;
         self.flush()
     }
 
