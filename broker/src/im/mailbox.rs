@@ -12,7 +12,7 @@ use natter_shared::codec::{Properties, QoS};
 use natter_shared::im;
 use serde_json::{json, Value};
 
-use super::writer::{Post, Writer};
+use super::writer::{Post, Writer, WriterStopped};
 use crate::config::ImConfig;
 use crate::hooks::Receipt;
 use crate::message::Message;
@@ -89,7 +89,6 @@ impl Mailboxes {
     /// recipient's mailbox and then routes it to `inbox/{user}/{suffix}` for the
     /// sessions subscribed then. With `receipt`, returns what resolves once stored.
     /// `Err` when the writer has stopped.
-    #[allow(clippy::result_unit_err)]
     pub fn post(
         &self,
         message: StoredMessage,
@@ -98,7 +97,7 @@ impl Mailboxes {
         conversation: Option<String>,
         to: Vec<Recipient>,
         receipt: bool,
-    ) -> Result<Option<Receipt>, ()> {
+    ) -> Result<Option<Receipt>, WriterStopped> {
         let (mailboxes, origins) = to
             .into_iter()
             .map(|r| {

@@ -152,7 +152,10 @@ impl ImPlugin {
         {
             Ok(Some(receipt)) => PublishDecision::Pending(receipt),
             Ok(None) => PublishDecision::Handled,
-            Err(()) => PublishDecision::Error,
+            Err(e) => {
+                tracing::warn!(from, error = %e, "message not taken");
+                PublishDecision::Error
+            }
         }
     }
 

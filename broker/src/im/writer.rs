@@ -40,6 +40,11 @@ const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// ...or when this many entries wait in memory.
 const INDEX_AT: usize = 16_384;
 
+/// The writer has stopped (the broker is shutting down): nothing more is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the message writer has stopped")]
+pub struct WriterStopped;
+
 /// A message on its way to mailboxes.
 pub struct Post {
     /// Everything but the id, which the writer assigns.
@@ -103,8 +108,7 @@ impl Writer {
 
     /// Queues a message; with `receipt`, returns what resolves once it is stored.
     /// `Err` when the writer has stopped (the broker is shutting down).
-    #[allow(clippy::result_unit_err)]
-    pub fn post(&self, mut post: Post, receipt: bool) -> Result<Option<Receipt>, ()> {
+    pub fn post(&self, mut post: Post, receipt: bool) -> Result<Option<Receipt>, WriterStopped> {
         let rx = if receipt {
             let (tx, rx) = oneshot::channel();
             post.done = Some(tx);
@@ -112,7 +116,7 @@ impl Writer {
         } else {
             None
         };
-        self.tx.send(Op::Post(Box::new(post))).map_err(|_| ())?;
+        self.tx.send(Op::Post(Box::new(post))).map_err(|_| WriterStopped)?;
         Ok(rx)
     }
 
