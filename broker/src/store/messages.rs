@@ -391,7 +391,7 @@ impl Store {
     /// always stays). Once over a count or byte bound, it is trimmed to 15/16 of it:
     /// large mailboxes in steps (whole chunks, once per many appends), small bounds
     /// stay exact. Only index entries go: the journal keeps messages for history.
-    fn apply_retention(&self, user: &str, meta: &mut MailboxMeta, r: Retention) -> Result<bool, StoreError> {
+    fn apply_retention(&self, user: &str, meta: &mut MailboxMeta, r: Retention) -> Result<(), StoreError> {
         // Age is measured from the newest entry.
         let oldest_allowed = meta.newest_ts.saturating_sub(r.max_age);
         let over = |m: &MailboxMeta, max_messages: u64, max_bytes: u64| {
@@ -399,11 +399,10 @@ impl Store {
                 && (m.count > max_messages || m.bytes > max_bytes || m.oldest_ts.is_some_and(|t| t < oldest_allowed))
         };
         if !over(meta, r.max_messages, r.max_bytes) {
-            return Ok(false);
+            return Ok(());
         }
         let (max_messages, max_bytes) = (r.max_messages - r.max_messages / 16, r.max_bytes - r.max_bytes / 16);
         let over = |m: &MailboxMeta| over(m, max_messages, max_bytes);
-        let mut dropped = false;
         while over(meta) {
             let Some(oldest) = meta.oldest_id else {
                 break;
@@ -420,7 +419,6 @@ impl Store {
                 meta.count -= 1;
                 meta.bytes = meta.bytes.saturating_sub(u64::from(s.bytes));
                 meta.dropped_up_to = meta.dropped_up_to.max(s.id);
-                dropped = true;
                 cut += 1;
             }
             if cut < slots.len() {
@@ -451,7 +449,7 @@ impl Store {
                 }
             }
         }
-        Ok(dropped)
+        Ok(())
     }
 
     /// The mailbox index chunk of `user` holding `id`, with its key.
@@ -490,9 +488,8 @@ impl Store {
         Ok(self.records(ids)?.into_iter().map(|r| r.map(|r| r.message)).collect())
     }
 
-    /// # Errors
-    /// I/O errors and undecodable records.
-    pub fn message(&self, id: u64) -> Result<Option<StoredMessage>, StoreError> {
+    #[cfg(test)]
+    fn message(&self, id: u64) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self.messages(&[id])?.pop().flatten())
     }
 
