@@ -107,17 +107,12 @@ fn router_benches(c: &mut Criterion) {
         );
     }
     let msg = |topic: &str| {
-        Arc::new(Message {
-            topic: topic.into(),
-            payload: Bytes::from_static(b"hi"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: Properties::default(),
-            expires_at: None,
-            origin: None,
-            exclude_origin: false,
-            tag: None,
-        })
+        Arc::new(Message::broker(
+            topic,
+            Bytes::from_static(b"hi"),
+            QoS::AtMostOnce,
+            false,
+        ))
     };
     let direct = msg("inbox/u42/dm/alice");
     let watched = msg("inbox/u5/dm/alice");
@@ -178,17 +173,7 @@ fn auth_benches(c: &mut Criterion) {
         restriction: None,
         persistent: true,
     };
-    let msg = |topic: &str| Message {
-        topic: topic.into(),
-        payload: Bytes::from_static(b"hello bob"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Properties::default(),
-        expires_at: None,
-        origin: None,
-        exclude_origin: false,
-        tag: None,
-    };
+    let msg = |topic: &str| Message::broker(topic, Bytes::from_static(b"hello bob"), QoS::AtLeastOnce, false);
     let dm = msg("dm/bob");
     let device = msg("devices/alice/temp");
     let index = TokenIndex::default();
