@@ -185,14 +185,7 @@ async fn acknowledgements_wait_for_receipts_in_order() {
     for (i, (topic, qos)) in plan.iter().enumerate() {
         v5.send(&publish_packet(topic, *qos, i as u16 + 1, "x")).await;
     }
-    let mut acks = Vec::new();
-    while acks.len() < plan.len() {
-        match v5.recv().await {
-            Some(Packet::PubAck(a) | Packet::PubRec(a)) => acks.push((a.pkid, a.reason)),
-            Some(_) => continue,
-            None => panic!("closed"),
-        }
-    }
+    let acks = v5.acks(plan.len()).await;
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "the first waited for its receipt"
@@ -222,20 +215,20 @@ async fn acknowledgements_wait_for_receipts_in_order() {
         v5.recv_within(Duration::from_millis(120)).await.is_err(),
         "nothing is acknowledged before the first is stored"
     );
-    let mut acks = Vec::new();
-    while acks.len() < 3 {
-        match v5.recv().await {
-            Some(Packet::PubAck(a)) => acks.push(("puback", a.pkid)),
-            Some(Packet::PubRec(a)) => acks.push(("pubrec", a.pkid)),
-            Some(_) => continue,
-            None => panic!("closed"),
-        }
-    }
+    let acks = v5.acks(3).await;
     assert!(
         started.elapsed() >= Duration::from_millis(200),
         "none overtook the stored one"
     );
-    assert_eq!(acks, vec![("pubrec", 7), ("pubrec", 7), ("puback", 8)]);
+    assert_eq!(
+        acks,
+        vec![
+            (7, reason::SUCCESS),
+            (7, reason::SUCCESS),
+            (8, reason::NO_MATCHING_SUBSCRIBERS)
+        ],
+        "the QoS 2 publish and its re-send, then the QoS 1 one"
+    );
 
     let mut v3 = Raw::login(b.addr, Protocol::V311, "alice", "slow3").await;
     v3.send(&publish_packet("slow/0/ok", QoS::AtLeastOnce, 1, "x")).await;

@@ -928,14 +928,7 @@ async fn acknowledgements_follow_storage_in_publish_order() {
             .send(&publish_packet(topic, *qos, i as u16 + 1, text.as_bytes().to_vec()))
             .await;
     }
-    let mut acks = Vec::new();
-    while acks.len() < plan.len() {
-        match alice.recv().await {
-            Some(Packet::PubAck(a) | Packet::PubRec(a)) => acks.push((a.pkid, a.reason)),
-            Some(_) => continue,
-            None => panic!("closed"),
-        }
-    }
+    let acks = alice.acks(plan.len()).await;
     assert_eq!(
         acks,
         vec![

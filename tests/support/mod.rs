@@ -230,6 +230,19 @@ impl Raw {
             .expect("no packet and no close within the wait")
     }
 
+    /// The next `n` PUBACK/PUBREC as (packet id, reason code), other packets skipped.
+    pub async fn acks(&mut self, n: usize) -> Vec<(u16, u8)> {
+        let mut acks = Vec::with_capacity(n);
+        while acks.len() < n {
+            match self.recv().await {
+                Some(Packet::PubAck(a) | Packet::PubRec(a)) => acks.push((a.pkid, a.reason)),
+                Some(_) => continue,
+                None => panic!("closed while waiting for acknowledgements"),
+            }
+        }
+        acks
+    }
+
     /// `Err` on timeout, `Ok(None)` on close.
     pub async fn recv_within(&mut self, wait: Duration) -> Result<Option<Packet>, ()> {
         tokio::time::timeout(wait, async {
