@@ -64,6 +64,20 @@ impl NewMessage {
         self.mailboxes.iter().find(|(u, _)| u == user).map(|(_, e)| e)
     }
 
+    /// About what this record adds to its journal chunk (varint lengths and integers
+    /// counted generously).
+    fn encoded_len_estimate(&self) -> usize {
+        let m = &self.message;
+        let names: usize = self.mailboxes.iter().map(|(u, e)| u.len() + e.suffix.len() + 4).sum();
+        let props: usize = m.user_properties.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        24 + m.from.len()
+            + m.payload.len()
+            + props
+            + m.content_type.as_ref().map_or(0, String::len)
+            + self.conversation.as_ref().map_or(0, String::len)
+            + names
+    }
+
     fn slot(&self) -> Slot {
         Slot {
             id: self.id,
@@ -146,9 +160,15 @@ pub(super) struct Index {
 }
 
 /// A journal chunk holds at most this many messages...
-const CHUNK_MESSAGES: usize = 32;
-/// ...and about this many payload bytes (a larger message is a chunk of its own).
-const CHUNK_BYTES: usize = 4 * 1024;
+const CHUNK_MESSAGES: usize = 256;
+/// ...and about this many encoded bytes (a larger message is a chunk of its own).
+///
+/// Sized for sled: fewer, larger records cost less per message (each insert pays
+/// for a tree descent, a log reservation and, every few inserts, a leaf rewrite),
+/// but a leaf (up to 17 records) larger than 1/4 of a segment (128 KiB by default)
+/// is written as a separate blob file, which costs far more. Chunks of ~7 KiB stay
+/// under that; 16 KiB chunks made every leaf a blob.
+const CHUNK_BYTES: usize = 7 * 1024;
 
 /// Where the index stands: everything up to this id is in the index trees.
 const INDEXED_THROUGH: &str = "indexed_through";
@@ -257,15 +277,14 @@ impl Store {
         let mut chunk: Vec<&NewMessage> = Vec::new();
         let mut chunk_bytes = 0;
         for m in batch {
-            if !chunk.is_empty()
-                && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + m.message.payload.len() > CHUNK_BYTES)
-            {
+            let len = m.encoded_len_estimate();
+            if !chunk.is_empty() && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + len > CHUNK_BYTES) {
                 self.messages
                     .insert(chunk[0].id.to_be_bytes(), encode("journal", &chunk)?)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
-            chunk_bytes += m.message.payload.len();
+            chunk_bytes += len;
             chunk.push(m);
         }
         if let Some(first) = chunk.first() {
@@ -872,11 +891,12 @@ mod tests {
     fn messages_are_chunked_by_count_and_size() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let mut batch: Vec<_> = (1..=100).map(|id| new(id, None, &[], 1)).collect();
+        let mut batch: Vec<_> = (1..=600).map(|id| new(id, None, &[], 1)).collect();
         batch[50].message.payload = vec![0; CHUNK_BYTES + 1];
         s.append(&batch).unwrap();
-        assert!(s.messages.len() >= 5, "100 messages, 32 per chunk, one oversized");
-        let got = s.messages(&[1, 32, 33, 51, 100, 101]).unwrap();
+        // 1-50, the oversized 51, then 256 per chunk by count: 52-307, 308-563, 564-600.
+        assert_eq!(s.messages.len(), 5);
+        let got = s.messages(&[1, 32, 33, 51, 100, 601]).unwrap();
         let lens: Vec<_> = got.iter().map(|m| m.as_ref().map(|m| m.payload.len())).collect();
         assert_eq!(
             lens,
@@ -885,7 +905,34 @@ mod tests {
         assert_eq!(s.message(42).unwrap().unwrap().payload, b"m42");
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.next_message_id(), 101);
+        assert_eq!(s.next_message_id(), 601);
+    }
+
+    #[test]
+    fn chunks_stay_near_their_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let batch: Vec<_> = (1..=500)
+            .map(|id| {
+                let mut m = new(id, Some("dm:alice:bob"), &["alice", "bob"], 1_700_000_000_000);
+                m.message.payload = vec![7; 100];
+                m.message.user_properties = vec![("k".into(), "v".into())];
+                m
+            })
+            .collect();
+        for m in &batch {
+            let exact = encode("journal", &[m]).unwrap().len();
+            assert!(
+                m.encoded_len_estimate() >= exact,
+                "estimate {} < {exact}",
+                m.encoded_len_estimate()
+            );
+        }
+        s.append(&batch).unwrap();
+        for record in s.messages.iter() {
+            let (_, v) = record.unwrap();
+            assert!(v.len() <= CHUNK_BYTES, "chunk of {} bytes", v.len());
+        }
     }
 
     #[test]
