@@ -308,19 +308,14 @@ impl Router {
     /// The sessions a message on `topic` goes to, each once: highest granted QoS,
     /// Retain As Published, every subscription id.
     fn targets(&self, topic: &str, origin: Option<u64>, exclude_origin: bool) -> Vec<Target> {
-        let mut matches = Vec::new();
-        self.inner
-            .trie
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .matches(topic, &mut matches);
         // Few matches (the common case) are grouped by a linear scan, many through a map.
-        let mut targets: Vec<Target> = Vec::with_capacity(matches.len());
-        let mut index: Option<HashMap<u64, usize>> = (matches.len() > 16).then(HashMap::new);
-        for m in matches {
+        let mut targets: Vec<Target> = Vec::new();
+        let mut index: Option<HashMap<u64, usize>> = None;
+        let trie = self.inner.trie.read().unwrap_or_else(|p| p.into_inner());
+        trie.for_each_match(topic, |m| {
             let opts = m.sub.options;
             if (opts.no_local || exclude_origin) && origin == Some(m.session.id) {
-                continue;
+                return;
             }
             let found = match &index {
                 Some(map) => map.get(&m.session.id).copied(),
@@ -329,18 +324,25 @@ impl Router {
             let slot = match found {
                 Some(i) => i,
                 None => {
-                    if let Some(map) = &mut index {
-                        map.insert(m.session.id, targets.len());
+                    targets.push((m.session.clone(), QoS::AtMostOnce, false, Vec::new()));
+                    let slot = targets.len() - 1;
+                    match &mut index {
+                        Some(map) => {
+                            map.insert(m.session.id, slot);
+                        }
+                        None if targets.len() > 16 => {
+                            index = Some(targets.iter().enumerate().map(|(i, t)| (t.0.id, i)).collect());
+                        }
+                        None => {}
                     }
-                    targets.push((m.session, QoS::AtMostOnce, false, Vec::new()));
-                    targets.len() - 1
+                    slot
                 }
             };
             let t = &mut targets[slot];
             t.1 = t.1.max(opts.qos);
             t.2 |= opts.retain_as_published;
             t.3.extend(m.sub.id);
-        }
+        });
         targets
     }
 
@@ -427,6 +429,32 @@ mod tests {
         let mut ids = d.sub_ids.clone();
         ids.sort_unstable();
         assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn many_sessions_with_overlapping_filters_get_one_delivery_each() {
+        // More than 16 sessions: grouping switches from a scan to a map midway.
+        let r = router();
+        let sessions: Vec<_> = (0..40)
+            .map(|i| {
+                let s = r
+                    .open_session(key(&format!("c{i}")), true, oneshot::channel().0)
+                    .session;
+                s.set_online(true);
+                r.subscribe(&s, "a/#", sub(QoS::AtMostOnce, Some(1)));
+                r.subscribe(&s, "a/+", sub(QoS::AtLeastOnce, Some(2)));
+                s
+            })
+            .collect();
+        assert_eq!(r.publish(msg("a/b", QoS::ExactlyOnce, false, None)), Ok(40));
+        for s in &sessions {
+            let st = s.lock();
+            assert_eq!(st.queue.len(), 1);
+            assert_eq!(st.queue[0].qos, QoS::AtLeastOnce);
+            let mut ids = st.queue[0].sub_ids.clone();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![1, 2]);
+        }
     }
 
     #[test]

@@ -32,12 +32,18 @@ impl SharedGroup {
     }
 }
 
+/// The trie's maps hash with foldhash: a topic walk looks up three keys per level
+/// (`#`, `+` and the level), and SipHash made hashing the largest part of routing.
+/// foldhash is seeded per map from a random per-process value, which keeps crafted
+/// topic levels from choosing their buckets.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Node {
     /// Boxed children keep the maps' buckets small: most nodes have one child.
-    children: HashMap<Box<str>, Box<Node>>,
-    subscribers: HashMap<u64, Subscriber>,
-    shared: HashMap<Box<str>, SharedGroup>,
+    children: Map<Box<str>, Box<Node>>,
+    subscribers: Map<u64, Subscriber>,
+    shared: Map<Box<str>, SharedGroup>,
 }
 
 impl Node {
@@ -45,9 +51,9 @@ impl Node {
         self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
     }
 
-    fn collect_here(&self, out: &mut Vec<Subscriber>) {
-        out.extend(self.subscribers.values().cloned());
-        out.extend(self.shared.values().filter_map(|g| g.pick().cloned()));
+    fn visit_here(&self, visit: &mut dyn FnMut(&Subscriber)) {
+        self.subscribers.values().for_each(&mut *visit);
+        self.shared.values().filter_map(SharedGroup::pick).for_each(visit);
     }
 }
 
@@ -105,12 +111,12 @@ impl Trie {
         removed
     }
 
-    /// Every subscriber whose filter matches `topic` (one member per shared group).
-    /// A session may appear several times, once per matching filter.
-    pub fn matches(&self, topic: &str, out: &mut Vec<Subscriber>) {
-        let levels: Vec<&str> = topic.split('/').collect();
+    /// Calls `visit` with every subscriber whose filter matches `topic` (one member
+    /// per shared group). A session may be visited several times, once per matching
+    /// filter. Allocates nothing.
+    pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(&Subscriber)) {
         let dollar = topic.starts_with('$');
-        match_rec(&self.root, &levels, 0, dollar, out);
+        match_rec(&self.root, Some(topic), true, dollar, &mut visit);
     }
 }
 
@@ -142,25 +148,31 @@ fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, id: u64) ->
     removed
 }
 
-fn match_rec(node: &Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<Subscriber>) {
+/// `rest` is what is left of the topic: `None` once every level was consumed
+/// (`Some("")` is an empty level, as in `a/`).
+fn match_rec(node: &Node, rest: Option<&str>, first: bool, dollar: bool, visit: &mut dyn FnMut(&Subscriber)) {
     // Wildcards at the first level never match topics starting with '$' (MQTT-4.7.2-1).
-    let wildcards = !(depth == 0 && dollar);
+    let wildcards = !(first && dollar);
     if wildcards {
         if let Some(hash) = node.children.get("#") {
-            hash.collect_here(out);
+            hash.visit_here(visit);
         }
     }
-    let Some((first, rest)) = levels.split_first() else {
-        node.collect_here(out);
+    let Some(rest) = rest else {
+        node.visit_here(visit);
         return;
+    };
+    let (level, tail) = match rest.split_once('/') {
+        Some((level, tail)) => (level, Some(tail)),
+        None => (rest, None),
     };
     if wildcards {
         if let Some(plus) = node.children.get("+") {
-            match_rec(plus, rest, depth + 1, dollar, out);
+            match_rec(plus, tail, false, dollar, visit);
         }
     }
-    if let Some(child) = node.children.get(*first) {
-        match_rec(child, rest, depth + 1, dollar, out);
+    if let Some(child) = node.children.get(level) {
+        match_rec(child, tail, false, dollar, visit);
     }
 }
 
@@ -191,9 +203,8 @@ mod tests {
     }
 
     fn ids(t: &Trie, topic: &str) -> Vec<u64> {
-        let mut out = Vec::new();
-        t.matches(topic, &mut out);
-        let mut v: Vec<u64> = out.iter().map(|s| s.session.id).collect();
+        let mut v = Vec::new();
+        t.for_each_match(topic, |s| v.push(s.session.id));
         v.sort_unstable();
         v
     }
