@@ -22,4 +22,8 @@ pub mod session;
 pub mod store;
 
 pub use config::Config;
+
+/// A hash map for the per-message paths (topic levels, user names): foldhash instead
+/// of SipHash, seeded randomly per process so crafted keys cannot pick buckets.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use server::{start, start_with, RunningBroker};

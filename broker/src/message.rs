@@ -21,6 +21,10 @@ pub struct Message {
     /// response topic, correlation data, payload format). Topic alias and subscription
     /// identifiers are per connection and never stored here.
     pub properties: Properties,
+    /// Builds the properties when the message is sent to an MQTT 5 client, in place of
+    /// `properties`: for properties a plugin stamps on every message, which MQTT
+    /// 3.1.1 receivers never see and need not pay for.
+    pub lazy_properties: Option<LazyProperties>,
     /// When the message expires (MQTT 5 Message Expiry Interval), if ever.
     pub expires_at: Option<Instant>,
     /// Session that published it (for the No Local option); `None` for broker messages.
@@ -42,11 +46,30 @@ impl Message {
             qos,
             retain,
             properties: Properties::default(),
+            lazy_properties: None,
             expires_at: None,
             origin: None,
             exclude_origin: false,
             tag: None,
         }
+    }
+
+    /// The properties an MQTT 5 receiver gets (before per-connection ones).
+    pub fn v5_properties(&self) -> Properties {
+        match &self.lazy_properties {
+            Some(build) => (build.0)(),
+            None => self.properties.clone(),
+        }
+    }
+}
+
+/// See [`Message::lazy_properties`].
+#[derive(Clone)]
+pub struct LazyProperties(pub Arc<dyn Fn() -> Properties + Send + Sync>);
+
+impl std::fmt::Debug for LazyProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LazyProperties")
     }
 }
 

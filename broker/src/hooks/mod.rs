@@ -265,6 +265,7 @@ mod tests {
             expires_at: None,
             origin: None,
             tag: None,
+            lazy_properties: None,
             exclude_origin: false,
         }
     }

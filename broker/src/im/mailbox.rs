@@ -98,16 +98,16 @@ impl Mailboxes {
         to: Vec<Recipient>,
         receipt: bool,
     ) -> Result<Option<Receipt>, WriterStopped> {
-        let (mailboxes, origins) = to
-            .into_iter()
-            .map(|r| {
-                let entry = MailboxEntry {
-                    suffix: r.suffix,
-                    qos: qos as u8,
-                };
-                ((r.user, entry), r.origin)
-            })
-            .unzip();
+        let mut mailboxes = Vec::with_capacity(to.len());
+        let mut origins = Vec::with_capacity(to.len());
+        for r in to {
+            let entry = MailboxEntry {
+                suffix: r.suffix,
+                qos: qos as u8,
+            };
+            mailboxes.push((r.user, entry));
+            origins.push(r.origin);
+        }
         let post = Post {
             record: NewMessage {
                 id: 0,
@@ -195,6 +195,7 @@ impl Mailboxes {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 properties,
+                lazy_properties: None,
                 expires_at: None,
                 origin: None,
                 exclude_origin: false,

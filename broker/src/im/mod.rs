@@ -48,15 +48,12 @@ pub struct ImPlugin {
 
 /// The conversation key of a DM between two users (order-independent).
 pub fn dm_conversation(a: &str, b: &str) -> String {
-    if a <= b {
-        format!("dm:{a}:{b}")
-    } else {
-        format!("dm:{b}:{a}")
-    }
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    ["dm:", first, ":", second].concat()
 }
 
 pub fn group_conversation(g: &str) -> String {
-    format!("group:{g}")
+    ["group:", g].concat()
 }
 
 fn asker(c: &ClientInfo) -> Asker<'_> {
@@ -122,16 +119,17 @@ impl ImPlugin {
             tracing::info!(from, to, "DM refused: not friends");
             return Ok(PublishDecision::Deny);
         }
-        let mut recipients = vec![Recipient {
+        let mut recipients = Vec::with_capacity(2);
+        recipients.push(Recipient {
             user: to.to_owned(),
-            suffix: format!("dm/{from}"),
+            suffix: ["dm/", from].concat(),
             origin: Origin::default(),
-        }];
+        });
         if to != from {
             // A copy for the sender's other devices.
             recipients.push(Recipient {
                 user: from.to_owned(),
-                suffix: format!("sent/dm/{to}"),
+                suffix: ["sent/dm/", to].concat(),
                 origin: Origin {
                     session: msg.origin,
                     exclude: true,
@@ -169,7 +167,7 @@ impl ImPlugin {
             tracing::info!(from, group, "group message refused: not a member");
             return Ok(PublishDecision::Deny);
         }
-        let suffix = format!("group/{group}/{from}");
+        let suffix = ["group/", group, "/", from].concat();
         let recipients = members
             .iter()
             .map(|(member, _)| Recipient {

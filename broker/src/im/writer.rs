@@ -22,14 +22,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use natter_shared::codec::QoS;
+use natter_shared::codec::{Properties, QoS};
 use natter_shared::im;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::mailbox::{properties, Origin};
 use crate::hooks::Receipt;
-use crate::message::Message;
+use crate::message::{LazyProperties, Message};
 use crate::router::Router;
 use crate::store::{NewMessage, Retention, Store, StoreError};
 
@@ -252,7 +252,7 @@ impl Worker {
                     if pending >= INDEX_AT {
                         self.index();
                     }
-                    for (record, (payload, qos, origins, done)) in records.iter().zip(rest) {
+                    for (record, (payload, qos, origins, done)) in records.into_iter().zip(rest) {
                         self.deliver(record, &payload, qos, &origins);
                         if let Some(done) = done {
                             let _ = done.send(true);
@@ -292,9 +292,14 @@ impl Worker {
     }
 
     /// Routes a stored message to the sessions subscribed to its mailboxes now.
-    fn deliver(&self, record: &NewMessage, payload: &Bytes, qos: QoS, origins: &[Origin]) {
+    fn deliver(&self, record: NewMessage, payload: &Bytes, qos: QoS, origins: &[Origin]) {
+        let NewMessage {
+            id, message, mailboxes, ..
+        } = record;
+        // Shared by the MQTT 5 properties of every delivery (built only for MQTT 5).
+        let message = Arc::new(message);
         let mut topic = String::new();
-        for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
+        for ((user, entry), origin) in mailboxes.iter().zip(origins) {
             topic.clear();
             topic.push_str(im::INBOX);
             topic.push('/');
@@ -302,18 +307,21 @@ impl Worker {
             topic.push('/');
             topic.push_str(&entry.suffix);
             // Built only for a session to receive it (often none: the sender's copy).
-            self.router
-                .publish_built(&topic, origin.session, origin.exclude, || Message {
+            self.router.publish_built(&topic, origin.session, origin.exclude, || {
+                let stamp = message.clone();
+                Message {
                     topic: topic.as_str().into(),
                     payload: payload.clone(),
                     qos,
                     retain: false,
-                    properties: properties(record.id, &record.message),
+                    properties: Properties::default(),
+                    lazy_properties: Some(LazyProperties(Arc::new(move || properties(id, &stamp)))),
                     expires_at: None,
                     origin: origin.session,
                     exclude_origin: origin.exclude,
-                    tag: Some(record.id),
-                });
+                    tag: Some(id),
+                }
+            });
         }
     }
 }

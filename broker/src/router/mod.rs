@@ -400,6 +400,7 @@ mod tests {
             origin,
             exclude_origin: false,
             tag: None,
+            lazy_properties: None,
         })
     }
 

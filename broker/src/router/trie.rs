@@ -1,7 +1,6 @@
 //! The subscription trie: topic levels to subscribers, so matching a topic costs
 //! what its matching subscriptions cost, not what all subscriptions cost.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -32,11 +31,9 @@ impl SharedGroup {
     }
 }
 
-/// The trie's maps hash with foldhash: a topic walk looks up three keys per level
-/// (`#`, `+` and the level), and SipHash made hashing the largest part of routing.
-/// foldhash is seeded per map from a random per-process value, which keeps crafted
-/// topic levels from choosing their buckets.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A topic walk looks up three keys per level (`#`, `+` and the level): with SipHash,
+/// hashing was the largest part of routing.
+type Map<K, V> = crate::FastMap<K, V>;
 
 #[derive(Default)]
 struct Node {

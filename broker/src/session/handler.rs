@@ -408,6 +408,7 @@ impl Handler {
                 origin: Some(self.session.id),
                 exclude_origin: false,
                 tag: None,
+                lazy_properties: None,
             };
             self.route(msg)
         } else {
@@ -674,7 +675,7 @@ fn stored_code(stored: bool) -> u8 {
 fn publish_packet(protocol: Protocol, d: &Delivery, pkid: u16, dup: bool, now: Instant) -> Packet {
     let properties = match protocol {
         Protocol::V5 => {
-            let mut p = d.msg.properties.clone();
+            let mut p = d.msg.v5_properties();
             p.subscription_identifiers.clone_from(&d.sub_ids);
             p.message_expiry_interval = d.msg.remaining_expiry(now);
             p

@@ -114,6 +114,7 @@ fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill
         origin: Some(session.id),
         exclude_origin: false,
         tag: None,
+        lazy_properties: None,
     };
     match ctx.hooks.authorize_publish(info, &msg) {
         PublishDecision::Allow => {

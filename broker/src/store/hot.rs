@@ -3,14 +3,13 @@
 //! what they mirror goes through the one [`Store`](super::Store) handle open on the
 //! database and through [`Cache::write`], so they cannot go stale.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use super::StoreError;
 
 /// Values by name, read from the store on first use and forgotten by writes.
 pub(super) struct Cache<V> {
-    map: RwLock<HashMap<String, V>>,
+    map: RwLock<crate::FastMap<String, V>>,
 }
 
 impl<V> Default for Cache<V> {

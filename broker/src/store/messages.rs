@@ -18,7 +18,7 @@
 //! holding id `n` is the last one whose key is at most `n`. Ids come from one
 //! increasing sequence, so they increase in every mailbox and conversation.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
@@ -149,14 +149,14 @@ struct Slot {
 #[derive(Default)]
 pub(super) struct Index {
     /// Mailbox entries appended since the last [`Store::index`].
-    pending: HashMap<String, Vec<Slot>>,
+    pending: FastMap<String, Vec<Slot>>,
     /// History ids appended since then.
-    pending_history: HashMap<String, Vec<u64>>,
+    pending_history: FastMap<String, Vec<u64>>,
     pending_entries: usize,
     /// The newest id appended.
     last_id: u64,
     /// Counters of the mailboxes seen since start.
-    meta: HashMap<String, MailboxMeta>,
+    meta: FastMap<String, MailboxMeta>,
 }
 
 /// A journal chunk holds at most this many messages...
