@@ -111,7 +111,7 @@ impl Mailboxes {
         let post = Post {
             record: NewMessage {
                 id: 0,
-                message,
+                message: Arc::new(message),
                 conversation,
                 mailboxes,
             },
@@ -161,6 +161,9 @@ impl Mailboxes {
     }
 
     fn try_replay(&self, user: &str, device: &str, session: &Arc<Session>) -> Result<(), StoreError> {
+        // Before the store: a batch routed before this device subscribed may still be
+        // on its way there (see the writer).
+        let in_flight = self.writer.in_flight(user, 0);
         self.writer.index_now()?;
         let (head, dropped_up_to) = self.store.mailbox_head(user)?;
         let Some(cursor) = self.writer.cursor(user, device)? else {
@@ -183,7 +186,12 @@ impl Mailboxes {
                 });
             }
         }
-        for Replayed { id, entry, message: m } in self.store.mailbox_after(user, cursor, REPLAY_BATCH)? {
+        let mut entries = self.store.mailbox_after(user, cursor, REPLAY_BATCH)?;
+        if entries.len() < REPLAY_BATCH {
+            let last = entries.last().map_or(cursor, |r| r.id);
+            entries.extend(in_flight.into_iter().filter(|r| r.id > last));
+        }
+        for Replayed { id, entry, message: m } in entries {
             let topic = format!("{}{}", im::inbox_prefix(user), entry.suffix);
             let Some((granted, _, sub_ids)) = session.granted(&topic) else {
                 continue;

@@ -3,8 +3,17 @@
 //! written (group commit without a timer: one message alone is written at once, a
 //! burst shares the cost), and becomes a handful of store records. Message ids are
 //! assigned here, in the order messages are stored and delivered, so every mailbox
-//! sees increasing ids. Only after a message is stored is it routed to the sessions
-//! subscribed now and its publisher's receipt resolved (its PUBACK sent).
+//! sees increasing ids.
+//!
+//! A batch is first routed to the sessions subscribed now, then stored, and only
+//! then are its publishers' receipts resolved (their PUBACKs sent): an online
+//! recipient does not wait for the store, a publisher is never told "stored" before
+//! it is. Between the two the writer yields, so the recipients' connections write
+//! the messages out while the store works. Meanwhile the batch is "in flight": a
+//! device replayed then gets its messages from there (see [`Writer::in_flight`]),
+//! since it may have subscribed after they were routed and before they were stored.
+//! If storing fails, the publishers are refused (and may send again) although
+//! online devices already have the messages; they are not in the mailbox.
 //!
 //! It is a task on the runtime rather than a thread: handing a message over and
 //! waking the publisher and subscribers afterwards stay within the runtime (no
@@ -31,7 +40,7 @@ use super::mailbox::{properties, Origin};
 use crate::hooks::Receipt;
 use crate::message::{LazyProperties, Message};
 use crate::router::Router;
-use crate::store::{NewMessage, Retention, Store, StoreError};
+use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
 
 /// Most operations committed in one batch.
 const MAX_BATCH: usize = 4096;
@@ -65,12 +74,16 @@ enum Op {
 
 type Cursors = Arc<Mutex<HashMap<(String, String), u64>>>;
 
+/// The batch routed but not yet stored (empty otherwise).
+type InFlight = Arc<Mutex<Arc<Vec<NewMessage>>>>;
+
 /// A handle on the writer task (cheap to clone).
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Op>,
     /// Acknowledged positions not yet written.
     cursors: Cursors,
+    in_flight: InFlight,
     store: Store,
     retention: Retention,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -82,6 +95,7 @@ struct Worker {
     router: Router,
     retention: Retention,
     cursors: Cursors,
+    in_flight: InFlight,
 }
 
 impl Writer {
@@ -89,17 +103,20 @@ impl Writer {
     pub fn start(store: Store, router: Router, retention: Retention) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let cursors = Cursors::default();
+        let in_flight = InFlight::default();
         let worker = Worker {
             rx,
             store: store.clone(),
             router,
             retention,
             cursors: cursors.clone(),
+            in_flight: in_flight.clone(),
         };
         let task = tokio::spawn(worker.run());
         Writer {
             tx,
             cursors,
+            in_flight,
             store,
             retention,
             task: Arc::new(Mutex::new(Some(task))),
@@ -162,6 +179,24 @@ impl Writer {
         Ok(pending.max(stored))
     }
 
+    /// Messages for `user`'s mailbox after id `after` that were routed but are not
+    /// stored yet. A replay reads these *before* the store: a batch leaves this list
+    /// only once stored, so every message is in one or the other.
+    pub fn in_flight(&self, user: &str, after: u64) -> Vec<Replayed> {
+        let batch = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        batch
+            .iter()
+            .filter(|r| r.id > after)
+            .filter_map(|r| {
+                r.entry_for(user).map(|entry| Replayed {
+                    id: r.id,
+                    entry: entry.clone(),
+                    message: (*r.message).clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Writes the index entries kept in memory now, applying retention (before a
     /// device is replayed, so it sees its mailbox within bounds).
     ///
@@ -209,7 +244,7 @@ impl Worker {
             }
             batches += 1;
             committed += ops.len() as u64;
-            if self.commit(&mut ops) {
+            if self.commit(&mut ops).await {
                 break;
             }
             // Let the connections run between batches.
@@ -219,8 +254,8 @@ impl Worker {
         tracing::debug!(batches, committed, "writer stopped");
     }
 
-    /// Stores and delivers one batch; true when told to stop.
-    fn commit(&self, ops: &mut Vec<Op>) -> bool {
+    /// Delivers and stores one batch; true when told to stop.
+    async fn commit(&self, ops: &mut Vec<Op>) -> bool {
         let mut stop = false;
         let mut cursors: HashMap<(String, String), u64> = HashMap::new();
         let mut records = Vec::new();
@@ -247,26 +282,30 @@ impl Worker {
             }
         }
         if !records.is_empty() {
-            match self.store.append(&records) {
+            let batch = Arc::new(records);
+            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = batch.clone();
+            let mut receipts = Vec::with_capacity(rest.len());
+            for (record, (payload, qos, origins, done)) in batch.iter().zip(rest) {
+                self.deliver(record, &payload, qos, &origins);
+                receipts.extend(done);
+            }
+            // The recipients' connections write while the store works.
+            tokio::task::yield_now().await;
+            let stored = match self.store.append(&batch) {
                 Ok(pending) => {
                     if pending >= INDEX_AT {
                         self.index();
                     }
-                    for (record, (payload, qos, origins, done)) in records.into_iter().zip(rest) {
-                        self.deliver(record, &payload, qos, &origins);
-                        if let Some(done) = done {
-                            let _ = done.send(true);
-                        }
-                    }
+                    true
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, messages = records.len(), "messages not stored");
-                    for (_, _, _, done) in rest {
-                        if let Some(done) = done {
-                            let _ = done.send(false);
-                        }
-                    }
+                    tracing::error!(error = %e, messages = batch.len(), "messages not stored");
+                    false
                 }
+            };
+            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
+            for done in receipts {
+                let _ = done.send(stored);
             }
         }
         for ((user, device), id) in cursors {
@@ -291,15 +330,11 @@ impl Worker {
         }
     }
 
-    /// Routes a stored message to the sessions subscribed to its mailboxes now.
-    fn deliver(&self, record: NewMessage, payload: &Bytes, qos: QoS, origins: &[Origin]) {
-        let NewMessage {
-            id, message, mailboxes, ..
-        } = record;
-        // Shared by the MQTT 5 properties of every delivery (built only for MQTT 5).
-        let message = Arc::new(message);
+    /// Routes a message to the sessions subscribed to its mailboxes now.
+    fn deliver(&self, record: &NewMessage, payload: &Bytes, qos: QoS, origins: &[Origin]) {
+        let id = record.id;
         let mut topic = String::new();
-        for ((user, entry), origin) in mailboxes.iter().zip(origins) {
+        for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
             topic.clear();
             topic.push_str(im::INBOX);
             topic.push('/');
@@ -308,7 +343,8 @@ impl Worker {
             topic.push_str(&entry.suffix);
             // Built only for a session to receive it (often none: the sender's copy).
             self.router.publish_built(&topic, origin.session, origin.exclude, || {
-                let stamp = message.clone();
+                // The MQTT 5 properties, built only for MQTT 5 receivers.
+                let stamp = record.message.clone();
                 Message {
                     topic: topic.as_str().into(),
                     payload: payload.clone(),
@@ -323,5 +359,63 @@ impl Worker {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{MailboxEntry, StoredMessage};
+
+    fn post(to: &str) -> Post {
+        Post {
+            record: NewMessage {
+                id: 0,
+                message: Arc::new(StoredMessage {
+                    from: "alice".into(),
+                    ts: 1,
+                    payload: b"hi".to_vec(),
+                    user_properties: Vec::new(),
+                    content_type: None,
+                }),
+                conversation: Some("dm:alice:bob".into()),
+                mailboxes: vec![(
+                    to.into(),
+                    MailboxEntry {
+                        suffix: "dm/alice".into(),
+                        qos: 1,
+                    },
+                )],
+            },
+            payload: Bytes::from_static(b"hi"),
+            qos: QoS::AtLeastOnce,
+            origins: vec![Origin::default()],
+            done: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_is_in_flight_between_routing_and_storing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let retention = Retention {
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+            max_age: u64::MAX,
+        };
+        let writer = Writer::start(store.clone(), Router::new(Config::default_config().limits), retention);
+        let receipt = writer.post(post("bob"), true).unwrap().unwrap();
+        // The writer routes the batch, then yields before storing it.
+        tokio::task::yield_now().await;
+        let flying = writer.in_flight("bob", 0);
+        assert_eq!(flying.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1]);
+        assert!(writer.in_flight("carol", 0).is_empty());
+        assert!(writer.in_flight("bob", 1).is_empty(), "only ids after the cursor");
+        assert!(store.mailbox_after("bob", 0, 10).unwrap().is_empty(), "not stored yet");
+        assert!(receipt.await.unwrap(), "stored");
+        assert!(writer.in_flight("bob", 0).is_empty());
+        assert_eq!(store.mailbox_after("bob", 0, 10).unwrap()[0].message.payload, b"hi");
+        writer.stop().await;
     }
 }

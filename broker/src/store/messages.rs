@@ -18,6 +18,8 @@
 //! holding id `n` is the last one whose key is at most `n`. Ids come from one
 //! increasing sequence, so they increase in every mailbox and conversation.
 
+use std::sync::Arc;
+
 use crate::FastMap;
 
 use bincode::Options;
@@ -53,7 +55,8 @@ pub struct MailboxEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
     pub id: u64,
-    pub message: StoredMessage,
+    /// Shared with the deliveries made from it (encoded as the message itself).
+    pub message: Arc<StoredMessage>,
     pub conversation: Option<String>,
     pub mailboxes: Vec<(String, MailboxEntry)>,
 }
@@ -504,7 +507,11 @@ impl Store {
     /// # Errors
     /// I/O errors and undecodable records.
     pub fn messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>, StoreError> {
-        Ok(self.records(ids)?.into_iter().map(|r| r.map(|r| r.message)).collect())
+        Ok(self
+            .records(ids)?
+            .into_iter()
+            .map(|r| r.map(|r| Arc::unwrap_or_clone(r.message)))
+            .collect())
     }
 
     #[cfg(test)]
@@ -595,7 +602,7 @@ impl Store {
                 Some(Replayed {
                     id,
                     entry,
-                    message: r.message,
+                    message: Arc::unwrap_or_clone(r.message),
                 })
             })
             .collect())
@@ -722,7 +729,7 @@ mod tests {
     fn new(id: u64, conv: Option<&str>, users: &[&str], ts: u64) -> NewMessage {
         NewMessage {
             id,
-            message: msg(&format!("m{id}"), ts),
+            message: Arc::new(msg(&format!("m{id}"), ts)),
             conversation: conv.map(str::to_owned),
             mailboxes: users
                 .iter()
@@ -892,7 +899,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let mut batch: Vec<_> = (1..=600).map(|id| new(id, None, &[], 1)).collect();
-        batch[50].message.payload = vec![0; CHUNK_BYTES + 1];
+        Arc::make_mut(&mut batch[50].message).payload = vec![0; CHUNK_BYTES + 1];
         s.append(&batch).unwrap();
         // 1-50, the oversized 51, then 256 per chunk by count: 52-307, 308-563, 564-600.
         assert_eq!(s.messages.len(), 5);
@@ -915,8 +922,8 @@ mod tests {
         let batch: Vec<_> = (1..=500)
             .map(|id| {
                 let mut m = new(id, Some("dm:alice:bob"), &["alice", "bob"], 1_700_000_000_000);
-                m.message.payload = vec![7; 100];
-                m.message.user_properties = vec![("k".into(), "v".into())];
+                Arc::make_mut(&mut m.message).payload = vec![7; 100];
+                Arc::make_mut(&mut m.message).user_properties = vec![("k".into(), "v".into())];
                 m
             })
             .collect();

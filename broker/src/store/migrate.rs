@@ -79,7 +79,7 @@ pub(super) fn v1_to_v2(store: &Store) -> Result<(), StoreError> {
         let message: StoredMessage = bincode::deserialize(&v).map_err(|e| corrupt("messages", e))?;
         batch.push(NewMessage {
             id,
-            message,
+            message: std::sync::Arc::new(message),
             conversation: conversation.remove(&id),
             mailboxes: mailboxes.remove(&id).unwrap_or_default(),
         });
