@@ -161,7 +161,7 @@ fn auth_benches(c: &mut Criterion) {
     let writer = Writer::start(
         control.store.clone(),
         control.router.clone(),
-        mailbox::retention(&config.im),
+        mailbox::limits(&config.im),
     );
     let im = ImPlugin::new(control, config.im.clone(), acl, writer.clone());
     let client = ClientInfo {

@@ -119,7 +119,7 @@ pub async fn start_with(
     // answers every authorization question, so nothing after it is asked).
     let mut list = plugins(&router, &store);
     list.push(Arc::new(auth));
-    let writer = Writer::start(store.clone(), router.clone(), mailbox::retention(&config.im));
+    let writer = Writer::start(store.clone(), router.clone(), mailbox::limits(&config.im));
     list.push(Arc::new(ImPlugin::new(
         control_state.clone(),
         config.im.clone(),

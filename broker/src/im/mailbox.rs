@@ -12,7 +12,7 @@ use natter_shared::codec::{Properties, QoS};
 use natter_shared::im;
 use serde_json::{json, Value};
 
-use super::writer::{Post, Writer, WriterStopped};
+use super::writer::{Post, Writer, WriterLimits, WriterStopped};
 use crate::config::ImConfig;
 use crate::hooks::Receipt;
 use crate::message::Message;
@@ -55,12 +55,17 @@ pub struct Mailboxes {
     writer: Writer,
 }
 
-/// Retention bounds from the configuration.
-pub fn retention(cfg: &ImConfig) -> Retention {
-    Retention {
-        max_messages: cfg.mailbox_max_messages.get(),
-        max_bytes: cfg.mailbox_max_bytes.get(),
-        max_age: u64::from(cfg.mailbox_max_age_days.get()) * 86_400_000,
+/// The writer's bounds from the configuration, mailbox retention among them.
+pub fn limits(cfg: &ImConfig) -> WriterLimits {
+    WriterLimits {
+        retention: Retention {
+            max_messages: cfg.mailbox_max_messages.get(),
+            max_bytes: cfg.mailbox_max_bytes.get(),
+            max_age: u64::from(cfg.mailbox_max_age_days.get()) * 86_400_000,
+        },
+        batch_max: cfg.write_batch_max.get(),
+        index_every: std::time::Duration::from_millis(cfg.index_interval_ms.get()),
+        index_at: cfg.index_max_pending.get(),
     }
 }
 

@@ -42,12 +42,17 @@ use crate::message::{LazyProperties, Message};
 use crate::router::Router;
 use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
 
-/// Most operations committed in one batch.
-const MAX_BATCH: usize = 4096;
-/// The mailbox and history indexes are written this often...
-const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-/// ...or when this many entries wait in memory.
-const INDEX_AT: usize = 16_384;
+/// The writer's bounds (from `[im]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    pub retention: Retention,
+    /// Most operations committed in one batch.
+    pub batch_max: usize,
+    /// The mailbox and history indexes are written this often...
+    pub index_every: std::time::Duration,
+    /// ...or when this many entries wait in memory.
+    pub index_at: usize,
+}
 
 /// The writer has stopped (the broker is shutting down): nothing more is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -93,14 +98,14 @@ struct Worker {
     rx: mpsc::UnboundedReceiver<Op>,
     store: Store,
     router: Router,
-    retention: Retention,
+    limits: WriterLimits,
     cursors: Cursors,
     in_flight: InFlight,
 }
 
 impl Writer {
     /// Starts the writer task (on the current runtime).
-    pub fn start(store: Store, router: Router, retention: Retention) -> Writer {
+    pub fn start(store: Store, router: Router, limits: WriterLimits) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let cursors = Cursors::default();
         let in_flight = InFlight::default();
@@ -108,7 +113,7 @@ impl Writer {
             rx,
             store: store.clone(),
             router,
-            retention,
+            limits,
             cursors: cursors.clone(),
             in_flight: in_flight.clone(),
         };
@@ -118,7 +123,7 @@ impl Writer {
             cursors,
             in_flight,
             store,
-            retention,
+            retention: limits.retention,
             task: Arc::new(Mutex::new(Some(task))),
         }
     }
@@ -222,7 +227,7 @@ impl Worker {
     async fn run(mut self) {
         let mut ops = Vec::new();
         let (mut batches, mut committed) = (0u64, 0u64);
-        let mut tick = tokio::time::interval(INDEX_EVERY);
+        let mut tick = tokio::time::interval(self.limits.index_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
@@ -236,7 +241,7 @@ impl Worker {
                 break;
             };
             ops.push(first);
-            while ops.len() < MAX_BATCH {
+            while ops.len() < self.limits.batch_max {
                 match self.rx.try_recv() {
                     Ok(op) => ops.push(op),
                     Err(_) => break,
@@ -293,7 +298,7 @@ impl Worker {
             tokio::task::yield_now().await;
             let stored = match self.store.append(&batch) {
                 Ok(pending) => {
-                    if pending >= INDEX_AT {
+                    if pending >= self.limits.index_at {
                         self.index();
                     }
                     true
@@ -325,7 +330,7 @@ impl Worker {
 
     /// Writes the index entries kept in memory (see [`crate::store`]'s messages).
     fn index(&self) {
-        if let Err(e) = self.store.index(self.retention) {
+        if let Err(e) = self.store.index(self.limits.retention) {
             tracing::error!(error = %e, "mailbox index not written (kept in memory, retried)");
         }
     }
@@ -366,6 +371,7 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::im::mailbox::limits;
     use crate::store::{MailboxEntry, StoredMessage};
 
     fn post(to: &str) -> Post {
@@ -399,12 +405,8 @@ mod tests {
     async fn a_batch_is_in_flight_between_routing_and_storing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let retention = Retention {
-            max_messages: 1000,
-            max_bytes: 1 << 20,
-            max_age: u64::MAX,
-        };
-        let writer = Writer::start(store.clone(), Router::new(Config::default_config().limits), retention);
+        let config = Config::default_config();
+        let writer = Writer::start(store.clone(), Router::new(config.limits), limits(&config.im));
         let receipt = writer.post(post("bob"), true).unwrap().unwrap();
         // The writer routes the batch, then yields before storing it.
         tokio::task::yield_now().await;
