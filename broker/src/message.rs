@@ -24,7 +24,7 @@ pub struct Message {
     /// Builds the properties when the message is sent to an MQTT 5 client, in place of
     /// `properties`: for properties a plugin stamps on every message, which MQTT
     /// 3.1.1 receivers never see and need not pay for.
-    pub lazy_properties: Option<LazyProperties>,
+    pub lazy_properties: Option<Arc<dyn PropertiesSource>>,
     /// When the message expires (MQTT 5 Message Expiry Interval), if ever.
     pub expires_at: Option<Instant>,
     /// Session that published it (for the No Local option); `None` for broker messages.
@@ -57,20 +57,17 @@ impl Message {
     /// The properties an MQTT 5 receiver gets (before per-connection ones).
     pub fn v5_properties(&self) -> Properties {
         match &self.lazy_properties {
-            Some(build) => (build.0)(),
+            Some(source) => source.properties(self),
             None => self.properties.clone(),
         }
     }
 }
 
-/// See [`Message::lazy_properties`].
-#[derive(Clone)]
-pub struct LazyProperties(pub Arc<dyn Fn() -> Properties + Send + Sync>);
-
-impl std::fmt::Debug for LazyProperties {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LazyProperties")
-    }
+/// What builds a message's MQTT 5 properties on demand (see
+/// [`Message::lazy_properties`]): typically the plugin's own record of the message,
+/// shared rather than copied.
+pub trait PropertiesSource: Send + Sync + std::fmt::Debug {
+    fn properties(&self, msg: &Message) -> Properties;
 }
 
 impl Message {

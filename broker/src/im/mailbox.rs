@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::writer::{Post, Writer, WriterLimits, WriterStopped};
 use crate::config::ImConfig;
 use crate::hooks::Receipt;
-use crate::message::Message;
+use crate::message::{Message, PropertiesSource};
 use crate::session::{Delivery, Session};
 use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Store, StoreError, StoredMessage};
 
@@ -47,6 +47,14 @@ pub(super) fn properties(id: u64, m: &StoredMessage) -> Properties {
         user_properties,
         content_type: m.content_type.clone(),
         ..Properties::default()
+    }
+}
+
+/// Mailbox deliveries carry the stored message; MQTT 5 receivers get its properties
+/// (the message's `tag` is its id).
+impl PropertiesSource for StoredMessage {
+    fn properties(&self, msg: &Message) -> Properties {
+        properties(msg.tag.unwrap_or(0), self)
     }
 }
 
@@ -97,7 +105,6 @@ impl Mailboxes {
     pub fn post(
         &self,
         message: StoredMessage,
-        payload: Bytes,
         qos: QoS,
         conversation: Option<String>,
         to: Vec<Recipient>,
@@ -120,7 +127,6 @@ impl Mailboxes {
                 conversation,
                 mailboxes,
             },
-            payload,
             qos,
             origins,
             done: None,
@@ -136,17 +142,16 @@ impl Mailboxes {
         let m = StoredMessage {
             from: BROKER_SENDER.into(),
             ts: now_ms(),
-            payload: body.to_string().into_bytes(),
+            payload: Bytes::from(body.to_string()),
             user_properties: Vec::new(),
             content_type: Some("application/json".into()),
         };
-        let payload = Bytes::from(m.payload.clone());
         let to = vec![Recipient {
             user: user.to_owned(),
             suffix: format!("event/{kind}"),
             origin: Origin::default(),
         }];
-        if self.post(m, payload, QoS::AtLeastOnce, None, to, false).is_err() {
+        if self.post(m, QoS::AtLeastOnce, None, to, false).is_err() {
             tracing::warn!(user, kind, "writer stopped: event not stored");
         }
     }
@@ -204,7 +209,7 @@ impl Mailboxes {
             let properties = properties(id, &m);
             let msg = Message {
                 topic: topic.into(),
-                payload: Bytes::from(m.payload),
+                payload: m.payload,
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 properties,

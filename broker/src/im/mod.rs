@@ -96,7 +96,7 @@ impl ImPlugin {
         StoredMessage {
             from: from.to_owned(),
             ts: now_ms(),
-            payload: msg.payload.to_vec(),
+            payload: msg.payload.clone(),
             user_properties: msg.properties.user_properties.clone(),
             content_type: msg.properties.content_type.clone(),
         }
@@ -143,11 +143,7 @@ impl ImPlugin {
     /// is stored.
     fn post(&self, from: &str, msg: &Message, conversation: String, to: Vec<Recipient>) -> PublishDecision {
         let stored = self.stored(from, msg);
-        match self
-            .state
-            .mailboxes
-            .post(stored, msg.payload.clone(), msg.qos, Some(conversation), to, true)
-        {
+        match self.state.mailboxes.post(stored, msg.qos, Some(conversation), to, true) {
             Ok(Some(receipt)) => PublishDecision::Pending(receipt),
             Ok(None) => PublishDecision::Handled,
             Err(e) => {

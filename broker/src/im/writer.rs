@@ -30,15 +30,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use natter_shared::codec::{Properties, QoS};
 use natter_shared::im;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::mailbox::{properties, Origin};
+use super::mailbox::Origin;
 use crate::hooks::Receipt;
-use crate::message::{LazyProperties, Message};
+use crate::message::Message;
 use crate::router::Router;
 use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
 
@@ -63,8 +62,6 @@ pub struct WriterStopped;
 pub struct Post {
     /// Everything but the id, which the writer assigns.
     pub record: NewMessage,
-    /// The payload as received (shared, not copied, by every delivery).
-    pub payload: Bytes,
     pub qos: QoS,
     /// One per mailbox in `record.mailboxes`.
     pub origins: Vec<Origin>,
@@ -270,14 +267,13 @@ impl Worker {
                 Op::Post(p) => {
                     let Post {
                         mut record,
-                        payload,
                         qos,
                         origins,
                         done,
                     } = *p;
                     record.id = self.store.next_message_id();
                     records.push(record);
-                    rest.push((payload, qos, origins, done));
+                    rest.push((qos, origins, done));
                 }
                 Op::Cursor { user, device, id } => {
                     let cur = cursors.entry((user, device)).or_insert(0);
@@ -290,8 +286,8 @@ impl Worker {
             let batch = Arc::new(records);
             *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = batch.clone();
             let mut receipts = Vec::with_capacity(rest.len());
-            for (record, (payload, qos, origins, done)) in batch.iter().zip(rest) {
-                self.deliver(record, &payload, qos, &origins);
+            for (record, (qos, origins, done)) in batch.iter().zip(rest) {
+                self.deliver(record, qos, &origins);
                 receipts.extend(done);
             }
             // The recipients' connections write while the store works.
@@ -336,7 +332,7 @@ impl Worker {
     }
 
     /// Routes a message to the sessions subscribed to its mailboxes now.
-    fn deliver(&self, record: &NewMessage, payload: &Bytes, qos: QoS, origins: &[Origin]) {
+    fn deliver(&self, record: &NewMessage, qos: QoS, origins: &[Origin]) {
         let id = record.id;
         let mut topic = String::new();
         for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
@@ -347,22 +343,20 @@ impl Worker {
             topic.push('/');
             topic.push_str(&entry.suffix);
             // Built only for a session to receive it (often none: the sender's copy).
-            self.router.publish_built(&topic, origin.session, origin.exclude, || {
-                // The MQTT 5 properties, built only for MQTT 5 receivers.
-                let stamp = record.message.clone();
-                Message {
+            self.router
+                .publish_built(&topic, origin.session, origin.exclude, || Message {
                     topic: topic.as_str().into(),
-                    payload: payload.clone(),
+                    payload: record.message.payload.clone(),
                     qos,
                     retain: false,
                     properties: Properties::default(),
-                    lazy_properties: Some(LazyProperties(Arc::new(move || properties(id, &stamp)))),
+                    // Built from the stored message for MQTT 5 receivers only.
+                    lazy_properties: Some(record.message.clone()),
                     expires_at: None,
                     origin: origin.session,
                     exclude_origin: origin.exclude,
                     tag: Some(id),
-                }
-            });
+                });
         }
     }
 }
@@ -373,6 +367,7 @@ mod tests {
     use crate::config::Config;
     use crate::im::mailbox::limits;
     use crate::store::{MailboxEntry, StoredMessage};
+    use bytes::Bytes;
 
     fn post(to: &str) -> Post {
         Post {
@@ -381,7 +376,7 @@ mod tests {
                 message: Arc::new(StoredMessage {
                     from: "alice".into(),
                     ts: 1,
-                    payload: b"hi".to_vec(),
+                    payload: Bytes::from_static(b"hi"),
                     user_properties: Vec::new(),
                     content_type: None,
                 }),
@@ -394,7 +389,6 @@ mod tests {
                     },
                 )],
             },
-            payload: Bytes::from_static(b"hi"),
             qos: QoS::AtLeastOnce,
             origins: vec![Origin::default()],
             done: None,
@@ -417,7 +411,10 @@ mod tests {
         assert!(store.mailbox_after("bob", 0, 10).unwrap().is_empty(), "not stored yet");
         assert!(receipt.await.unwrap(), "stored");
         assert!(writer.in_flight("bob", 0).is_empty());
-        assert_eq!(store.mailbox_after("bob", 0, 10).unwrap()[0].message.payload, b"hi");
+        assert_eq!(
+            &store.mailbox_after("bob", 0, 10).unwrap()[0].message.payload[..],
+            b"hi"
+        );
         writer.stop().await;
     }
 }

@@ -25,6 +25,8 @@ use crate::FastMap;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
+use bytes::Bytes;
+
 use super::keys;
 use super::{Store, StoreError};
 
@@ -35,7 +37,9 @@ pub struct StoredMessage {
     pub from: String,
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
-    pub payload: Vec<u8>,
+    /// Shared with the message as received and its deliveries (encoded like a
+    /// `Vec<u8>`: length, then the bytes).
+    pub payload: Bytes,
     /// The sender's MQTT 5 user properties, passed on.
     pub user_properties: Vec<(String, String)>,
     pub content_type: Option<String>,
@@ -719,7 +723,7 @@ mod tests {
         StoredMessage {
             from: "alice".into(),
             ts,
-            payload: text.as_bytes().to_vec(),
+            payload: Bytes::copy_from_slice(text.as_bytes()),
             user_properties: vec![],
             content_type: None,
         }
@@ -779,7 +783,7 @@ mod tests {
         assert_eq!(ids(s.mailbox_after("bobby", 0, 100).unwrap()), vec![5], "separate");
         let r = &s.mailbox_after("bobby", 0, 1).unwrap()[0];
         assert_eq!(
-            (r.entry.suffix.as_str(), r.message.payload.as_slice()),
+            (r.entry.suffix.as_str(), &r.message.payload[..]),
             ("dm/alice", &b"m5"[..])
         );
         assert_eq!(s.mailbox_head("bob").unwrap(), (5, 0));
@@ -835,7 +839,7 @@ mod tests {
         );
         assert_eq!(s.history("none", None, None, 10).unwrap(), vec![]);
         // Retention drops index entries only: the messages stay for history.
-        assert_eq!(s.message(1).unwrap().unwrap().payload, b"m1");
+        assert_eq!(&s.message(1).unwrap().unwrap().payload[..], b"m1");
     }
 
     #[test]
@@ -899,7 +903,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let mut batch: Vec<_> = (1..=600).map(|id| new(id, None, &[], 1)).collect();
-        Arc::make_mut(&mut batch[50].message).payload = vec![0; CHUNK_BYTES + 1];
+        Arc::make_mut(&mut batch[50].message).payload = vec![0; CHUNK_BYTES + 1].into();
         s.append(&batch).unwrap();
         // 1-50, the oversized 51, then 256 per chunk by count: 52-307, 308-563, 564-600.
         assert_eq!(s.messages.len(), 5);
@@ -909,10 +913,34 @@ mod tests {
             lens,
             vec![Some(2), Some(3), Some(3), Some(CHUNK_BYTES + 1), Some(4), None]
         );
-        assert_eq!(s.message(42).unwrap().unwrap().payload, b"m42");
+        assert_eq!(&s.message(42).unwrap().unwrap().payload[..], b"m42");
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.next_message_id(), 601);
+    }
+
+    #[test]
+    fn payload_encoding_is_that_of_a_byte_vector() {
+        // Journals written when the payload was a Vec<u8> read back unchanged.
+        #[derive(Serialize)]
+        struct Before {
+            from: String,
+            ts: u64,
+            payload: Vec<u8>,
+            user_properties: Vec<(String, String)>,
+            content_type: Option<String>,
+        }
+        let before = Before {
+            from: "alice".into(),
+            ts: 1_700_000_000_000,
+            payload: (0..=255).collect(),
+            user_properties: vec![("k".into(), "v".into())],
+            content_type: Some("text/plain".into()),
+        };
+        let bytes = encode("journal", &before).unwrap();
+        let now: StoredMessage = decode("journal", &bytes).unwrap();
+        assert_eq!(&now.payload[..], &before.payload[..]);
+        assert_eq!(encode("journal", &now).unwrap(), bytes);
     }
 
     #[test]
@@ -922,7 +950,7 @@ mod tests {
         let batch: Vec<_> = (1..=500)
             .map(|id| {
                 let mut m = new(id, Some("dm:alice:bob"), &["alice", "bob"], 1_700_000_000_000);
-                Arc::make_mut(&mut m.message).payload = vec![7; 100];
+                Arc::make_mut(&mut m.message).payload = vec![7; 100].into();
                 Arc::make_mut(&mut m.message).user_properties = vec![("k".into(), "v".into())];
                 m
             })
@@ -985,8 +1013,8 @@ mod tests {
             );
             assert_eq!(hist(s.history("dm:alice:carol", None, None, 10).unwrap()), vec![11]);
             assert_eq!(
-                s.history("dm:alice:bob", None, Some(9), 10).unwrap()[0].1.payload,
-                b"m10"
+                &s.history("dm:alice:bob", None, Some(9), 10).unwrap()[0].1.payload[..],
+                &b"m10"[..]
             );
         };
         check(&s);

@@ -130,7 +130,7 @@ mod tests {
                 let m = StoredMessage {
                     from: "alice".into(),
                     ts: 1000 + id,
-                    payload: format!("hi {id}").into_bytes(),
+                    payload: format!("hi {id}").into(),
                     user_properties: vec![],
                     content_type: None,
                 };
@@ -155,7 +155,7 @@ mod tests {
             .mailbox_after("bob", 3, 10)
             .unwrap()
             .into_iter()
-            .map(|r| (r.id, String::from_utf8(r.message.payload).unwrap()))
+            .map(|r| (r.id, String::from_utf8(r.message.payload.to_vec()).unwrap()))
             .collect();
         assert_eq!(got, vec![(7, "hi 7".to_string()), (9, "hi 9".to_string())]);
         assert_eq!(s.history("dm:alice:bob", None, None, 10).unwrap().len(), 3);
