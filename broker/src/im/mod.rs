@@ -46,15 +46,10 @@ pub struct ImPlugin {
     state: Arc<ImState>,
 }
 
-/// The conversation key of a DM between two users (order-independent).
-pub fn dm_conversation(a: &str, b: &str) -> String {
-    let (first, second) = if a <= b { (a, b) } else { (b, a) };
-    ["dm:", first, ":", second].concat()
-}
-
-pub fn group_conversation(g: &str) -> String {
-    ["group:", g].concat()
-}
+// Conversation keys and mailbox suffixes are the store's: its journal writes DMs and
+// group messages by their shape (see `store::journal`).
+pub use crate::store::{dm_conversation, group_conversation};
+use crate::store::{dm_suffix, group_suffix, sent_dm_suffix};
 
 fn asker(c: &ClientInfo) -> Asker<'_> {
     Asker {
@@ -122,14 +117,14 @@ impl ImPlugin {
         let mut recipients = Vec::with_capacity(2);
         recipients.push(Recipient {
             user: to.to_owned(),
-            suffix: ["dm/", from].concat(),
+            suffix: dm_suffix(from),
             origin: Origin::default(),
         });
         if to != from {
             // A copy for the sender's other devices.
             recipients.push(Recipient {
                 user: from.to_owned(),
-                suffix: ["sent/dm/", to].concat(),
+                suffix: sent_dm_suffix(to),
                 origin: Origin {
                     session: msg.origin,
                     exclude: true,
@@ -163,7 +158,7 @@ impl ImPlugin {
             tracing::info!(from, group, "group message refused: not a member");
             return Ok(PublishDecision::Deny);
         }
-        let suffix = ["group/", group, "/", from].concat();
+        let suffix = group_suffix(group, from);
         let recipients = members
             .iter()
             .map(|(member, _)| Recipient {

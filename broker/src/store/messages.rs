@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use bytes::Bytes;
 
-use super::keys;
+use super::{journal, keys};
 use super::{Store, StoreError};
 
 /// A stored message.
@@ -69,20 +69,6 @@ impl NewMessage {
     /// This message's entry in `user`'s mailbox.
     pub fn entry_for(&self, user: &str) -> Option<&MailboxEntry> {
         self.mailboxes.iter().find(|(u, _)| u == user).map(|(_, e)| e)
-    }
-
-    /// About what this record adds to its journal chunk (varint lengths and integers
-    /// counted generously).
-    fn encoded_len_estimate(&self) -> usize {
-        let m = &self.message;
-        let names: usize = self.mailboxes.iter().map(|(u, e)| u.len() + e.suffix.len() + 4).sum();
-        let props: usize = m.user_properties.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-        24 + m.from.len()
-            + m.payload.len()
-            + props
-            + m.content_type.as_ref().map_or(0, String::len)
-            + self.conversation.as_ref().map_or(0, String::len)
-            + names
     }
 
     fn slot(&self) -> Slot {
@@ -261,7 +247,7 @@ pub(super) fn last_message_id(journal: &sled::Tree) -> Result<u64, StoreError> {
     let Some((_, v)) = journal.last()? else {
         return Ok(0);
     };
-    let chunk: Vec<NewMessage> = decode("journal", &v)?;
+    let chunk = journal::decode_chunk(&v)?;
     Ok(chunk.last().map_or(0, |m| m.id))
 }
 
@@ -284,10 +270,10 @@ impl Store {
         let mut chunk: Vec<&NewMessage> = Vec::new();
         let mut chunk_bytes = 0;
         for m in batch {
-            let len = m.encoded_len_estimate();
+            let len = journal::len_estimate(m);
             if !chunk.is_empty() && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + len > CHUNK_BYTES) {
                 self.messages
-                    .insert(chunk[0].id.to_be_bytes(), encode("journal", &chunk)?)?;
+                    .insert(chunk[0].id.to_be_bytes(), journal::encode_chunk(&chunk)?)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
@@ -296,7 +282,7 @@ impl Store {
         }
         if let Some(first) = chunk.first() {
             self.messages
-                .insert(first.id.to_be_bytes(), encode("journal", &chunk)?)?;
+                .insert(first.id.to_be_bytes(), journal::encode_chunk(&chunk)?)?;
         }
         let mut ix = self.index_state();
         for m in batch {
@@ -394,7 +380,7 @@ impl Store {
         ix.last_id = through;
         let mut recovered = 0;
         for kv in self.messages.range(self.journal_start(through.saturating_add(1))?..) {
-            let chunk: Vec<NewMessage> = decode("journal", &kv?.1)?;
+            let chunk = journal::decode_chunk(&kv?.1)?;
             for m in chunk.iter().filter(|m| m.id > through) {
                 self.remember(&mut ix, m)?;
                 recovered += 1;
@@ -497,7 +483,7 @@ impl Store {
             let held = matches!((chunk.first(), chunk.last()), (Some(a), Some(b)) if a.id <= id && id <= b.id);
             if !held {
                 chunk = match self.messages.range(..=id.to_be_bytes()).next_back().transpose()? {
-                    Some((_, v)) => decode("journal", &v)?,
+                    Some((_, v)) => journal::decode_chunk(&v)?,
                     None => Vec::new(),
                 };
             }
@@ -920,6 +906,27 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_2_journal_is_read_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch: Vec<_> = (1..=5).map(|id| new(id, Some("dm:alice:bob"), &["bob"], 1)).collect();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            // A chunk as schema 2 wrote it (not yet indexed), and that version.
+            s.messages
+                .insert(1u64.to_be_bytes(), encode("journal", &batch).unwrap())
+                .unwrap();
+            s.meta.insert("schema_version", &2u32.to_be_bytes()).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.next_message_id(), 6);
+        let got = s.mailbox_after("bob", 0, 10).unwrap();
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(&got[4].message.payload[..], b"m5");
+        let v = s.meta.get("schema_version").unwrap().unwrap();
+        assert_eq!(v.as_ref(), &3u32.to_be_bytes());
+    }
+
+    #[test]
     fn payload_encoding_is_that_of_a_byte_vector() {
         // Journals written when the payload was a Vec<u8> read back unchanged.
         #[derive(Serialize)]
@@ -956,11 +963,11 @@ mod tests {
             })
             .collect();
         for m in &batch {
-            let exact = encode("journal", &[m]).unwrap().len();
+            let exact = journal::encode_chunk(&[m]).unwrap().len();
             assert!(
-                m.encoded_len_estimate() >= exact,
+                journal::len_estimate(m) >= exact,
                 "estimate {} < {exact}",
-                m.encoded_len_estimate()
+                journal::len_estimate(m)
             );
         }
         s.append(&batch).unwrap();

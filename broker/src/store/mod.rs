@@ -6,6 +6,7 @@
 //! flush) through [`tokio::task::spawn_blocking`].
 
 mod hot;
+mod journal;
 mod keys;
 mod messages;
 mod migrate;
@@ -20,15 +21,18 @@ use std::path::Path;
 
 use thiserror::Error;
 
+pub use journal::{dm_conversation, dm_suffix, group_conversation, group_suffix, sent_dm_suffix};
 pub use messages::{MailboxEntry, MailboxMeta, NewMessage, Replayed, Retention, StoredMessage};
 pub use social::{Contact, GroupRecord, Members, ResetRecord, Role};
 pub use tokens::TokenRecord;
 pub use users::UserRecord;
 
 /// Schema version written at creation; a later version migrates from it on open.
+/// 3: journal chunks written in format 3, DMs and group messages by their shape
+/// (see [`journal`]); format 2 chunks are still read, so 2 -> 3 rewrites nothing.
 /// 2: messages in a chunked journal with lazily written id indexes (1: one record
 /// per message and per mailbox entry; migrated on open, see [`migrate`]).
-const SCHEMA_VERSION: u32 = 2;
+const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
