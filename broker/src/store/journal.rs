@@ -29,6 +29,16 @@ pub fn dm_conversation(a: &str, b: &str) -> String {
     ["dm:", first, ":", second].concat()
 }
 
+/// `conversation == dm_conversation(a, b)`, without building it.
+fn is_dm_conversation(conversation: &str, a: &str, b: &str) -> bool {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    conversation
+        .strip_prefix("dm:")
+        .and_then(|c| c.strip_prefix(first))
+        .and_then(|c| c.strip_prefix(':'))
+        == Some(second)
+}
+
 /// The conversation of a group.
 pub fn group_conversation(group: &str) -> String {
     ["group:", group].concat()
@@ -132,7 +142,7 @@ fn route_of(m: &NewMessage) -> RouteRef<'_> {
             [(user, e)] => to != from && user == from && e.qos == qos && e.suffix.strip_prefix("sent/dm/") == Some(to),
             _ => false,
         };
-        if copy_ok && conversation == dm_conversation(from, to) {
+        if copy_ok && is_dm_conversation(conversation, from, to) {
             return RouteRef::Direct { to, qos };
         }
         return explicit;
