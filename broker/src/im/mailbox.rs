@@ -98,9 +98,9 @@ impl Mailboxes {
         Mailboxes { store, writer }
     }
 
-    /// Hands a message to the writer, which stores it once, appends it to each
-    /// recipient's mailbox and then routes it to `inbox/{user}/{suffix}` for the
-    /// sessions subscribed then. With `receipt`, returns what resolves once stored.
+    /// Hands a message to the writer, which routes it to `inbox/{user}/{suffix}` for
+    /// the sessions subscribed then and stores it once, appended to each recipient's
+    /// mailbox. With `receipt`, returns what resolves once stored.
     /// `Err` when the writer has stopped.
     pub fn post(
         &self,

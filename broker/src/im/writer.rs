@@ -1,5 +1,5 @@
-//! The IM writer: one task stores what the IM layer accepted, in batches, then
-//! delivers it. A batch is everything that arrived while the previous one was being
+//! The IM writer: one task delivers and stores what the IM layer accepted, in
+//! batches. A batch is everything that arrived while the previous one was being
 //! written (group commit without a timer: one message alone is written at once, a
 //! burst shares the cost), and becomes a handful of store records. Message ids are
 //! assigned here, in the order messages are stored and delivered, so every mailbox
