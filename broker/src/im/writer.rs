@@ -69,7 +69,7 @@ pub struct Post {
 }
 
 enum Op {
-    Post(Box<Post>),
+    Post(Post),
     Cursor { user: String, device: String, id: u64 },
     Stop,
 }
@@ -135,7 +135,7 @@ impl Writer {
         } else {
             None
         };
-        self.tx.send(Op::Post(Box::new(post))).map_err(|_| WriterStopped)?;
+        self.tx.send(Op::Post(post)).map_err(|_| WriterStopped)?;
         Ok(rx)
     }
 
@@ -270,7 +270,7 @@ impl Worker {
                         qos,
                         origins,
                         done,
-                    } = *p;
+                    } = p;
                     record.id = self.store.next_message_id();
                     records.push(record);
                     rest.push((qos, origins, done));

@@ -31,19 +31,40 @@ impl SharedGroup {
     }
 }
 
-/// A topic walk looks up three keys per level (`#`, `+` and the level): with SipHash,
-/// hashing was the largest part of routing.
+/// With SipHash, hashing was the largest part of routing.
 type Map<K, V> = crate::FastMap<K, V>;
 
 #[derive(Default)]
 struct Node {
     /// Boxed children keep the maps' buckets small: most nodes have one child.
     children: Map<Box<str>, Box<Node>>,
+    /// Whether `children` has a `+` / `#` child: most nodes have neither, and a walk
+    /// then looks up one key per level instead of three.
+    has_plus: bool,
+    has_hash: bool,
     subscribers: Map<u64, Subscriber>,
     shared: Map<Box<str>, SharedGroup>,
 }
 
 impl Node {
+    fn child_mut(&mut self, level: &str) -> &mut Node {
+        match level {
+            "+" => self.has_plus = true,
+            "#" => self.has_hash = true,
+            _ => {}
+        }
+        self.children.entry(level.into()).or_default()
+    }
+
+    fn prune(&mut self, level: &str) {
+        self.children.remove(level);
+        match level {
+            "+" => self.has_plus = false,
+            "#" => self.has_hash = false,
+            _ => {}
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
     }
@@ -72,7 +93,7 @@ impl Trie {
     pub fn insert(&mut self, filter: &str, group: Option<&str>, subscriber: Subscriber) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.child_mut(level);
         }
         let id = subscriber.session.id;
         let new = match group {
@@ -140,7 +161,7 @@ fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, id: u64) ->
     };
     let removed = remove_rec(child, rest, group, id);
     if child.is_empty() {
-        node.children.remove(*first);
+        node.prune(first);
     }
     removed
 }
@@ -150,7 +171,7 @@ fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, id: u64) ->
 fn match_rec(node: &Node, rest: Option<&str>, first: bool, dollar: bool, visit: &mut dyn FnMut(&Subscriber)) {
     // Wildcards at the first level never match topics starting with '$' (MQTT-4.7.2-1).
     let wildcards = !(first && dollar);
-    if wildcards {
+    if wildcards && node.has_hash {
         if let Some(hash) = node.children.get("#") {
             hash.visit_here(visit);
         }
@@ -163,7 +184,7 @@ fn match_rec(node: &Node, rest: Option<&str>, first: bool, dollar: bool, visit: 
         Some((level, tail)) => (level, Some(tail)),
         None => (rest, None),
     };
-    if wildcards {
+    if wildcards && node.has_plus {
         if let Some(plus) = node.children.get("+") {
             match_rec(plus, tail, false, dollar, visit);
         }
@@ -238,6 +259,25 @@ mod tests {
         assert!(!t.remove("a/b", None, 1));
         assert_eq!(t.len(), 0);
         assert!(t.root.children.is_empty(), "pruned");
+    }
+
+    #[test]
+    fn wildcard_children_are_found_after_churn() {
+        let mut t = Trie::default();
+        t.insert("a/+", None, sub(1));
+        t.insert("a/#", None, sub(2));
+        t.insert("+/b", None, sub(3));
+        assert_eq!(ids(&t, "a/b"), vec![1, 2, 3]);
+        assert!(t.remove("a/+", None, 1));
+        assert!(t.remove("+/b", None, 3));
+        assert!(!t.root.has_plus);
+        assert_eq!(ids(&t, "a/b"), vec![2]);
+        t.insert("a/+", None, sub(4));
+        assert!(t.remove("a/#", None, 2));
+        assert_eq!(ids(&t, "a/b"), vec![4]);
+        assert_eq!(ids(&t, "a"), Vec::<u64>::new());
+        assert!(t.remove("a/+", None, 4));
+        assert!(t.root.children.is_empty() && !t.root.has_hash && !t.root.has_plus);
     }
 
     #[test]

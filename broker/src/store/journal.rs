@@ -165,12 +165,26 @@ fn route_of(m: &NewMessage) -> RouteRef<'_> {
     explicit
 }
 
-/// About what `m` adds to a chunk (varint lengths and integers counted generously),
-/// to bound chunks by size without encoding twice.
-pub fn len_estimate(m: &NewMessage) -> usize {
+/// A record ready to be written, with about what it adds to a chunk.
+pub struct Planned<'a> {
+    record: RecordRef<'a>,
+    /// Varint lengths and integers counted generously: chunks are bounded by size
+    /// without encoding twice.
+    pub len: usize,
+}
+
+impl Planned<'_> {
+    pub fn id(&self) -> u64 {
+        self.record.id
+    }
+}
+
+/// Recognizes `m`'s shape and estimates its size.
+pub fn plan(m: &NewMessage) -> Planned<'_> {
     let s = &m.message;
     let props: usize = s.user_properties.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-    let route = match route_of(m) {
+    let route = route_of(m);
+    let route_len = match &route {
         RouteRef::Direct { to, .. } => to.len() + 4,
         RouteRef::Group { group, members, .. } => group.len() + members.iter().map(|u| u.len() + 1).sum::<usize>() + 8,
         RouteRef::Explicit {
@@ -185,22 +199,23 @@ pub fn len_estimate(m: &NewMessage) -> usize {
                 + 4
         }
     };
-    24 + s.from.len() + s.payload.len() + props + s.content_type.as_ref().map_or(1, |c| c.len() + 2) + route
+    let content_type = s.content_type.as_ref().map_or(1, |c| c.len() + 2);
+    Planned {
+        record: RecordRef {
+            id: m.id,
+            message: &m.message,
+            route,
+        },
+        len: 24 + s.from.len() + s.payload.len() + props + content_type + route_len,
+    }
 }
 
 /// Encodes a chunk of records (format 3).
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] if serialization fails (it does not for these types).
-pub fn encode_chunk(chunk: &[&NewMessage]) -> Result<Vec<u8>, StoreError> {
-    let records: Vec<RecordRef<'_>> = chunk
-        .iter()
-        .map(|m| RecordRef {
-            id: m.id,
-            message: &m.message,
-            route: route_of(m),
-        })
-        .collect();
+pub fn encode_chunk(chunk: &[Planned<'_>]) -> Result<Vec<u8>, StoreError> {
+    let records: Vec<&RecordRef<'_>> = chunk.iter().map(|p| &p.record).collect();
     let mut out = FORMAT_3.to_vec();
     opts().serialize_into(&mut out, &records).map_err(corrupt)?;
     Ok(out)
@@ -415,7 +430,7 @@ mod tests {
         for (want, m) in &cases {
             assert_eq!(shape(m), *want, "{m:?}");
         }
-        let chunk: Vec<&NewMessage> = cases.iter().map(|(_, m)| m).collect();
+        let chunk: Vec<Planned<'_>> = cases.iter().map(|(_, m)| plan(m)).collect();
         let decoded = decode_chunk(&encode_chunk(&chunk).unwrap()).unwrap();
         let originals: Vec<NewMessage> = cases.into_iter().map(|(_, m)| m).collect();
         assert_eq!(decoded, originals);
@@ -429,7 +444,7 @@ mod tests {
             &[("bob", "dm/alice", 1), ("alice", "sent/dm/bob", 1)],
         );
         let format_2 = opts().serialize(&vec![&dm]).unwrap().len();
-        assert!(encode_chunk(&[&dm]).unwrap().len() + 25 < format_2);
+        assert!(encode_chunk(&[plan(&dm)]).unwrap().len() + 25 < format_2);
     }
 
     #[test]

@@ -242,6 +242,11 @@ fn decode_ids(v: &[u8]) -> Result<Vec<u64>, StoreError> {
         .collect())
 }
 
+/// The first id of a (non-empty) chunk: its key.
+fn first_id(chunk: &[journal::Planned<'_>]) -> u64 {
+    chunk.first().map_or(0, journal::Planned::id)
+}
+
 /// The last id in the journal (0 when empty).
 pub(super) fn last_message_id(journal: &sled::Tree) -> Result<u64, StoreError> {
     let Some((_, v)) = journal.last()? else {
@@ -267,22 +272,23 @@ impl Store {
     /// # Errors
     /// I/O errors. Part of the batch may have been written then.
     pub fn append(&self, batch: &[NewMessage]) -> Result<usize, StoreError> {
-        let mut chunk: Vec<&NewMessage> = Vec::new();
+        let mut chunk: Vec<journal::Planned<'_>> = Vec::new();
         let mut chunk_bytes = 0;
         for m in batch {
-            let len = journal::len_estimate(m);
+            let planned = journal::plan(m);
+            let len = planned.len;
             if !chunk.is_empty() && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + len > CHUNK_BYTES) {
                 self.messages
-                    .insert(chunk[0].id.to_be_bytes(), journal::encode_chunk(&chunk)?)?;
+                    .insert(first_id(&chunk).to_be_bytes(), journal::encode_chunk(&chunk)?)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
             chunk_bytes += len;
-            chunk.push(m);
+            chunk.push(planned);
         }
-        if let Some(first) = chunk.first() {
+        if !chunk.is_empty() {
             self.messages
-                .insert(first.id.to_be_bytes(), journal::encode_chunk(&chunk)?)?;
+                .insert(first_id(&chunk).to_be_bytes(), journal::encode_chunk(&chunk)?)?;
         }
         let mut ix = self.index_state();
         for m in batch {
@@ -295,12 +301,14 @@ impl Store {
     fn remember(&self, ix: &mut Index, m: &NewMessage) -> Result<(), StoreError> {
         let slot = m.slot();
         for (user, _) in &m.mailboxes {
-            // Counters loaded before the slot is pending, so it is counted once.
-            if !ix.meta.contains_key(user) {
-                self.mailbox_meta_in(ix, user)?;
-            }
-            if let Some(meta) = ix.meta.get_mut(user) {
-                meta.add(slot);
+            match ix.meta.get_mut(user) {
+                Some(meta) => meta.add(slot),
+                None => {
+                    // Counters loaded before the slot is pending, so it is counted once.
+                    let mut meta = self.mailbox_meta_in(ix, user)?;
+                    meta.add(slot);
+                    ix.meta.insert(user.clone(), meta);
+                }
             }
             // Names are copied only for a mailbox's first pending entry.
             match ix.pending.get_mut(user) {
@@ -963,12 +971,9 @@ mod tests {
             })
             .collect();
         for m in &batch {
-            let exact = journal::encode_chunk(&[m]).unwrap().len();
-            assert!(
-                journal::len_estimate(m) >= exact,
-                "estimate {} < {exact}",
-                journal::len_estimate(m)
-            );
+            let estimate = journal::plan(m).len;
+            let exact = journal::encode_chunk(&[journal::plan(m)]).unwrap().len();
+            assert!(estimate >= exact, "estimate {estimate} < {exact}");
         }
         s.append(&batch).unwrap();
         for record in s.messages.iter() {
