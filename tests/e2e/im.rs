@@ -781,6 +781,39 @@ async fn binary_messages_come_back_as_base64_in_history() {
 }
 
 #[tokio::test]
+async fn a_device_is_replayed_its_whole_backlog_at_once() {
+    // More than 10,000 entries (the old bound of one replay): a device acknowledging a
+    // newer message before the rest came would have lost them.
+    const N: usize = 10_050;
+    let b = TestBroker::start_default(|c| c.im.mailbox_max_messages = 20_000.try_into().unwrap()).await;
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "bob-watch");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let (mut watch, _) = Raw::connect(b.addr, c.clone()).await;
+    assert_eq!(suback(&mut watch, "inbox/bob/#").await, 0);
+    drop(watch);
+    wait_offline(&b, "bob").await;
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
+    for i in 0..N {
+        alice
+            .send(&publish_packet("dm/bob", QoS::AtMostOnce, 0, format!("m{i}")))
+            .await;
+    }
+    // Acknowledged once stored, after everything sent before it.
+    assert_eq!(puback(&mut alice, "dm/bob", 1).await, 0);
+    let (mut watch, ack) = Raw::connect(b.addr, c).await;
+    assert!(ack.session_present);
+    for i in 0..N {
+        match watch.recv().await {
+            Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], format!("m{i}").as_bytes()),
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+    assert!(matches!(watch.recv().await, Some(Packet::Publish(p)) if &p.payload[..] == b"x"));
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn a_qos0_device_is_not_replayed_what_it_was_already_sent() {
     let b = TestBroker::start_default(|_| {}).await;
     let mut c = connect_packet(Protocol::V5, Some("bob"), "bob-watch");

@@ -19,9 +19,6 @@ use crate::message::{Message, PropertiesSource};
 use crate::session::{Delivery, Session};
 use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Store, StoreError, StoredMessage};
 
-/// Most entries replayed into a session at once; the rest follow on later acks.
-const REPLAY_BATCH: usize = 10_000;
-
 /// The sender name of broker events.
 pub const BROKER_SENDER: &str = "natter";
 
@@ -196,11 +193,12 @@ impl Mailboxes {
                 });
             }
         }
-        let mut entries = self.store.mailbox_after(user, cursor, REPLAY_BATCH)?;
-        if entries.len() < REPLAY_BATCH {
-            let last = entries.last().map_or(cursor, |r| r.id);
-            entries.extend(in_flight.into_iter().filter(|r| r.id > last));
-        }
+        // Everything retained after the cursor, at once: a device acknowledging a
+        // newer (live) message would move its cursor past any entry left for later.
+        // Retention bounds it (count and bytes: `index_now` applied it above).
+        let mut entries = self.store.mailbox_after(user, cursor, self.writer.replay_limit())?;
+        let last = entries.last().map_or(cursor, |r| r.id);
+        entries.extend(in_flight.into_iter().filter(|r| r.id > last));
         for Replayed { id, entry, message: m } in entries {
             let topic = format!("{}{}", im::inbox_prefix(user), entry.suffix);
             let Some((granted, _, sub_ids)) = session.granted(&topic) else {

@@ -199,6 +199,11 @@ impl Writer {
             .collect()
     }
 
+    /// The most entries a mailbox holds once retention is applied.
+    pub fn replay_limit(&self) -> usize {
+        usize::try_from(self.retention.max_messages).unwrap_or(usize::MAX)
+    }
+
     /// Writes the index entries kept in memory now, applying retention (before a
     /// device is replayed, so it sees its mailbox within bounds).
     ///
