@@ -206,7 +206,8 @@ impl Handler {
                         return end;
                     }
                 }
-                _ = self.session.woken() => {}                _ = self.keepalive_timer.as_mut(), if keepalive_on => return End::KeepAliveTimeout,
+                _ = self.session.woken() => {}
+                _ = self.keepalive_timer.as_mut(), if keepalive_on => return End::KeepAliveTimeout,
             }
         }
     }
