@@ -21,8 +21,9 @@
 //! calls here never flush; the durability step's flush goes to the blocking pool,
 //! once per batch.
 //!
-//! The mailbox and history indexes are written from here too, every 100 ms or when
-//! 16k entries wait in memory (see the store's messages module).
+//! The mailbox and history indexes are written from here too, every `[im]
+//! index_interval_ms` while entries wait in memory (an idle writer does not wake) or
+//! as soon as `index_max_pending` wait (see the store's messages module).
 //!
 //! Device cursors go through here too: an acknowledgement updates an in-memory map at
 //! once (read by replays) and is written with the next batch, one write per device.
@@ -231,11 +232,13 @@ impl Worker {
         let (mut batches, mut committed) = (0u64, 0u64);
         let mut tick = tokio::time::interval(self.limits.index_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether index entries may wait in memory: an idle writer does not wake.
+        let mut unindexed = false;
         loop {
             let first = tokio::select! {
                 op = self.rx.recv() => op,
-                _ = tick.tick() => {
-                    self.index();
+                _ = tick.tick(), if unindexed => {
+                    unindexed = !self.index();
                     continue;
                 }
             };
@@ -254,6 +257,7 @@ impl Worker {
             if self.commit(&mut ops).await {
                 break;
             }
+            unindexed = true;
             // Let the connections run between batches.
             tokio::task::yield_now().await;
         }
@@ -329,10 +333,15 @@ impl Worker {
         stop
     }
 
-    /// Writes the index entries kept in memory (see [`crate::store`]'s messages).
-    fn index(&self) {
-        if let Err(e) = self.store.index(self.limits.retention) {
-            tracing::error!(error = %e, "mailbox index not written (kept in memory, retried)");
+    /// Writes the index entries kept in memory (see [`crate::store`]'s messages);
+    /// false if they are still there.
+    fn index(&self) -> bool {
+        match self.store.index(self.limits.retention) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "mailbox index not written (kept in memory, retried)");
+                false
+            }
         }
     }
 

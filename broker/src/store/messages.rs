@@ -2,16 +2,17 @@
 //!
 //! A journal with indexes written behind it:
 //! - `journal`: every message once, with where it goes (its conversation and the
-//!   mailboxes it was appended to), in chunks keyed by their first id. Writing a
-//!   batch is one or a few records, whatever the number of recipients: this is the
-//!   write a publisher's acknowledgement waits for.
+//!   mailboxes it was appended to), in chunks keyed by their first id (record
+//!   format: [`super::journal`]). Writing a batch is one or a few records, whatever
+//!   the number of recipients: this is the write a publisher's acknowledgement
+//!   waits for.
 //! - `mailbox_index` (user + first id) and `history_index` (conversation + first id):
 //!   id lists, written from memory by [`Store::index`] every so often (the IM writer
-//!   does it every 100 ms or few thousand entries), so a busy mailbox gets one index
-//!   record per interval rather than one per message. Until then the entries are in
-//!   memory (`Index::pending`) and every read merges them in; on open the journal
-//!   after the last indexed id is read back into memory, so nothing depends on the
-//!   indexes having been written before a crash.
+//!   does it every `index_interval_ms` or `index_max_pending` entries), so a busy
+//!   mailbox gets one index record per interval rather than one per message. Until
+//!   then the entries are in memory (`Index::pending`) and every read merges them
+//!   in; on open the journal after the last indexed id is read back into memory, so
+//!   nothing depends on the indexes having been written before a crash.
 //!
 //! sled's cost is per record and per byte (it rewrites whole leaves), hence the
 //! chunks and the compact varint encoding. Chunks never overlap, so the chunk
