@@ -99,8 +99,9 @@ pub struct Retention {
 }
 
 /// Counts kept per mailbox so retention does not scan. Kept in memory, written with
-/// the index; on load the index entries after the written state are counted again,
-/// so the counters are right after a crash too.
+/// the index when retention changed them or they lag (see [`META_LAG`]); on load the
+/// index entries after the written state are counted again, so the counters are
+/// right after a restart or a crash too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxMeta {
     pub count: u64,
@@ -114,6 +115,9 @@ pub struct MailboxMeta {
     /// The newest id these counters include, and its time.
     pub last_id: u64,
     pub newest_ts: u64,
+    /// The `last_id` of the copy in the store (in memory only).
+    #[serde(skip)]
+    persisted_through: u64,
 }
 
 impl MailboxMeta {
@@ -163,6 +167,11 @@ const CHUNK_MESSAGES: usize = 256;
 /// is written as a separate blob file, which costs far more. Chunks of ~7 KiB stay
 /// under that; 16 KiB chunks made every leaf a blob.
 const CHUNK_BYTES: usize = 7 * 1024;
+
+/// Mailbox counters are written to the store when retention changed them or when
+/// they lag the index by this many ids (one sled write less per mailbox and index
+/// write otherwise).
+const META_LAG: u64 = 4096;
 
 /// Where the index stands: everything up to this id is in the index trees.
 const INDEXED_THROUGH: &str = "indexed_through";
@@ -356,9 +365,16 @@ impl Store {
             ix.pending.remove(&user);
             ix.pending_entries -= n;
             let mut meta = self.mailbox_meta_in(&mut ix, &user)?;
+            let dropped = meta.dropped_up_to;
             self.apply_retention(&user, &mut meta, r)?;
-            self.mailbox_meta
-                .insert(user.as_str(), encode("mailbox_meta", &meta)?)?;
+            // The stored counters may lag: on open, what was indexed after them is
+            // counted again. Not what retention changed (it removed entries), and not
+            // by more than META_LAG entries (the recount stays short).
+            if meta.dropped_up_to != dropped || meta.last_id.saturating_sub(meta.persisted_through) >= META_LAG {
+                self.mailbox_meta
+                    .insert(user.as_str(), encode("mailbox_meta", &meta)?)?;
+                meta.persisted_through = meta.last_id;
+            }
             ix.meta.insert(user, meta);
         }
         let convs: Vec<String> = ix.pending_history.keys().cloned().collect();
@@ -912,6 +928,39 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.next_message_id(), 601);
+    }
+
+    #[test]
+    fn counters_written_late_are_right_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Retention {
+            max_messages: 16,
+            ..WIDE
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let batch: Vec<_> = (1..=10).map(|id| new(id, None, &["bob"], 1)).collect();
+            s.append(&batch).unwrap();
+            s.index(small).unwrap();
+            assert!(
+                s.mailbox_meta.get("bob").unwrap().is_none(),
+                "not written yet: it lags little"
+            );
+        }
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+            assert_eq!((meta.count, meta.last_id), (10, 10), "recounted from the index");
+            // Over the bound: retention trims, and the counters are written at once.
+            let batch: Vec<_> = (11..=20).map(|id| new(id, None, &["bob"], 1)).collect();
+            s.append(&batch).unwrap();
+            s.index(small).unwrap();
+            assert!(s.mailbox_meta.get("bob").unwrap().is_some());
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+        assert_eq!((meta.count, meta.last_id, meta.dropped_up_to), (15, 20, 5));
+        assert_eq!(s.mailbox_after("bob", 0, 100).unwrap().len(), 15);
     }
 
     #[test]
