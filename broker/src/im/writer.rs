@@ -295,8 +295,9 @@ impl Worker {
             let batch = Arc::new(records);
             *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = batch.clone();
             let mut receipts = Vec::with_capacity(rest.len());
+            let mut topic = String::new();
             for (record, (qos, origins, done)) in batch.iter().zip(rest) {
-                self.deliver(record, qos, &origins);
+                self.deliver(record, qos, &origins, &mut topic);
                 receipts.extend(done);
             }
             // The recipients' connections write while the store works.
@@ -345,10 +346,10 @@ impl Worker {
         }
     }
 
-    /// Routes a message to the sessions subscribed to its mailboxes now.
-    fn deliver(&self, record: &NewMessage, qos: QoS, origins: &[Origin]) {
+    /// Routes a message to the sessions subscribed to its mailboxes now (`topic`: a
+    /// buffer the batch's messages share).
+    fn deliver(&self, record: &NewMessage, qos: QoS, origins: &[Origin], topic: &mut String) {
         let id = record.id;
-        let mut topic = String::new();
         for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
             topic.clear();
             topic.push_str(im::INBOX);
@@ -358,7 +359,7 @@ impl Worker {
             topic.push_str(&entry.suffix);
             // Built only for a session to receive it (often none: the sender's copy).
             self.router
-                .publish_built(&topic, origin.session, origin.exclude, || Message {
+                .publish_built(topic, origin.session, origin.exclude, || Message {
                     topic: topic.as_str().into(),
                     payload: record.message.payload.clone(),
                     qos,

@@ -252,11 +252,6 @@ fn decode_ids(v: &[u8]) -> Result<Vec<u64>, StoreError> {
         .collect())
 }
 
-/// The first id of a (non-empty) chunk: its key.
-fn first_id(chunk: &[journal::Planned<'_>]) -> u64 {
-    chunk.first().map_or(0, journal::Planned::id)
-}
-
 /// The last id in the journal (0 when empty).
 pub(super) fn last_message_id(journal: &sled::Tree) -> Result<u64, StoreError> {
     let Some((_, v)) = journal.last()? else {
@@ -288,23 +283,28 @@ impl Store {
             let planned = journal::plan(m);
             let len = planned.len;
             if !chunk.is_empty() && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + len > CHUNK_BYTES) {
-                self.messages
-                    .insert(first_id(&chunk).to_be_bytes(), journal::encode_chunk(&chunk)?)?;
+                self.write_chunk(&chunk)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
             chunk_bytes += len;
             chunk.push(planned);
         }
-        if !chunk.is_empty() {
-            self.messages
-                .insert(first_id(&chunk).to_be_bytes(), journal::encode_chunk(&chunk)?)?;
-        }
+        self.write_chunk(&chunk)?;
         let mut ix = self.index_state();
         for m in batch {
             self.remember(&mut ix, m)?;
         }
         Ok(ix.pending_entries)
+    }
+
+    /// Writes a journal chunk under its first id (nothing for an empty one).
+    fn write_chunk(&self, chunk: &[journal::Planned<'_>]) -> Result<(), StoreError> {
+        if let Some(first) = chunk.first() {
+            self.messages
+                .insert(first.id().to_be_bytes(), journal::encode_chunk(chunk)?)?;
+        }
+        Ok(())
     }
 
     /// Adds a journaled message to the in-memory index and the mailbox counters.
