@@ -30,7 +30,7 @@ pub fn now_ms() -> u64 {
 
 /// Properties a subscriber sees on a mailbox delivery: the sender's user properties
 /// (minus any that would impersonate ours), then `id`, `from` and `ts`.
-pub(super) fn properties(id: u64, m: &StoredMessage) -> Properties {
+fn properties(id: u64, m: &StoredMessage) -> Properties {
     let mut user_properties: Vec<(String, String)> = m
         .user_properties
         .iter()
@@ -204,14 +204,14 @@ impl Mailboxes {
             let Some((granted, _, sub_ids)) = session.granted(&topic) else {
                 continue;
             };
-            let properties = properties(id, &m);
             let msg = Message {
                 topic: topic.into(),
-                payload: m.payload,
+                payload: m.payload.clone(),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties,
-                lazy_properties: None,
+                // As for live deliveries: built for MQTT 5 receivers only.
+                properties: Properties::default(),
+                lazy_properties: Some(Arc::new(m)),
                 expires_at: None,
                 origin: None,
                 exclude_origin: false,
