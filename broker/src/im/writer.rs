@@ -21,9 +21,11 @@
 //! calls here never flush; the durability step's flush goes to the blocking pool,
 //! once per batch.
 //!
-//! The mailbox and history indexes are written from here too, every `[im]
-//! index_interval_ms` while entries wait in memory (an idle writer does not wake) or
-//! as soon as `index_max_pending` wait (see the store's messages module).
+//! The mailbox and history indexes are written behind it, on the blocking pool, every
+//! `[im] index_interval_ms` while entries wait in memory (an idle writer does not
+//! wake) or as soon as `index_max_pending` wait (see the store's messages module).
+//! The writer goes on delivering and storing meanwhile; only when twice
+//! `index_max_pending` wait does it wait for the index write under way.
 //!
 //! Device cursors go through here too: an acknowledgement updates an in-memory map at
 //! once (read by replays) and is written with the next batch, one write per device.
@@ -99,6 +101,8 @@ struct Worker {
     limits: WriterLimits,
     cursors: Cursors,
     in_flight: InFlight,
+    /// The index write under way (on the blocking pool).
+    indexing: Option<JoinHandle<()>>,
 }
 
 impl Writer {
@@ -114,6 +118,7 @@ impl Writer {
             limits,
             cursors: cursors.clone(),
             in_flight: in_flight.clone(),
+            indexing: None,
         };
         let task = tokio::spawn(worker.run());
         Writer {
@@ -238,7 +243,7 @@ impl Worker {
             let first = tokio::select! {
                 op = self.rx.recv() => op,
                 _ = tick.tick(), if unindexed => {
-                    unindexed = !self.index();
+                    unindexed = self.on_tick().await;
                     continue;
                 }
             };
@@ -261,12 +266,49 @@ impl Worker {
             // Let the connections run between batches.
             tokio::task::yield_now().await;
         }
-        self.index();
+        self.finish_index().await;
+        self.start_index();
+        self.finish_index().await;
         tracing::debug!(batches, committed, "writer stopped");
     }
 
+    /// At the index tick: starts an index write if entries wait and none is under
+    /// way. Returns whether the tick is still needed (a write under way, or entries
+    /// waiting).
+    async fn on_tick(&mut self) -> bool {
+        if self.indexing.as_ref().is_some_and(|h| !h.is_finished()) {
+            return true;
+        }
+        self.finish_index().await;
+        if self.store.unindexed() == 0 {
+            return false;
+        }
+        self.start_index();
+        true
+    }
+
+    /// Starts writing the index on the blocking pool (the caller checked that no
+    /// write is under way). A failed write leaves its entries in memory, for the next.
+    fn start_index(&mut self) {
+        let (store, retention) = (self.store.clone(), self.limits.retention);
+        self.indexing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.index(retention) {
+                tracing::error!(error = %e, "mailbox index not written (kept in memory, retried)");
+            }
+        }));
+    }
+
+    /// Waits for the index write under way, if any.
+    async fn finish_index(&mut self) {
+        if let Some(h) = self.indexing.take() {
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "the index write failed");
+            }
+        }
+    }
+
     /// Delivers and stores one batch; true when told to stop.
-    async fn commit(&self, ops: &mut Vec<Op>) -> bool {
+    async fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
         let mut stop = false;
         let mut cursors: HashMap<(String, String), u64> = HashMap::new();
         let mut records = Vec::new();
@@ -302,21 +344,24 @@ impl Worker {
             }
             // The recipients' connections write while the store works.
             tokio::task::yield_now().await;
-            let stored = match self.store.append(&batch) {
-                Ok(pending) => {
-                    if pending >= self.limits.index_at {
-                        self.index();
-                    }
-                    true
-                }
+            let (stored, unindexed) = match self.store.append(&batch) {
+                Ok(unindexed) => (true, unindexed),
                 Err(e) => {
                     tracing::error!(error = %e, messages = batch.len(), "messages not stored");
-                    false
+                    (false, 0)
                 }
             };
             *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
             for done in receipts {
                 let _ = done.send(stored);
+            }
+            if unindexed >= self.limits.index_at {
+                let busy = self.indexing.as_ref().is_some_and(|h| !h.is_finished());
+                // Memory stays bounded: at twice the bound, the next batch waits.
+                if !busy || unindexed >= self.limits.index_at.saturating_mul(2) {
+                    self.finish_index().await;
+                    self.start_index();
+                }
             }
         }
         for ((user, device), id) in cursors {
@@ -332,18 +377,6 @@ impl Worker {
             }
         }
         stop
-    }
-
-    /// Writes the index entries kept in memory (see [`crate::store`]'s messages);
-    /// false if they are still there.
-    fn index(&self) -> bool {
-        match self.store.index(self.limits.retention) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "mailbox index not written (kept in memory, retried)");
-                false
-            }
-        }
     }
 
     /// Routes a message to the sessions subscribed to its mailboxes now (`topic`: a

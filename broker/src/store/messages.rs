@@ -8,11 +8,12 @@
 //!   waits for.
 //! - `mailbox_index` (user + first id) and `history_index` (conversation + first id):
 //!   id lists, written from memory by [`Store::index`] every so often (the IM writer
-//!   does it every `index_interval_ms` or `index_max_pending` entries), so a busy
-//!   mailbox gets one index record per interval rather than one per message. Until
-//!   then the entries are in memory (`Index::pending`) and every read merges them
-//!   in; on open the journal after the last indexed id is read back into memory, so
-//!   nothing depends on the indexes having been written before a crash.
+//!   has the blocking pool do it every `index_interval_ms` or `index_max_pending`
+//!   entries), so a busy mailbox gets one index record per interval rather than one
+//!   per message. Until then the entries are in memory (`Index::pending`, then
+//!   `Index::writing` while an index write runs beside the appends) and every read
+//!   merges them in; on open the journal after the last indexed id is read back into
+//!   memory, so nothing depends on the indexes having been written before a crash.
 //!
 //! sled's cost is per record and per byte (it rewrites whole leaves), hence the
 //! chunks and the compact varint encoding. Chunks never overlap, so the chunk
@@ -143,18 +144,79 @@ struct Slot {
     bytes: u32,
 }
 
+/// Index entries kept in memory, per mailbox and conversation (ids increasing).
+#[derive(Default, Clone)]
+pub(super) struct Pending {
+    mailboxes: FastMap<String, Vec<Slot>>,
+    history: FastMap<String, Vec<u64>>,
+    entries: usize,
+}
+
+impl Pending {
+    fn add_slots(&mut self, user: &str, slots: &[Slot]) {
+        self.entries += slots.len();
+        match self.mailboxes.get_mut(user) {
+            Some(v) => v.extend_from_slice(slots),
+            None => {
+                self.mailboxes.insert(user.to_owned(), slots.to_vec());
+            }
+        }
+    }
+
+    fn add_ids(&mut self, conversation: &str, ids: &[u64]) {
+        self.entries += ids.len();
+        match self.history.get_mut(conversation) {
+            Some(v) => v.extend_from_slice(ids),
+            None => {
+                self.history.insert(conversation.to_owned(), ids.to_vec());
+            }
+        }
+    }
+
+    /// `older` followed by `newer`.
+    fn merged(older: &Pending, newer: Pending) -> Pending {
+        if older.entries == 0 {
+            return newer;
+        }
+        let mut out = older.clone();
+        for (user, slots) in &newer.mailboxes {
+            out.add_slots(user, slots);
+        }
+        for (conv, ids) in &newer.history {
+            out.add_ids(conv, ids);
+        }
+        out
+    }
+}
+
 /// The in-memory side of the indexes.
 #[derive(Default)]
 pub(super) struct Index {
-    /// Mailbox entries appended since the last [`Store::index`].
-    pending: FastMap<String, Vec<Slot>>,
-    /// History ids appended since then.
-    pending_history: FastMap<String, Vec<u64>>,
-    pending_entries: usize,
+    /// Entries appended since the last [`Store::index`] began.
+    pending: Pending,
+    /// Entries an index write is putting in the trees (or failed to: written by the
+    /// next one). Read from here until then, as they may or may not be in the trees.
+    writing: Arc<Pending>,
     /// The newest id appended.
     last_id: u64,
     /// Counters of the mailboxes seen since start.
     meta: FastMap<String, MailboxMeta>,
+}
+
+impl Index {
+    /// `user`'s entries in memory, oldest first.
+    fn mailbox(&self, user: &str) -> impl Iterator<Item = &Slot> {
+        let writing = self.writing.mailboxes.get(user).into_iter().flatten();
+        writing.chain(self.pending.mailboxes.get(user).into_iter().flatten())
+    }
+
+    /// `conversation`'s ids in memory, oldest first.
+    fn history(&self, conversation: &str) -> impl Iterator<Item = u64> + '_ {
+        let writing = self.writing.history.get(conversation).into_iter().flatten();
+        writing
+            .chain(self.pending.history.get(conversation).into_iter().flatten())
+            .copied()
+    }
 }
 
 /// A journal chunk holds at most this many messages...
@@ -295,7 +357,7 @@ impl Store {
         for m in batch {
             self.remember(&mut ix, m)?;
         }
-        Ok(ix.pending_entries)
+        Ok(ix.pending.entries)
     }
 
     /// Writes a journal chunk under its first id (nothing for an empty one).
@@ -320,76 +382,154 @@ impl Store {
                     ix.meta.insert(user.clone(), meta);
                 }
             }
-            // Names are copied only for a mailbox's first pending entry.
-            match ix.pending.get_mut(user) {
-                Some(slots) => slots.push(slot),
-                None => {
-                    ix.pending.insert(user.clone(), vec![slot]);
-                }
-            }
-            ix.pending_entries += 1;
+            ix.pending.add_slots(user, &[slot]);
         }
         if let Some(conv) = &m.conversation {
-            match ix.pending_history.get_mut(conv) {
-                Some(ids) => ids.push(m.id),
-                None => {
-                    ix.pending_history.insert(conv.clone(), vec![m.id]);
-                }
-            }
-            ix.pending_entries += 1;
+            ix.pending.add_ids(conv, &[m.id]);
         }
         ix.last_id = ix.last_id.max(m.id);
         Ok(())
     }
 
+    /// Index entries waiting in memory.
+    pub fn unindexed(&self) -> usize {
+        self.index_state().pending.entries
+    }
+
     /// Writes the in-memory index entries to the index trees, one record per mailbox
     /// and conversation, and applies retention to the mailboxes written.
+    ///
+    /// Appends and reads go on meanwhile: the entries being written move from
+    /// `pending` to `writing` (still read from there) and the index lock is only taken
+    /// for moments, so the caller may be any thread (the IM writer uses the blocking
+    /// pool). One index write runs at a time.
     ///
     /// # Errors
     /// I/O errors (what was not written stays in memory for the next call).
     pub fn index(&self, r: Retention) -> Result<(), StoreError> {
-        let mut ix = self.index_state();
-        if ix.pending_entries == 0 {
+        let _one = self.indexing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((work, through)) = self.begin_index() else {
             return Ok(());
+        };
+        if let Err(failed) = self.write_entries(&work) {
+            let (e, rest) = *failed;
+            self.index_state().writing = Arc::new(rest);
+            return Err(e);
         }
-        let users: Vec<String> = ix.pending.keys().cloned().collect();
-        for user in users {
-            let Some(slots) = ix.pending.get(&user) else {
+        // Everything up to `through` was pending or written before.
+        let marked = self.meta.insert(INDEXED_THROUGH, &through.to_be_bytes());
+        self.index_state().writing = Arc::default();
+        marked?;
+        let mut failed = None;
+        for (user, slots) in &work.mailboxes {
+            let Some(newest) = slots.last() else {
                 continue;
             };
-            if let Some(first) = slots.first() {
-                self.mailbox
-                    .insert(keys::with_id(&user, first.id), encode_slots(slots)?)?;
+            if let Err(e) = self.retain(user, newest.id, r) {
+                tracing::error!(user, error = %e, "mailbox retention not applied (retried at the next index write)");
+                failed.get_or_insert(e);
             }
-            let n = slots.len();
-            ix.pending.remove(&user);
-            ix.pending_entries -= n;
-            let mut meta = self.mailbox_meta_in(&mut ix, &user)?;
-            let dropped = meta.dropped_up_to;
-            self.apply_retention(&user, &mut meta, r)?;
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Moves the pending entries to `writing` (after what a failed write left there):
+    /// what this index write writes, and the newest id it covers. `None` when nothing
+    /// waits.
+    fn begin_index(&self) -> Option<(Arc<Pending>, u64)> {
+        let mut ix = self.index_state();
+        if ix.pending.entries == 0 && ix.writing.entries == 0 {
+            return None;
+        }
+        let newer = std::mem::take(&mut ix.pending);
+        let work = Arc::new(Pending::merged(&ix.writing, newer));
+        ix.writing = work.clone();
+        Some((work, ix.last_id))
+    }
+
+    /// Writes one record per mailbox and conversation; on an error, returns what is
+    /// left to write (the failed record included: writing it again is harmless).
+    fn write_entries(&self, work: &Pending) -> Result<(), Box<(StoreError, Pending)>> {
+        let mailboxes: Vec<(&String, &Vec<Slot>)> = work.mailboxes.iter().collect();
+        for (i, (user, slots)) in mailboxes.iter().enumerate() {
+            let written = match slots.first() {
+                Some(first) => encode_slots(slots).and_then(|v| {
+                    self.mailbox.insert(keys::with_id(user, first.id), v)?;
+                    Ok(())
+                }),
+                None => Ok(()),
+            };
+            if let Err(e) = written {
+                let mut rest = Pending::default();
+                for (user, slots) in &mailboxes[i..] {
+                    rest.add_slots(user, slots);
+                }
+                for (conv, ids) in &work.history {
+                    rest.add_ids(conv, ids);
+                }
+                return Err(Box::new((e, rest)));
+            }
+        }
+        let history: Vec<(&String, &Vec<u64>)> = work.history.iter().collect();
+        for (i, (conv, ids)) in history.iter().enumerate() {
+            let written = match ids.first() {
+                Some(&first) => encode_ids(ids).and_then(|v| {
+                    self.history.insert(keys::with_id(conv, first), v)?;
+                    Ok(())
+                }),
+                None => Ok(()),
+            };
+            if let Err(e) = written {
+                let mut rest = Pending::default();
+                for (conv, ids) in &history[i..] {
+                    rest.add_ids(conv, ids);
+                }
+                return Err(Box::new((e, rest)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies retention to `user`'s mailbox, whose newest entry in the tree is
+    /// `newest` (entries appended meanwhile are left for the next index write), and
+    /// writes its counters when retention changed them or they lag.
+    fn retain(&self, user: &str, newest: u64, r: Retention) -> Result<(), StoreError> {
+        let before = {
+            let mut ix = self.index_state();
+            self.mailbox_meta_in(&mut ix, user)?
+        };
+        // Trimmed on a copy without the lock: appends meanwhile only add newer entries
+        // (counted in `count`, which is right: they are in the mailbox), and only this
+        // (serialized) index write removes entries.
+        let mut trimmed = before;
+        self.apply_retention(user, &mut trimmed, newest, r)?;
+        let (persist, meta) = {
+            let mut ix = self.index_state();
+            let Some(meta) = ix.meta.get_mut(user) else {
+                return Ok(());
+            };
+            meta.count -= before.count - trimmed.count;
+            meta.bytes = meta.bytes.saturating_sub(before.bytes - trimmed.bytes);
+            meta.dropped_up_to = meta.dropped_up_to.max(trimmed.dropped_up_to);
+            if trimmed.oldest_id != before.oldest_id {
+                meta.oldest_id = trimmed.oldest_id;
+                meta.oldest_ts = trimmed.oldest_ts;
+            }
             // The stored counters may lag: on open, what was indexed after them is
             // counted again. Not what retention changed (it removed entries), and not
             // by more than META_LAG entries (the recount stays short).
-            if meta.dropped_up_to != dropped || meta.last_id.saturating_sub(meta.persisted_through) >= META_LAG {
-                self.mailbox_meta
-                    .insert(user.as_str(), encode("mailbox_meta", &meta)?)?;
-                meta.persisted_through = meta.last_id;
+            let persist = trimmed.dropped_up_to != before.dropped_up_to
+                || meta.last_id.saturating_sub(meta.persisted_through) >= META_LAG;
+            (persist, *meta)
+        };
+        if persist {
+            // Consistent as of a moment: entries counted but not indexed yet are in
+            // the journal, from which they are indexed again on open.
+            self.mailbox_meta.insert(user, encode("mailbox_meta", &meta)?)?;
+            if let Some(m) = self.index_state().meta.get_mut(user) {
+                m.persisted_through = m.persisted_through.max(meta.last_id);
             }
-            ix.meta.insert(user, meta);
         }
-        let convs: Vec<String> = ix.pending_history.keys().cloned().collect();
-        for conv in convs {
-            let Some(ids) = ix.pending_history.get(&conv) else {
-                continue;
-            };
-            if let Some(&first) = ids.first() {
-                self.history.insert(keys::with_id(&conv, first), encode_ids(ids)?)?;
-            }
-            let n = ids.len();
-            ix.pending_history.remove(&conv);
-            ix.pending_entries -= n;
-        }
-        self.meta.insert(INDEXED_THROUGH, &ix.last_id.to_be_bytes())?;
         Ok(())
     }
 
@@ -424,11 +564,11 @@ impl Store {
             .map_or_else(|| id.to_be_bytes().to_vec(), |(k, _)| k.to_vec()))
     }
 
-    /// Drops a mailbox's oldest index entries while it is over a bound (the newest
-    /// always stays). Once over a count or byte bound, it is trimmed to 15/16 of it:
+    /// Drops a mailbox's oldest index entries while it is over a bound (`newest`,
+    /// its newest entry in the tree, always stays). Once over a count or byte bound, it is trimmed to 15/16 of it:
     /// large mailboxes in steps (whole chunks, once per many appends), small bounds
     /// stay exact. Only index entries go: the journal keeps messages for history.
-    fn apply_retention(&self, user: &str, meta: &mut MailboxMeta, r: Retention) -> Result<(), StoreError> {
+    fn apply_retention(&self, user: &str, meta: &mut MailboxMeta, newest: u64, r: Retention) -> Result<(), StoreError> {
         // Age is measured from the newest entry.
         let oldest_allowed = meta.newest_ts.saturating_sub(r.max_age);
         let over = |m: &MailboxMeta, max_messages: u64, max_bytes: u64| {
@@ -451,7 +591,7 @@ impl Store {
             };
             slots.retain(|s| s.id >= oldest);
             let mut cut = 0;
-            while cut < slots.len() && over(meta) && slots[cut].id != meta.last_id {
+            while cut < slots.len() && over(meta) && slots[cut].id < newest {
                 let s = slots[cut];
                 meta.count -= 1;
                 meta.bytes = meta.bytes.saturating_sub(u64::from(s.bytes));
@@ -551,7 +691,7 @@ impl Store {
         for s in self.indexed_after(user, meta.last_id, usize::MAX)? {
             meta.add(s);
         }
-        for s in ix.pending.get(user).into_iter().flatten() {
+        for s in ix.mailbox(user) {
             meta.add(*s);
         }
         ix.meta.insert(user.to_owned(), meta);
@@ -585,10 +725,10 @@ impl Store {
         // the second read finds them (duplicates are merged), never loses them.
         let pending: Vec<u64> = self
             .index_state()
-            .pending
-            .get(user)
-            .map(|v| v.iter().map(|s| s.id).filter(|&id| id > after).collect())
-            .unwrap_or_default();
+            .mailbox(user)
+            .map(|s| s.id)
+            .filter(|&id| id > after)
+            .collect();
         let mut ids: Vec<u64> = self
             .indexed_after(user, after, limit)?
             .into_iter()
@@ -649,12 +789,7 @@ impl Store {
         let lo = after.map_or(0, |a| a.saturating_add(1));
         let hi = before.unwrap_or(u64::MAX);
         let within = |id: &u64| lo <= *id && *id < hi;
-        let pending: Vec<u64> = self
-            .index_state()
-            .pending_history
-            .get(conversation)
-            .map(|v| v.iter().copied().filter(within).collect())
-            .unwrap_or_default();
+        let pending: Vec<u64> = self.index_state().history(conversation).filter(within).collect();
         let mut ids: Vec<u64> = Vec::new();
         if after.is_some() && before.is_none() {
             let start = self
@@ -673,7 +808,8 @@ impl Store {
             ids.extend(pending.into_iter().filter(|&id| id > last));
             ids.truncate(limit);
         } else {
-            // Newest first: pending (all newer than the tree), then the tree backwards.
+            // Newest first: memory (newer than the tree, or also there while being
+            // written: `floor` skips those), then the tree backwards.
             let mut newest: Vec<u64> = pending.into_iter().rev().collect();
             let range = self
                 .history
@@ -1086,6 +1222,113 @@ mod tests {
         s.advance_cursor("bob", "phone", 7).unwrap();
         s.advance_cursor("bob", "phone", 5).unwrap();
         assert_eq!(s.cursor("bob", "phone").unwrap(), Some(7), "never back");
+    }
+
+    #[test]
+    fn reads_during_an_index_write_see_every_entry_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ab = Some("dm:alice:bob");
+        let batch: Vec<_> = (1..=4).map(|id| new(id, ab, &["bob"], 1)).collect();
+        s.append(&batch).unwrap();
+        s.index(WIDE).unwrap();
+        s.append(&[new(5, ab, &["bob"], 1), new(6, ab, &["bob"], 1)]).unwrap();
+        let all = |s: &Store, upto: u64| {
+            let want: Vec<u64> = (1..=upto).collect();
+            assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), want);
+            assert_eq!(hist(s.history("dm:alice:bob", None, None, 100).unwrap()), want);
+            assert_eq!(hist(s.history("dm:alice:bob", None, Some(0), 100).unwrap()), want);
+            assert_eq!(s.mailbox_head("bob").unwrap(), (upto, 0));
+        };
+        // An index write has taken 5 and 6 (not in the trees yet); 7 arrives meanwhile.
+        let (work, through) = s.begin_index().unwrap();
+        assert_eq!((work.entries, through), (4, 6));
+        s.append(&[new(7, ab, &["bob"], 1)]).unwrap();
+        all(&s, 7);
+        // Written, still listed as being written: each entry once.
+        assert!(s.write_entries(&work).is_ok());
+        all(&s, 7);
+        // A mailbox first seen now is counted from the tree, the write and memory.
+        s.index_state().meta.remove("bob");
+        all(&s, 7);
+        s.index_state().writing = Arc::default();
+        all(&s, 7);
+        s.index(WIDE).unwrap();
+        all(&s, 7);
+    }
+
+    #[test]
+    fn entries_left_by_a_failed_index_write_are_written_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ab = Some("dm:alice:bob");
+        let batch: Vec<_> = (1..=3).map(|id| new(id, ab, &["bob"], 1)).collect();
+        s.append(&batch).unwrap();
+        // As a failed write leaves them: taken, not written.
+        let (work, _) = s.begin_index().unwrap();
+        assert_eq!(work.entries, 6);
+        s.append(&[new(4, ab, &["bob"], 1)]).unwrap();
+        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![1, 2, 3, 4]);
+        s.index(WIDE).unwrap();
+        assert_eq!(s.index_state().writing.entries, 0);
+        assert_eq!(s.unindexed(), 0);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.unindexed(), 0, "nothing to read back from the journal");
+        assert_eq!(ids(s.mailbox_after("bob", 0, 100).unwrap()), vec![1, 2, 3, 4]);
+        assert_eq!(
+            hist(s.history("dm:alice:bob", None, None, 100).unwrap()),
+            vec![1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn appends_during_index_writes_keep_the_counters_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Retention {
+            max_messages: 100,
+            ..WIDE
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let indexer = {
+                let (s, done) = (s.clone(), done.clone());
+                std::thread::spawn(move || {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        s.index(small).unwrap();
+                    }
+                })
+            };
+            for first in (1..=3000).step_by(10) {
+                let batch: Vec<_> = (first..first + 10).map(|id| new(id, None, &["bob"], 1)).collect();
+                s.append(&batch).unwrap();
+                let got = ids(s.mailbox_after("bob", 0, usize::MAX).unwrap());
+                assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+                assert_eq!(got.last(), Some(&(first + 9)), "nothing missing at the end");
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            indexer.join().unwrap();
+            s.index(small).unwrap();
+            let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+            let held = s.mailbox_after("bob", 0, usize::MAX).unwrap();
+            assert_eq!(meta.count, held.len() as u64);
+            assert_eq!(
+                meta.bytes,
+                held.iter().map(|r| r.message.payload.len() as u64).sum::<u64>()
+            );
+            assert_eq!(meta.oldest_id, held.first().map(|r| r.id));
+            assert_eq!(meta.dropped_up_to + 1, held[0].id, "dropped exactly what is gone");
+            assert!(meta.count <= 100 && meta.last_id == 3000);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+        let held = s.mailbox_after("bob", 0, usize::MAX).unwrap();
+        assert_eq!(
+            (meta.count, meta.last_id),
+            (held.len() as u64, 3000),
+            "the same after a restart"
+        );
     }
 
     #[test]

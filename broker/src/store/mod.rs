@@ -78,6 +78,9 @@ pub struct Store {
     meta: sled::Tree,
     /// Index entries not yet written, and mailbox counters (see [`messages`]).
     index: Arc<std::sync::Mutex<messages::Index>>,
+    /// Held for a whole [`Store::index`] write (one at a time; appends and reads only
+    /// take `index`, briefly).
+    indexing: Arc<std::sync::Mutex<()>>,
     /// Answers every DM asks, kept in memory.
     hot: Arc<Hot>,
 }
@@ -161,6 +164,7 @@ impl Store {
             meta,
             next_id: Arc::new(AtomicU64::new(last_id + 1)),
             index: Arc::default(),
+            indexing: Arc::default(),
             hot: Arc::default(),
             db,
         };
