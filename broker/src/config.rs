@@ -80,8 +80,11 @@ pub struct ImConfig {
     pub max_group_members: NonZeroUsize,
     /// Largest `limit` of a history request.
     pub history_max_limit: NonZeroU32,
-    /// Most messages (and cursor moves) the writer stores as one batch.
+    /// Most messages the writer stores together...
     pub write_batch_max: NonZeroUsize,
+    /// ...and the longest, in microseconds, it keeps routing before storing them
+    /// (0: store after one turn of the runtime).
+    pub write_batch_max_us: u64,
     /// How often the mailbox and history indexes are written from memory...
     pub index_interval_ms: NonZeroU64,
     /// ...or sooner, when this many index entries wait in memory.
@@ -330,7 +333,9 @@ mod tests {
     fn writer_bounds_are_configurable_and_nonzero() {
         let c = Config::from_toml("[im]\nwrite_batch_max = 8\nindex_interval_ms = 5\n", None).unwrap();
         assert_eq!((c.im.write_batch_max.get(), c.im.index_interval_ms.get()), (8, 5));
-        assert_eq!(c.im.index_max_pending.get(), 16_384);
+        assert_eq!((c.im.index_max_pending.get(), c.im.write_batch_max_us), (16_384, 1_000));
+        let c = Config::from_toml("[im]\nwrite_batch_max_us = 0\n", None).unwrap();
+        assert_eq!(c.im.write_batch_max_us, 0, "zero: no wait");
         for key in ["write_batch_max", "index_interval_ms", "index_max_pending"] {
             let e = Config::from_toml(&format!("[im]\n{key} = 0\n"), None)
                 .unwrap_err()

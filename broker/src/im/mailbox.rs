@@ -69,6 +69,7 @@ pub fn limits(cfg: &ImConfig) -> WriterLimits {
             max_age: u64::from(cfg.mailbox_max_age_days.get()) * 86_400_000,
         },
         batch_max: cfg.write_batch_max.get(),
+        store_within: std::time::Duration::from_micros(cfg.write_batch_max_us),
         index_every: std::time::Duration::from_millis(cfg.index_interval_ms.get()),
         index_at: cfg.index_max_pending.get(),
     }

@@ -1,19 +1,20 @@
-//! The IM writer: one task delivers and stores what the IM layer accepted, in
-//! batches. A batch is everything that arrived while the previous one was being
-//! written (group commit without a timer: one message alone is written at once, a
-//! burst shares the cost), and becomes a handful of store records. Message ids are
-//! assigned here, in the order messages are stored and delivered, so every mailbox
-//! sees increasing ids.
+//! The IM writer: one task delivers and stores what the IM layer accepted. Message
+//! ids are assigned here, in the order messages are stored and delivered, so every
+//! mailbox sees increasing ids.
 //!
-//! A batch is first routed to the sessions subscribed now, then stored, and only
-//! then are its publishers' receipts resolved (their PUBACKs sent): an online
+//! Messages are routed as they arrive, to the sessions subscribed now, in batches of
+//! whatever the channel holds; between batches the writer lets the connections run
+//! (recipients write the messages out, more publishers post). Once it finds nothing
+//! new, or at `[im] write_batch_max` messages or `write_batch_max_us` after the first,
+//! it stores the routed batches together (group commit without a timer: one message
+//! alone is stored at once, a burst from many connections shares one store write),
+//! and only then resolves their publishers' receipts (their PUBACKs): an online
 //! recipient does not wait for the store, a publisher is never told "stored" before
-//! it is. Between the two the writer yields, so the recipients' connections write
-//! the messages out while the store works. Meanwhile the batch is "in flight": a
-//! device replayed then gets its messages from there (see [`Writer::in_flight`]),
-//! since it may have subscribed after they were routed and before they were stored.
-//! If storing fails, the publishers are refused (and may send again) although
-//! online devices already have the messages; they are not in the mailbox.
+//! it is. Meanwhile the batches are "in flight": a device replayed then gets its
+//! messages from there (see [`Writer::in_flight`]), since it may have subscribed
+//! after they were routed and before they were stored. If storing fails, the
+//! publishers are refused (and may send again) although online devices already have
+//! the messages; they are not in the mailbox.
 //!
 //! It is a task on the runtime rather than a thread: handing a message over and
 //! waking the publisher and subscribers afterwards stay within the runtime (no
@@ -48,8 +49,10 @@ use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
 #[derive(Debug, Clone, Copy)]
 pub struct WriterLimits {
     pub retention: Retention,
-    /// Most operations committed in one batch.
+    /// Most messages stored together...
     pub batch_max: usize,
+    /// ...and the longest the first of them waits to be stored.
+    pub store_within: std::time::Duration,
     /// The mailbox and history indexes are written this often...
     pub index_every: std::time::Duration,
     /// ...or when this many entries wait in memory.
@@ -79,8 +82,8 @@ enum Op {
 
 type Cursors = Arc<Mutex<HashMap<(String, String), u64>>>;
 
-/// The batch routed but not yet stored (empty otherwise).
-type InFlight = Arc<Mutex<Arc<Vec<NewMessage>>>>;
+/// The batches routed but not yet stored (empty otherwise).
+type InFlight = Arc<Mutex<Vec<Arc<Vec<NewMessage>>>>>;
 
 /// A handle on the writer task (cheap to clone).
 #[derive(Clone)]
@@ -191,9 +194,10 @@ impl Writer {
     /// stored yet. A replay reads these *before* the store: a batch leaves this list
     /// only once stored, so every message is in one or the other.
     pub fn in_flight(&self, user: &str, after: u64) -> Vec<Replayed> {
-        let batch = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        batch
+        let batches = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        batches
             .iter()
+            .flat_map(|b| b.iter())
             .filter(|r| r.id > after)
             .filter_map(|r| {
                 r.entry_for(user).map(|entry| Replayed {
@@ -231,10 +235,20 @@ impl Writer {
     }
 }
 
+/// Batches routed but not stored yet, stored together.
+#[derive(Default)]
+struct Group {
+    batches: Vec<Arc<Vec<NewMessage>>>,
+    messages: usize,
+    receipts: Vec<oneshot::Sender<bool>>,
+    cursors: HashMap<(String, String), u64>,
+    stop: bool,
+}
+
 impl Worker {
     async fn run(mut self) {
         let mut ops = Vec::new();
-        let (mut batches, mut committed) = (0u64, 0u64);
+        let (mut batches, mut stores) = (0u64, 0u64);
         let mut tick = tokio::time::interval(self.limits.index_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether index entries may wait in memory: an idle writer does not wake.
@@ -251,25 +265,46 @@ impl Worker {
                 break;
             };
             ops.push(first);
-            while ops.len() < self.limits.batch_max {
+            let mut group = Group::default();
+            let started = tokio::time::Instant::now();
+            // Route what arrived, let the connections run (recipients write, more
+            // publishers post), and go on while more arrives: the group is stored once
+            // the writer finds nothing new, or is full, or is `store_within` old. A burst
+            // of messages from many connections then costs one store write, not one each.
+            loop {
+                let room = self.limits.batch_max.saturating_sub(group.messages);
+                while ops.len() < room {
+                    match self.rx.try_recv() {
+                        Ok(op) => ops.push(op),
+                        Err(_) => break,
+                    }
+                }
+                batches += 1;
+                self.route(&mut ops, &mut group);
+                tokio::task::yield_now().await;
+                if group.stop
+                    || group.messages >= self.limits.batch_max
+                    || started.elapsed() >= self.limits.store_within
+                {
+                    break;
+                }
                 match self.rx.try_recv() {
                     Ok(op) => ops.push(op),
                     Err(_) => break,
                 }
             }
-            batches += 1;
-            committed += ops.len() as u64;
-            if self.commit(&mut ops).await {
+            stores += 1;
+            let stop = group.stop;
+            self.store(group).await;
+            unindexed = true;
+            if stop {
                 break;
             }
-            unindexed = true;
-            // Let the connections run between batches.
-            tokio::task::yield_now().await;
         }
         self.finish_index().await;
         self.start_index();
         self.finish_index().await;
-        tracing::debug!(batches, committed, "writer stopped");
+        tracing::debug!(batches, stores, "writer stopped");
     }
 
     /// At the index tick: starts an index write if entries wait and none is under
@@ -307,10 +342,9 @@ impl Worker {
         }
     }
 
-    /// Delivers and stores one batch; true when told to stop.
-    async fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
-        let mut stop = false;
-        let mut cursors: HashMap<(String, String), u64> = HashMap::new();
+    /// Assigns ids to the posts in `ops` and routes them to the sessions subscribed
+    /// now; the batch is in flight until stored.
+    fn route(&self, ops: &mut Vec<Op>, group: &mut Group) {
         let mut records = Vec::new();
         let mut rest = Vec::new();
         for op in ops.drain(..) {
@@ -324,35 +358,45 @@ impl Worker {
                     } = p;
                     record.id = self.store.next_message_id();
                     records.push(record);
-                    rest.push((qos, origins, done));
+                    rest.push((qos, origins));
+                    group.receipts.extend(done);
                 }
                 Op::Cursor { user, device, id } => {
-                    let cur = cursors.entry((user, device)).or_insert(0);
+                    let cur = group.cursors.entry((user, device)).or_insert(0);
                     *cur = (*cur).max(id);
                 }
-                Op::Stop => stop = true,
+                Op::Stop => group.stop = true,
             }
         }
-        if !records.is_empty() {
-            let batch = Arc::new(records);
-            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = batch.clone();
-            let mut receipts = Vec::with_capacity(rest.len());
-            let mut topic = String::new();
-            for (record, (qos, origins, done)) in batch.iter().zip(rest) {
-                self.deliver(record, qos, &origins, &mut topic);
-                receipts.extend(done);
-            }
-            // The recipients' connections write while the store works.
-            tokio::task::yield_now().await;
-            let (stored, unindexed) = match self.store.append(&batch) {
+        if records.is_empty() {
+            return;
+        }
+        let batch = Arc::new(records);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(batch.clone());
+        let mut topic = String::new();
+        for (record, (qos, origins)) in batch.iter().zip(rest) {
+            self.deliver(record, qos, &origins, &mut topic);
+        }
+        group.messages += batch.len();
+        group.batches.push(batch);
+    }
+
+    /// Stores a group, then resolves its publishers' receipts and writes its cursors.
+    async fn store(&mut self, group: Group) {
+        if group.messages > 0 {
+            let records = group.batches.iter().flat_map(|b| b.iter());
+            let (stored, unindexed) = match self.store.append(records) {
                 Ok(unindexed) => (true, unindexed),
                 Err(e) => {
-                    tracing::error!(error = %e, messages = batch.len(), "messages not stored");
+                    tracing::error!(error = %e, messages = group.messages, "messages not stored");
                     (false, 0)
                 }
             };
-            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
-            for done in receipts {
+            self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            for done in group.receipts {
                 let _ = done.send(stored);
             }
             if unindexed >= self.limits.index_at {
@@ -364,7 +408,7 @@ impl Worker {
                 }
             }
         }
-        for ((user, device), id) in cursors {
+        for ((user, device), id) in group.cursors {
             match self.store.advance_cursor(&user, &device, id) {
                 Ok(()) => {
                     let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
@@ -376,7 +420,6 @@ impl Worker {
                 Err(e) => tracing::error!(user, device, error = %e, "cannot move the device cursor"),
             }
         }
-        stop
     }
 
     /// Routes a message to the sessions subscribed to its mailboxes now (`topic`: a
@@ -444,12 +487,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_batch_is_in_flight_between_routing_and_storing() {
+    async fn batches_are_in_flight_between_routing_and_storing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let config = Config::default_config();
         let writer = Writer::start(store.clone(), Router::new(config.limits), limits(&config.im));
-        let receipt = writer.post(post("bob"), true).unwrap().unwrap();
+        let first = writer.post(post("bob"), true).unwrap().unwrap();
         // The writer routes the batch, then yields before storing it.
         tokio::task::yield_now().await;
         let flying = writer.in_flight("bob", 0);
@@ -457,12 +500,42 @@ mod tests {
         assert!(writer.in_flight("carol", 0).is_empty());
         assert!(writer.in_flight("bob", 1).is_empty(), "only ids after the cursor");
         assert!(store.mailbox_after("bob", 0, 10).unwrap().is_empty(), "not stored yet");
-        assert!(receipt.await.unwrap(), "stored");
+        // More arrived meanwhile: routed too, and stored with the first.
+        let second = writer.post(post("bob"), true).unwrap().unwrap();
+        tokio::task::yield_now().await;
+        let flying = writer.in_flight("bob", 0);
+        assert_eq!(flying.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(store.mailbox_after("bob", 0, 10).unwrap().is_empty(), "not stored yet");
+        assert!(first.await.unwrap(), "stored");
+        assert!(second.await.unwrap(), "stored");
         assert!(writer.in_flight("bob", 0).is_empty());
-        assert_eq!(
-            &store.mailbox_after("bob", 0, 10).unwrap()[0].message.payload[..],
-            b"hi"
-        );
+        let stored = store.mailbox_after("bob", 0, 10).unwrap();
+        assert_eq!(stored.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(&stored[0].message.payload[..], b"hi");
+        writer.stop().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_group_is_stored_at_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = Config::default_config();
+        let bounds = WriterLimits {
+            batch_max: 2,
+            ..limits(&config.im)
+        };
+        let writer = Writer::start(store.clone(), Router::new(config.limits), bounds);
+        let receipts: Vec<_> = (0..3)
+            .map(|_| writer.post(post("bob"), true).unwrap().unwrap())
+            .collect();
+        // Two routed and full: stored after one turn, while the third waits.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 2);
+        for r in receipts {
+            assert!(r.await.unwrap());
+        }
+        assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 3);
         writer.stop().await;
     }
 }

@@ -338,10 +338,13 @@ impl Store {
     ///
     /// # Errors
     /// I/O errors. Part of the batch may have been written then.
-    pub fn append(&self, batch: &[NewMessage]) -> Result<usize, StoreError> {
+    pub fn append<'a, I>(&self, batch: I) -> Result<usize, StoreError>
+    where
+        I: IntoIterator<Item = &'a NewMessage> + Clone,
+    {
         let mut chunk: Vec<journal::Planned<'_>> = Vec::new();
         let mut chunk_bytes = 0;
-        for m in batch {
+        for m in batch.clone() {
             let planned = journal::plan(m);
             let len = planned.len;
             if !chunk.is_empty() && (chunk.len() >= CHUNK_MESSAGES || chunk_bytes + len > CHUNK_BYTES) {
