@@ -16,7 +16,7 @@ use natterd::config::Config;
 use natterd::control::ControlState;
 use natterd::hooks::{Hook, PublishDecision};
 use natterd::im::writer::Writer;
-use natterd::im::{mailbox, ImPlugin};
+use natterd::im::{mailbox, ImPlugin, PresenceBook};
 use natterd::message::{ClientInfo, Message};
 use natterd::router::Router;
 use natterd::session::{SessionKey, Subscription};
@@ -158,12 +158,14 @@ fn auth_benches(c: &mut Criterion) {
     // The writer is a task: a runtime in the background runs it.
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     let _in_runtime = rt.enter();
+    let presence = Arc::new(PresenceBook::new(control.router.clone()));
     let writer = Writer::start(
         control.store.clone(),
         control.router.clone(),
+        presence.clone(),
         mailbox::limits(&config.im),
     );
-    let im = ImPlugin::new(control, config.im.clone(), acl, writer.clone());
+    let im = ImPlugin::new(control, config.im.clone(), acl, writer.clone(), presence);
     let client = ClientInfo {
         username: Some("alice".into()),
         client_id: "phone".into(),

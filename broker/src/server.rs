@@ -19,7 +19,7 @@ use crate::config::{Config, Registration};
 use crate::control::{self, ControlState};
 use crate::hooks::{Hook, Hooks};
 use crate::im::writer::Writer;
-use crate::im::{mailbox, ImPlugin};
+use crate::im::{mailbox, ImPlugin, PresenceBook};
 use crate::listener::Listener;
 use crate::router::Router;
 use crate::session::Context;
@@ -119,12 +119,19 @@ pub async fn start_with(
     // answers every authorization question, so nothing after it is asked).
     let mut list = plugins(&router, &store);
     list.push(Arc::new(auth));
-    let writer = Writer::start(store.clone(), router.clone(), mailbox::limits(&config.im));
+    let presence = Arc::new(PresenceBook::new(router.clone()));
+    let writer = Writer::start(
+        store.clone(),
+        router.clone(),
+        presence.clone(),
+        mailbox::limits(&config.im),
+    );
     list.push(Arc::new(ImPlugin::new(
         control_state.clone(),
         config.im.clone(),
         config.acl.clone(),
         writer.clone(),
+        presence,
     )));
     let hooks = Hooks::new(list);
 

@@ -98,7 +98,8 @@ impl Mailboxes {
 
     /// Hands a message to the writer, which routes it to `inbox/{user}/{suffix}` for
     /// the sessions subscribed then and stores it once, appended to each recipient's
-    /// mailbox. With `receipt`, returns what resolves once stored.
+    /// mailbox. `sender`: the client id of the connection it came from (see
+    /// [`Post::sender`]). With `receipt`, returns what resolves once stored.
     /// `Err` when the writer has stopped.
     pub fn post(
         &self,
@@ -106,6 +107,7 @@ impl Mailboxes {
         qos: QoS,
         conversation: Option<String>,
         to: Vec<Recipient>,
+        sender: Option<Arc<str>>,
         receipt: bool,
     ) -> Result<Option<Receipt>, WriterStopped> {
         let mut mailboxes = Vec::with_capacity(to.len());
@@ -127,6 +129,7 @@ impl Mailboxes {
             },
             qos,
             origins,
+            sender,
             done: None,
         };
         self.writer.post(post, receipt)
@@ -149,7 +152,7 @@ impl Mailboxes {
             suffix: format!("event/{kind}"),
             origin: Origin::default(),
         }];
-        if self.post(m, QoS::AtLeastOnce, None, to, false).is_err() {
+        if self.post(m, QoS::AtLeastOnce, None, to, None, false).is_err() {
             tracing::warn!(user, kind, "writer stopped: event not stored");
         }
     }

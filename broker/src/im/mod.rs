@@ -24,7 +24,7 @@ use crate::session::{Session, Subscription};
 use crate::store::{Store, StoreError, StoredMessage};
 
 use mailbox::{now_ms, Mailboxes, Origin, Recipient};
-use presence::PresenceBook;
+pub use presence::PresenceBook;
 use writer::Writer;
 
 /// Shared by the plugin and the API tasks it spawns.
@@ -34,7 +34,7 @@ pub struct ImState {
     pub config: ImConfig,
     pub rules: Vec<rules::Rule>,
     pub mailboxes: Mailboxes,
-    pub presence: PresenceBook,
+    pub presence: Arc<PresenceBook>,
     pub hasher: PasswordHasherConfig,
     /// For admin commands: the same handling as the control socket's.
     pub control: ControlState,
@@ -69,13 +69,19 @@ fn subject(c: &ClientInfo) -> Subject<'_> {
 
 impl ImPlugin {
     /// `writer` stores and delivers mailbox messages (see [`writer`]).
-    pub fn new(control: ControlState, config: ImConfig, acl: AclConfig, writer: Writer) -> ImPlugin {
+    pub fn new(
+        control: ControlState,
+        config: ImConfig,
+        acl: AclConfig,
+        writer: Writer,
+        presence: Arc<PresenceBook>,
+    ) -> ImPlugin {
         let store = control.store.clone();
         let router = control.router.clone();
         ImPlugin {
             state: Arc::new(ImState {
                 mailboxes: Mailboxes::new(store.clone(), writer),
-                presence: PresenceBook::new(router.clone()),
+                presence,
                 registrations: api::account::RegistrationLimiter::new(config.registrations_per_hour.get()),
                 hasher: control.hasher.clone(),
                 store,
@@ -131,14 +137,26 @@ impl ImPlugin {
                 },
             });
         }
-        Ok(self.post(from, msg, dm_conversation(from, to), recipients))
+        Ok(self.post(client, from, msg, dm_conversation(from, to), recipients))
     }
 
     /// Hands an accepted message to the writer; the publisher is acknowledged once it
     /// is stored.
-    fn post(&self, from: &str, msg: &Message, conversation: String, to: Vec<Recipient>) -> PublishDecision {
+    fn post(
+        &self,
+        client: &ClientInfo,
+        from: &str,
+        msg: &Message,
+        conversation: String,
+        to: Vec<Recipient>,
+    ) -> PublishDecision {
         let stored = self.stored(from, msg);
-        match self.state.mailboxes.post(stored, msg.qos, Some(conversation), to, true) {
+        let sender = Some(client.client_id.clone());
+        match self
+            .state
+            .mailboxes
+            .post(stored, msg.qos, Some(conversation), to, sender, true)
+        {
             Ok(Some(receipt)) => PublishDecision::Pending(receipt),
             Ok(None) => PublishDecision::Handled,
             Err(e) => {
@@ -170,7 +188,7 @@ impl ImPlugin {
                 suffix: suffix.clone(),
             })
             .collect();
-        Ok(self.post(from, msg, group_conversation(group), recipients))
+        Ok(self.post(client, from, msg, group_conversation(group), recipients))
     }
 
     fn sees_presence(&self, me: &str, user: &str) -> bool {
@@ -239,7 +257,7 @@ impl Hook for ImPlugin {
         if client.restriction.is_some() {
             return;
         }
-        self.state.presence.connected(user);
+        self.state.presence.connected(user, &client.client_id);
         if present && client.persistent {
             self.state.mailboxes.replay(user, &client.client_id, session);
         }
@@ -267,7 +285,7 @@ impl Hook for ImPlugin {
 
     fn on_disconnected(&self, client: &ClientInfo) {
         if let (Some(user), None) = (client.username.as_deref(), client.restriction) {
-            self.state.presence.disconnected(user);
+            self.state.presence.disconnected(user, &client.client_id);
         }
     }
 

@@ -15,7 +15,8 @@ use crate::router::Router;
 
 #[derive(Debug, Clone)]
 struct UserPresence {
-    connections: u32,
+    /// The client ids of the user's connections up now (one entry per connection).
+    clients: Vec<Arc<str>>,
     status: Status,
     text: Option<String>,
     since: u64,
@@ -60,18 +61,18 @@ impl PresenceBook {
         }
     }
 
-    /// A connection of `user` is up.
-    pub fn connected(&self, user: &str) {
+    /// A connection of `user` is up (before it may subscribe).
+    pub fn connected(&self, user: &str, client: &Arc<str>) {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let p = users.entry(user.to_owned()).or_insert(UserPresence {
-            connections: 0,
+            clients: Vec::new(),
             status: Status::Offline,
             text: None,
             since: 0,
             last_seen: None,
         });
-        p.connections += 1;
-        if p.connections == 1 {
+        p.clients.push(client.clone());
+        if p.clients.len() == 1 {
             p.status = Status::Online;
             p.since = now_secs();
             p.last_seen = None;
@@ -82,13 +83,16 @@ impl PresenceBook {
     }
 
     /// A connection of `user` ended.
-    pub fn disconnected(&self, user: &str) {
+    pub fn disconnected(&self, user: &str, client: &str) {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = users.get_mut(user) else {
             return;
         };
-        p.connections = p.connections.saturating_sub(1);
-        if p.connections == 0 {
+        let Some(i) = p.clients.iter().position(|c| &**c == client) else {
+            return;
+        };
+        p.clients.swap_remove(i);
+        if p.clients.is_empty() {
             let now = now_secs();
             p.status = Status::Offline;
             p.since = now;
@@ -103,7 +107,7 @@ impl PresenceBook {
     /// user has no connection (offline is not something one sets).
     pub fn set(&self, user: &str, status: Status, text: Option<String>) -> bool {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(p) = users.get_mut(user).filter(|p| p.connections > 0) else {
+        let Some(p) = users.get_mut(user).filter(|p| !p.clients.is_empty()) else {
             return false;
         };
         if p.status != status {
@@ -115,6 +119,16 @@ impl PresenceBook {
         drop(users);
         self.publish(user, &snapshot);
         true
+    }
+
+    /// Whether `client` is `user`'s only connection up now: then a copy for the user's
+    /// other devices has nobody to go to live (a device connecting later is replayed
+    /// its mailbox).
+    pub fn only_connection(&self, user: &str, client: &str) -> bool {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users
+            .get(user)
+            .is_some_and(|p| p.clients.len() == 1 && &*p.clients[0] == client)
     }
 
     /// The current presence of `user` (offline, never seen, when unknown).
@@ -136,5 +150,40 @@ impl PresenceBook {
                 last_seen: None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn only_connection_follows_each_connection_of_a_user() {
+        let book = PresenceBook::new(Router::new(Config::default_config().limits));
+        let (phone, laptop): (Arc<str>, Arc<str>) = ("alice-phone".into(), "alice-laptop".into());
+        assert!(!book.only_connection("alice", "alice-phone"), "not connected");
+        book.connected("alice", &phone);
+        assert!(book.only_connection("alice", "alice-phone"));
+        assert!(!book.only_connection("alice", "alice-laptop"));
+        assert!(!book.only_connection("bob", "alice-phone"));
+        book.connected("alice", &laptop);
+        assert!(!book.only_connection("alice", "alice-phone"), "another device is up");
+        // The same client id twice (a takeover whose old connection has not ended yet).
+        book.connected("alice", &phone);
+        book.disconnected("alice", "alice-laptop");
+        assert!(!book.only_connection("alice", "alice-phone"));
+        book.disconnected("alice", "alice-phone");
+        assert!(book.only_connection("alice", "alice-phone"));
+        assert_eq!(book.get("alice").status, Status::Online);
+        book.disconnected("alice", "alice-phone");
+        assert!(!book.only_connection("alice", "alice-phone"));
+        assert_eq!(book.get("alice").status, Status::Offline);
+        book.disconnected("alice", "alice-phone");
+        assert_eq!(
+            book.get("alice").status,
+            Status::Offline,
+            "an unknown connection ending changes nothing"
+        );
     }
 }

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::mailbox::Origin;
+use super::presence::PresenceBook;
 use crate::hooks::Receipt;
 use crate::message::Message;
 use crate::router::Router;
@@ -71,6 +72,10 @@ pub struct Post {
     pub qos: QoS,
     /// One per mailbox in `record.mailboxes`.
     pub origins: Vec<Origin>,
+    /// The client id of the connection it came from: a copy for the sender's other
+    /// devices (an excluded origin) is not routed when that connection is the sender's
+    /// only one.
+    pub sender: Option<Arc<str>>,
     pub done: Option<oneshot::Sender<bool>>,
 }
 
@@ -101,6 +106,7 @@ struct Worker {
     rx: mpsc::UnboundedReceiver<Op>,
     store: Store,
     router: Router,
+    presence: Arc<PresenceBook>,
     limits: WriterLimits,
     cursors: Cursors,
     in_flight: InFlight,
@@ -110,7 +116,7 @@ struct Worker {
 
 impl Writer {
     /// Starts the writer task (on the current runtime).
-    pub fn start(store: Store, router: Router, limits: WriterLimits) -> Writer {
+    pub fn start(store: Store, router: Router, presence: Arc<PresenceBook>, limits: WriterLimits) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let cursors = Cursors::default();
         let in_flight = InFlight::default();
@@ -118,6 +124,7 @@ impl Writer {
             rx,
             store: store.clone(),
             router,
+            presence,
             limits,
             cursors: cursors.clone(),
             in_flight: in_flight.clone(),
@@ -354,11 +361,12 @@ impl Worker {
                         mut record,
                         qos,
                         origins,
+                        sender,
                         done,
                     } = p;
                     record.id = self.store.next_message_id();
                     records.push(record);
-                    rest.push((qos, origins));
+                    rest.push((qos, origins, sender));
                     group.receipts.extend(done);
                 }
                 Op::Cursor { user, device, id } => {
@@ -377,8 +385,8 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .push(batch.clone());
         let mut topic = String::new();
-        for (record, (qos, origins)) in batch.iter().zip(rest) {
-            self.deliver(record, qos, &origins, &mut topic);
+        for (record, (qos, origins, sender)) in batch.iter().zip(rest) {
+            self.deliver(record, qos, &origins, sender.as_deref(), &mut topic);
         }
         group.messages += batch.len();
         group.batches.push(batch);
@@ -424,9 +432,14 @@ impl Worker {
 
     /// Routes a message to the sessions subscribed to its mailboxes now (`topic`: a
     /// buffer the batch's messages share).
-    fn deliver(&self, record: &NewMessage, qos: QoS, origins: &[Origin], topic: &mut String) {
+    fn deliver(&self, record: &NewMessage, qos: QoS, origins: &[Origin], sender: Option<&str>, topic: &mut String) {
         let id = record.id;
         for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
+            // Checked now, at routing: a device of the sender's that connects later
+            // subscribes later too, and is replayed this message (in flight or stored).
+            if origin.exclude && sender.is_some_and(|c| self.presence.only_connection(user, c)) {
+                continue;
+            }
             topic.clear();
             topic.push_str(im::INBOX);
             topic.push('/');
@@ -482,8 +495,15 @@ mod tests {
             },
             qos: QoS::AtLeastOnce,
             origins: vec![Origin::default()],
+            sender: None,
             done: None,
         }
+    }
+
+    fn start(store: &Store, config: &Config, limits: WriterLimits) -> Writer {
+        let router = Router::new(config.limits.clone());
+        let presence = Arc::new(PresenceBook::new(router.clone()));
+        Writer::start(store.clone(), router, presence, limits)
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -491,7 +511,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let config = Config::default_config();
-        let writer = Writer::start(store.clone(), Router::new(config.limits), limits(&config.im));
+        let writer = start(&store, &config, limits(&config.im));
         let first = writer.post(post("bob"), true).unwrap().unwrap();
         // The writer routes the batch, then yields before storing it.
         tokio::task::yield_now().await;
@@ -524,7 +544,7 @@ mod tests {
             batch_max: 2,
             ..limits(&config.im)
         };
-        let writer = Writer::start(store.clone(), Router::new(config.limits), bounds);
+        let writer = start(&store, &config, bounds);
         let receipts: Vec<_> = (0..3)
             .map(|_| writer.post(post("bob"), true).unwrap().unwrap())
             .collect();
