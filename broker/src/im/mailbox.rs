@@ -17,7 +17,7 @@ use crate::config::ImConfig;
 use crate::hooks::Receipt;
 use crate::message::{Message, PropertiesSource};
 use crate::session::{Delivery, Session};
-use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Store, StoreError, StoredMessage};
+use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Route, Store, StoreError, StoredMessage};
 
 /// The sender name of broker events.
 pub const BROKER_SENDER: &str = "natter";
@@ -75,60 +75,33 @@ pub fn limits(cfg: &ImConfig) -> WriterLimits {
     }
 }
 
-/// Where a mailbox delivery comes from, for No Local and sender copies.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Origin {
-    pub session: Option<u64>,
-    /// Skip the origin session (it sent the message).
-    pub exclude: bool,
-}
-
-/// One mailbox a message goes to.
-pub struct Recipient {
-    pub user: String,
-    /// Where under `inbox/{user}/` it arrives.
-    pub suffix: String,
-    pub origin: Origin,
-}
-
 impl Mailboxes {
     pub fn new(store: Store, writer: Writer) -> Mailboxes {
         Mailboxes { store, writer }
     }
 
-    /// Hands a message to the writer, which routes it to `inbox/{user}/{suffix}` for
-    /// the sessions subscribed then and stores it once, appended to each recipient's
-    /// mailbox. `sender`: the client id of the connection it came from (see
-    /// [`Post::sender`]). With `receipt`, returns what resolves once stored.
-    /// `Err` when the writer has stopped.
+    /// Hands a message to the writer, which routes it to `inbox/{user}/{suffix}` of
+    /// each mailbox on its route for the sessions subscribed then, and stores it once.
+    /// `origin` is the session it came from and `sender` that connection's client id:
+    /// the sender's own copy skips it (see [`Post`]). With `receipt`, returns what
+    /// resolves once stored. `Err` when the writer has stopped.
     pub fn post(
         &self,
         message: StoredMessage,
         qos: QoS,
-        conversation: Option<String>,
-        to: Vec<Recipient>,
+        route: Route,
+        origin: Option<u64>,
         sender: Option<Arc<str>>,
         receipt: bool,
     ) -> Result<Option<Receipt>, WriterStopped> {
-        let mut mailboxes = Vec::with_capacity(to.len());
-        let mut origins = Vec::with_capacity(to.len());
-        for r in to {
-            let entry = MailboxEntry {
-                suffix: r.suffix,
-                qos: qos as u8,
-            };
-            mailboxes.push((r.user, entry));
-            origins.push(r.origin);
-        }
         let post = Post {
             record: NewMessage {
                 id: 0,
                 message: Arc::new(message),
-                conversation,
-                mailboxes,
+                route,
             },
             qos,
-            origins,
+            origin,
             sender,
             done: None,
         };
@@ -147,12 +120,17 @@ impl Mailboxes {
             user_properties: Vec::new(),
             content_type: Some("application/json".into()),
         };
-        let to = vec![Recipient {
-            user: user.to_owned(),
-            suffix: format!("event/{kind}"),
-            origin: Origin::default(),
-        }];
-        if self.post(m, QoS::AtLeastOnce, None, to, None, false).is_err() {
+        let route = Route::Explicit {
+            conversation: None,
+            mailboxes: vec![(
+                user.to_owned(),
+                MailboxEntry {
+                    suffix: format!("event/{kind}"),
+                    qos: QoS::AtLeastOnce as u8,
+                },
+            )],
+        };
+        if self.post(m, QoS::AtLeastOnce, route, None, None, false).is_err() {
             tracing::warn!(user, kind, "writer stopped: event not stored");
         }
     }

@@ -23,7 +23,7 @@ use crate::router::Router;
 use crate::session::{Session, Subscription};
 use crate::store::{Store, StoreError, StoredMessage};
 
-use mailbox::{now_ms, Mailboxes, Origin, Recipient};
+use mailbox::{now_ms, Mailboxes};
 pub use presence::PresenceBook;
 use writer::Writer;
 
@@ -48,8 +48,8 @@ pub struct ImPlugin {
 
 // Conversation keys and mailbox suffixes are the store's: its journal writes DMs and
 // group messages by their shape (see `store::journal`).
+use crate::store::Route;
 pub use crate::store::{dm_conversation, group_conversation};
-use crate::store::{dm_suffix, group_suffix, sent_dm_suffix};
 
 fn asker(c: &ClientInfo) -> Asker<'_> {
     Asker {
@@ -120,42 +120,23 @@ impl ImPlugin {
             tracing::info!(from, to, "DM refused: not friends");
             return Ok(PublishDecision::Deny);
         }
-        let mut recipients = Vec::with_capacity(2);
-        recipients.push(Recipient {
-            user: to.to_owned(),
-            suffix: dm_suffix(from),
-            origin: Origin::default(),
-        });
-        if to != from {
-            // A copy for the sender's other devices.
-            recipients.push(Recipient {
-                user: from.to_owned(),
-                suffix: sent_dm_suffix(to),
-                origin: Origin {
-                    session: msg.origin,
-                    exclude: true,
-                },
-            });
-        }
-        Ok(self.post(client, from, msg, dm_conversation(from, to), recipients))
+        // The recipient's mailbox, and the sender's own for their other devices.
+        let route = Route::Direct {
+            to: to.to_owned(),
+            qos: msg.qos as u8,
+        };
+        Ok(self.post(client, from, msg, route))
     }
 
     /// Hands an accepted message to the writer; the publisher is acknowledged once it
     /// is stored.
-    fn post(
-        &self,
-        client: &ClientInfo,
-        from: &str,
-        msg: &Message,
-        conversation: String,
-        to: Vec<Recipient>,
-    ) -> PublishDecision {
+    fn post(&self, client: &ClientInfo, from: &str, msg: &Message, route: Route) -> PublishDecision {
         let stored = self.stored(from, msg);
         let sender = Some(client.client_id.clone());
         match self
             .state
             .mailboxes
-            .post(stored, msg.qos, Some(conversation), to, sender, true)
+            .post(stored, msg.qos, route, msg.origin, sender, true)
         {
             Ok(Some(receipt)) => PublishDecision::Pending(receipt),
             Ok(None) => PublishDecision::Handled,
@@ -176,19 +157,14 @@ impl ImPlugin {
             tracing::info!(from, group, "group message refused: not a member");
             return Ok(PublishDecision::Deny);
         }
-        let suffix = group_suffix(group, from);
-        let recipients = members
-            .iter()
-            .map(|(member, _)| Recipient {
-                origin: Origin {
-                    session: msg.origin,
-                    exclude: member == from,
-                },
-                user: member.clone(),
-                suffix: suffix.clone(),
-            })
-            .collect();
-        Ok(self.post(client, from, msg, group_conversation(group), recipients))
+        // Every member's mailbox (the members now: one who joins later gets what
+        // follows, one who left gets nothing more).
+        let route = Route::Group {
+            group: group.to_owned(),
+            members,
+            qos: msg.qos as u8,
+        };
+        Ok(self.post(client, from, msg, route))
     }
 
     fn sees_presence(&self, me: &str, user: &str) -> bool {

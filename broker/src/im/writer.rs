@@ -39,7 +39,6 @@ use natter_shared::im;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::mailbox::Origin;
 use super::presence::PresenceBook;
 use crate::hooks::Receipt;
 use crate::message::Message;
@@ -70,11 +69,11 @@ pub struct Post {
     /// Everything but the id, which the writer assigns.
     pub record: NewMessage,
     pub qos: QoS,
-    /// One per mailbox in `record.mailboxes`.
-    pub origins: Vec<Origin>,
-    /// The client id of the connection it came from: a copy for the sender's other
-    /// devices (an excluded origin) is not routed when that connection is the sender's
-    /// only one.
+    /// The session it came from, which the sender's own copy (for their other
+    /// devices) skips.
+    pub origin: Option<u64>,
+    /// That connection's client id: the sender's copy is not routed at all when it is
+    /// the sender's only connection.
     pub sender: Option<Arc<str>>,
     pub done: Option<oneshot::Sender<bool>>,
 }
@@ -209,7 +208,7 @@ impl Writer {
             .filter_map(|r| {
                 r.entry_for(user).map(|entry| Replayed {
                     id: r.id,
-                    entry: entry.clone(),
+                    entry,
                     message: (*r.message).clone(),
                 })
             })
@@ -360,13 +359,13 @@ impl Worker {
                     let Post {
                         mut record,
                         qos,
-                        origins,
+                        origin,
                         sender,
                         done,
                     } = p;
                     record.id = self.store.next_message_id();
                     records.push(record);
-                    rest.push((qos, origins, sender));
+                    rest.push((qos, origin, sender));
                     group.receipts.extend(done);
                 }
                 Op::Cursor { user, device, id } => {
@@ -385,8 +384,8 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .push(batch.clone());
         let mut topic = String::new();
-        for (record, (qos, origins, sender)) in batch.iter().zip(rest) {
-            self.deliver(record, qos, &origins, sender.as_deref(), &mut topic);
+        for (record, (qos, origin, sender)) in batch.iter().zip(rest) {
+            self.deliver(record, qos, origin, sender.as_deref(), &mut topic);
         }
         group.messages += batch.len();
         group.batches.push(batch);
@@ -432,35 +431,37 @@ impl Worker {
 
     /// Routes a message to the sessions subscribed to its mailboxes now (`topic`: a
     /// buffer the batch's messages share).
-    fn deliver(&self, record: &NewMessage, qos: QoS, origins: &[Origin], sender: Option<&str>, topic: &mut String) {
+    fn deliver(&self, record: &NewMessage, qos: QoS, origin: Option<u64>, sender: Option<&str>, topic: &mut String) {
         let id = record.id;
-        for ((user, entry), origin) in record.mailboxes.iter().zip(origins) {
-            // Checked now, at routing: a device of the sender's that connects later
-            // subscribes later too, and is replayed this message (in flight or stored).
-            if origin.exclude && sender.is_some_and(|c| self.presence.only_connection(user, c)) {
+        for dest in record.dests() {
+            // The sender's copy skips the session the message came from. Whether that is
+            // the sender's only connection is checked now, at routing: a device of the
+            // sender's that connects later subscribes later too, and is replayed this
+            // message (in flight or stored).
+            let (origin, exclude) = if dest.copy { (origin, true) } else { (None, false) };
+            if exclude && sender.is_some_and(|c| self.presence.only_connection(dest.user, c)) {
                 continue;
             }
             topic.clear();
             topic.push_str(im::INBOX);
             topic.push('/');
-            topic.push_str(user);
+            topic.push_str(dest.user);
             topic.push('/');
-            topic.push_str(&entry.suffix);
-            // Built only for a session to receive it (often none: the sender's copy).
-            self.router
-                .publish_built(topic, origin.session, origin.exclude, || Message {
-                    topic: topic.as_str().into(),
-                    payload: record.message.payload.clone(),
-                    qos,
-                    retain: false,
-                    properties: Properties::default(),
-                    // Built from the stored message for MQTT 5 receivers only.
-                    lazy_properties: Some(record.message.clone()),
-                    expires_at: None,
-                    origin: origin.session,
-                    exclude_origin: origin.exclude,
-                    tag: Some(id),
-                });
+            dest.suffix.push_to(topic);
+            // Built only for a session to receive it.
+            self.router.publish_built(topic, origin, exclude, || Message {
+                topic: topic.as_str().into(),
+                payload: record.message.payload.clone(),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                // Built from the stored message for MQTT 5 receivers only.
+                lazy_properties: Some(record.message.clone()),
+                expires_at: None,
+                origin,
+                exclude_origin: exclude,
+                tag: Some(id),
+            });
         }
     }
 }
@@ -470,7 +471,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::im::mailbox::limits;
-    use crate::store::{MailboxEntry, StoredMessage};
+    use crate::store::{Route, StoredMessage};
     use bytes::Bytes;
 
     fn post(to: &str) -> Post {
@@ -484,17 +485,10 @@ mod tests {
                     user_properties: Vec::new(),
                     content_type: None,
                 }),
-                conversation: Some("dm:alice:bob".into()),
-                mailboxes: vec![(
-                    to.into(),
-                    MailboxEntry {
-                        suffix: "dm/alice".into(),
-                        qos: 1,
-                    },
-                )],
+                route: Route::Direct { to: to.into(), qos: 1 },
             },
             qos: QoS::AtLeastOnce,
-            origins: vec![Origin::default()],
+            origin: None,
             sender: None,
             done: None,
         }

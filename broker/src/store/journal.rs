@@ -1,12 +1,9 @@
 //! The journal's record format: how a chunk of [`NewMessage`]s is written.
 //!
-//! Most messages have one of two shapes, whose mailboxes and conversation follow from
-//! the sender and one name: a direct message (the recipient gets it under
-//! `dm/{from}`, the sender's other devices under `sent/dm/{to}`) and a group message
-//! (every member under `group/{group}/{from}`). Those are written as their shape and
-//! that name, not as the list of mailboxes, which for a DM was a third of its record
-//! and for a group of 100 most of it: sled's cost per message grows with the bytes
-//! written. Any other message (broker events) is written in full.
+//! A DM or group message is written as its shape and one name (see
+//! [`super::route`]), not as the list of mailboxes, which for a DM was a third of its
+//! record and for a group of 100 most of it: sled's cost per message grows with the
+//! bytes written. Any other message (broker events) is written in full.
 //!
 //! Chunk format 3 (since schema 3) starts with a zero byte, which a format 2 chunk
 //! (a varint element count, never zero) cannot: both are read, so journals written
@@ -18,46 +15,12 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use super::messages::{MailboxEntry, NewMessage, StoredMessage};
+use super::route::Route;
+use super::social::Role;
 use super::StoreError;
 
 /// First bytes of a format 3 chunk.
 const FORMAT_3: [u8; 2] = [0, 3];
-
-/// The conversation of a DM between two users (order-independent).
-pub fn dm_conversation(a: &str, b: &str) -> String {
-    let (first, second) = if a <= b { (a, b) } else { (b, a) };
-    ["dm:", first, ":", second].concat()
-}
-
-/// `conversation == dm_conversation(a, b)`, without building it.
-fn is_dm_conversation(conversation: &str, a: &str, b: &str) -> bool {
-    let (first, second) = if a <= b { (a, b) } else { (b, a) };
-    conversation
-        .strip_prefix("dm:")
-        .and_then(|c| c.strip_prefix(first))
-        .and_then(|c| c.strip_prefix(':'))
-        == Some(second)
-}
-
-/// The conversation of a group.
-pub fn group_conversation(group: &str) -> String {
-    ["group:", group].concat()
-}
-
-/// Where a DM from `from` arrives in the recipient's mailbox.
-pub fn dm_suffix(from: &str) -> String {
-    ["dm/", from].concat()
-}
-
-/// Where a DM to `to` arrives in the sender's own mailbox (their other devices).
-pub fn sent_dm_suffix(to: &str) -> String {
-    ["sent/dm/", to].concat()
-}
-
-/// Where a group message from `from` arrives in each member's mailbox.
-pub fn group_suffix(group: &str, from: &str) -> String {
-    ["group/", group, "/", from].concat()
-}
 
 /// How a record says where its message goes (encoding side: borrowed).
 #[derive(Serialize)]
@@ -79,7 +42,7 @@ enum RouteRef<'a> {
 
 /// The same, decoding side (variants in the same order: same encoding).
 #[derive(Deserialize)]
-enum Route {
+enum RouteRecord {
     Direct {
         to: String,
         qos: u8,
@@ -106,7 +69,16 @@ struct RecordRef<'a> {
 struct Record {
     id: u64,
     message: StoredMessage,
-    route: Route,
+    route: RouteRecord,
+}
+
+/// A record of format 2: the mailboxes spelled out.
+#[derive(Serialize, Deserialize)]
+struct RecordV2 {
+    id: u64,
+    message: StoredMessage,
+    conversation: Option<String>,
+    mailboxes: Vec<(String, MailboxEntry)>,
 }
 
 fn opts() -> impl Options {
@@ -120,49 +92,23 @@ fn corrupt(e: impl ToString) -> StoreError {
     }
 }
 
-/// The shape of `m`, recognized from its mailboxes (without allocating).
+/// How `m`'s route is written.
 fn route_of(m: &NewMessage) -> RouteRef<'_> {
-    let from = m.message.from.as_str();
-    let explicit = RouteRef::Explicit {
-        conversation: &m.conversation,
-        mailboxes: &m.mailboxes,
-    };
-    let Some(conversation) = m.conversation.as_deref() else {
-        return explicit;
-    };
-    let Some(((first, entry), rest)) = m.mailboxes.split_first() else {
-        return explicit;
-    };
-    let qos = entry.qos;
-    // A DM: the recipient, then (unless writing to oneself) the sender's copy.
-    if entry.suffix.strip_prefix("dm/") == Some(from) {
-        let to = first.as_str();
-        let copy_ok = match rest {
-            [] => to == from,
-            [(user, e)] => to != from && user == from && e.qos == qos && e.suffix.strip_prefix("sent/dm/") == Some(to),
-            _ => false,
-        };
-        if copy_ok && is_dm_conversation(conversation, from, to) {
-            return RouteRef::Direct { to, qos };
-        }
-        return explicit;
+    match &m.route {
+        Route::Direct { to, qos } => RouteRef::Direct { to, qos: *qos },
+        Route::Group { group, members, qos } => RouteRef::Group {
+            group,
+            members: members.iter().map(|(u, _)| u.as_str()).collect(),
+            qos: *qos,
+        },
+        Route::Explicit {
+            conversation,
+            mailboxes,
+        } => RouteRef::Explicit {
+            conversation,
+            mailboxes,
+        },
     }
-    // A group message: every member, the same suffix.
-    if let Some(group) = conversation.strip_prefix("group:") {
-        let suffix_ok = |e: &MailboxEntry| {
-            e.qos == qos
-                && e.suffix
-                    .strip_prefix("group/")
-                    .and_then(|s| s.strip_prefix(group))
-                    .and_then(|s| s.strip_prefix('/'))
-                    == Some(from)
-        };
-        if m.mailboxes.iter().all(|(_, e)| suffix_ok(e)) {
-            let members = m.mailboxes.iter().map(|(u, _)| u.as_str()).collect();
-            return RouteRef::Group { group, members, qos };
-        }
-    }
-    explicit
 }
 
 /// A record ready to be written, with about what it adds to a chunk.
@@ -179,7 +125,7 @@ impl Planned<'_> {
     }
 }
 
-/// Recognizes `m`'s shape and estimates its size.
+/// Borrows `m`'s record and estimates its size.
 pub fn plan(m: &NewMessage) -> Planned<'_> {
     let s = &m.message;
     let props: usize = s.user_properties.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
@@ -227,59 +173,55 @@ pub fn encode_chunk(chunk: &[Planned<'_>]) -> Result<Vec<u8>, StoreError> {
 /// [`StoreError::Corrupt`] for bytes that are neither.
 pub fn decode_chunk(bytes: &[u8]) -> Result<Vec<NewMessage>, StoreError> {
     let Some(body) = bytes.strip_prefix(&FORMAT_3) else {
-        return opts().deserialize(bytes).map_err(corrupt);
+        let records: Vec<RecordV2> = opts().deserialize(bytes).map_err(corrupt)?;
+        return Ok(records
+            .into_iter()
+            .map(|r| NewMessage::from_mailboxes(r.id, Arc::new(r.message), r.conversation, r.mailboxes))
+            .collect());
     };
     let records: Vec<Record> = opts().deserialize(body).map_err(corrupt)?;
     Ok(records.into_iter().map(expand).collect())
 }
 
 fn expand(r: Record) -> NewMessage {
-    let from = r.message.from.as_str();
-    let (conversation, mailboxes) = match r.route {
-        Route::Direct { to, qos } => {
-            let mut mailboxes = vec![(
-                to.clone(),
-                MailboxEntry {
-                    suffix: dm_suffix(from),
-                    qos,
-                },
-            )];
-            if to != from {
-                mailboxes.push((
-                    from.to_owned(),
-                    MailboxEntry {
-                        suffix: sent_dm_suffix(&to),
-                        qos,
-                    },
-                ));
-            }
-            (Some(dm_conversation(from, &to)), mailboxes)
-        }
-        Route::Group { group, members, qos } => {
-            let suffix = group_suffix(&group, from);
-            let mailboxes = members
-                .into_iter()
-                .map(|u| {
-                    let entry = MailboxEntry {
-                        suffix: suffix.clone(),
-                        qos,
-                    };
-                    (u, entry)
-                })
-                .collect();
-            (Some(group_conversation(&group)), mailboxes)
-        }
-        Route::Explicit {
+    let route = match r.route {
+        RouteRecord::Direct { to, qos } => Route::Direct { to, qos },
+        RouteRecord::Group { group, members, qos } => Route::Group {
+            group,
+            // Roles are not written: a route only needs the names.
+            members: members.into_iter().map(|u| (u, Role::Member)).collect(),
+            qos,
+        },
+        RouteRecord::Explicit {
             conversation,
             mailboxes,
-        } => (conversation, mailboxes),
+        } => Route::Explicit {
+            conversation,
+            mailboxes,
+        },
     };
     NewMessage {
         id: r.id,
         message: Arc::new(r.message),
-        conversation,
-        mailboxes,
+        route,
     }
+}
+
+/// A chunk as schema 2 wrote it (tests of the upgrade).
+#[cfg(test)]
+pub fn encode_format_2(batch: &[NewMessage]) -> Vec<u8> {
+    let records: Vec<RecordV2> = batch
+        .iter()
+        .map(|m| RecordV2 {
+            id: m.id,
+            message: (*m.message).clone(),
+            conversation: m.conversation().map(|c| c.into_owned()),
+            mailboxes: m.dests().map(|d| (d.user.to_owned(), d.entry())).collect(),
+        })
+        .collect();
+    opts()
+        .serialize(&records)
+        .unwrap_or_else(|e| panic!("encoding format 2: {e}"))
 }
 
 #[cfg(test)]
@@ -305,15 +247,11 @@ mod tests {
     }
 
     fn record(from: &str, conversation: Option<&str>, mailboxes: &[(&str, &str, u8)]) -> NewMessage {
-        NewMessage {
-            id: 7,
-            message: message(from),
-            conversation: conversation.map(str::to_owned),
-            mailboxes: mailboxes
-                .iter()
-                .map(|(u, s, q)| ((*u).to_owned(), entry(s, *q)))
-                .collect(),
-        }
+        let mailboxes = mailboxes
+            .iter()
+            .map(|(u, s, q)| ((*u).to_owned(), entry(s, *q)))
+            .collect();
+        NewMessage::from_mailboxes(7, message(from), conversation.map(str::to_owned), mailboxes)
     }
 
     fn shape(m: &NewMessage) -> &'static str {
@@ -443,7 +381,7 @@ mod tests {
             Some("dm:alice:bob"),
             &[("bob", "dm/alice", 1), ("alice", "sent/dm/bob", 1)],
         );
-        let format_2 = opts().serialize(&vec![&dm]).unwrap().len();
+        let format_2 = encode_format_2(std::slice::from_ref(&dm)).len();
         assert!(encode_chunk(&[plan(&dm)]).unwrap().len() + 25 < format_2);
     }
 
@@ -455,7 +393,7 @@ mod tests {
             &[("bob", "dm/alice", 1), ("alice", "sent/dm/bob", 1)],
         );
         let event = record("natter", None, &[("alice", "event/x", 1)]);
-        let format_2 = opts().serialize(&vec![&dm, &event]).unwrap();
+        let format_2 = encode_format_2(&[dm.clone(), event.clone()]);
         assert_eq!(decode_chunk(&format_2).unwrap(), vec![dm, event]);
         assert!(decode_chunk(&[0, 3, 0xff, 0xff]).is_err());
         assert!(decode_chunk(&[]).is_err());

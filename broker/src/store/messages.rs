@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use bytes::Bytes;
 
+use super::route::{Dest, Route};
 use super::{journal, keys};
 use super::{Store, StoreError};
 
@@ -57,20 +58,41 @@ pub struct MailboxEntry {
     pub qos: u8,
 }
 
-/// One journal record: a message, its conversation, the mailboxes it goes to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One journal record: a message and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     pub id: u64,
-    /// Shared with the deliveries made from it (encoded as the message itself).
+    /// Shared with the deliveries made from it.
     pub message: Arc<StoredMessage>,
-    pub conversation: Option<String>,
-    pub mailboxes: Vec<(String, MailboxEntry)>,
+    pub route: Route,
 }
 
 impl NewMessage {
+    /// A message with its conversation and mailboxes spelled out (kept as its shape
+    /// when it has one: see [`Route::recognize`]).
+    pub fn from_mailboxes(
+        id: u64,
+        message: Arc<StoredMessage>,
+        conversation: Option<String>,
+        mailboxes: Vec<(String, MailboxEntry)>,
+    ) -> NewMessage {
+        let route = Route::recognize(&message.from, conversation, mailboxes);
+        NewMessage { id, message, route }
+    }
+
+    /// The mailboxes it goes to, in order.
+    pub fn dests(&self) -> impl Iterator<Item = Dest<'_>> + '_ {
+        self.route.dests(&self.message.from)
+    }
+
+    /// Its conversation, if any.
+    pub fn conversation(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.route.conversation(&self.message.from)
+    }
+
     /// This message's entry in `user`'s mailbox.
-    pub fn entry_for(&self, user: &str) -> Option<&MailboxEntry> {
-        self.mailboxes.iter().find(|(u, _)| u == user).map(|(_, e)| e)
+    pub fn entry_for(&self, user: &str) -> Option<MailboxEntry> {
+        self.dests().find(|d| d.user == user).map(|d| d.entry())
     }
 
     fn slot(&self) -> Slot {
@@ -357,8 +379,9 @@ impl Store {
         }
         self.write_chunk(&chunk)?;
         let mut ix = self.index_state();
+        let mut conversation = String::new();
         for m in batch {
-            self.remember(&mut ix, m)?;
+            self.remember(&mut ix, m, &mut conversation)?;
         }
         Ok(ix.pending.entries)
     }
@@ -372,23 +395,24 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a journaled message to the in-memory index and the mailbox counters.
-    fn remember(&self, ix: &mut Index, m: &NewMessage) -> Result<(), StoreError> {
+    /// Adds a journaled message to the in-memory index and the mailbox counters
+    /// (`conversation`: a buffer the caller reuses).
+    fn remember(&self, ix: &mut Index, m: &NewMessage, conversation: &mut String) -> Result<(), StoreError> {
         let slot = m.slot();
-        for (user, _) in &m.mailboxes {
+        for Dest { user, .. } in m.dests() {
             match ix.meta.get_mut(user) {
                 Some(meta) => meta.add(slot),
                 None => {
                     // Counters loaded before the slot is pending, so it is counted once.
                     let mut meta = self.mailbox_meta_in(ix, user)?;
                     meta.add(slot);
-                    ix.meta.insert(user.clone(), meta);
+                    ix.meta.insert(user.to_owned(), meta);
                 }
             }
             ix.pending.add_slots(user, &[slot]);
         }
-        if let Some(conv) = &m.conversation {
-            ix.pending.add_ids(conv, &[m.id]);
+        if m.route.push_conversation(&m.message.from, conversation) {
+            ix.pending.add_ids(conversation, &[m.id]);
         }
         ix.last_id = ix.last_id.max(m.id);
         Ok(())
@@ -547,10 +571,11 @@ impl Store {
         let mut ix = self.index_state();
         ix.last_id = through;
         let mut recovered = 0;
+        let mut conversation = String::new();
         for kv in self.messages.range(self.journal_start(through.saturating_add(1))?..) {
             let chunk = journal::decode_chunk(&kv?.1)?;
             for m in chunk.iter().filter(|m| m.id > through) {
-                self.remember(&mut ix, m)?;
+                self.remember(&mut ix, m, &mut conversation)?;
                 recovered += 1;
             }
         }
@@ -756,7 +781,7 @@ impl Store {
             .zip(records)
             .filter_map(|(id, r)| {
                 let r = r?;
-                let entry = r.entry_for(user)?.clone();
+                let entry = r.entry_for(user)?;
                 Some(Replayed {
                     id,
                     entry,
@@ -881,23 +906,22 @@ mod tests {
 
     /// Message `id` (payload `m{id}`) for `users`' mailboxes, in conversation `conv`.
     fn new(id: u64, conv: Option<&str>, users: &[&str], ts: u64) -> NewMessage {
-        NewMessage {
+        let mailboxes = users
+            .iter()
+            .map(|u| {
+                let entry = MailboxEntry {
+                    suffix: "dm/alice".into(),
+                    qos: 1,
+                };
+                ((*u).to_owned(), entry)
+            })
+            .collect();
+        NewMessage::from_mailboxes(
             id,
-            message: Arc::new(msg(&format!("m{id}"), ts)),
-            conversation: conv.map(str::to_owned),
-            mailboxes: users
-                .iter()
-                .map(|u| {
-                    (
-                        (*u).to_owned(),
-                        MailboxEntry {
-                            suffix: "dm/alice".into(),
-                            qos: 1,
-                        },
-                    )
-                })
-                .collect(),
-        }
+            Arc::new(msg(&format!("m{id}"), ts)),
+            conv.map(str::to_owned),
+            mailboxes,
+        )
     }
 
     const WIDE: Retention = Retention {
@@ -1110,7 +1134,7 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             // A chunk as schema 2 wrote it (not yet indexed), and that version.
             s.messages
-                .insert(1u64.to_be_bytes(), encode("journal", &batch).unwrap())
+                .insert(1u64.to_be_bytes(), journal::encode_format_2(&batch))
                 .unwrap();
             s.meta.insert("schema_version", &2u32.to_be_bytes()).unwrap();
         }

@@ -77,12 +77,12 @@ pub(super) fn v1_to_v2(store: &Store) -> Result<(), StoreError> {
             .map(u64::from_be_bytes)
             .map_err(|_| corrupt("messages", "key is not 8 bytes"))?;
         let message: StoredMessage = bincode::deserialize(&v).map_err(|e| corrupt("messages", e))?;
-        batch.push(NewMessage {
+        batch.push(NewMessage::from_mailboxes(
             id,
-            message: std::sync::Arc::new(message),
-            conversation: conversation.remove(&id),
-            mailboxes: mailboxes.remove(&id).unwrap_or_default(),
-        });
+            std::sync::Arc::new(message),
+            conversation.remove(&id),
+            mailboxes.remove(&id).unwrap_or_default(),
+        ));
         last = id;
         if batch.len() >= 1024 {
             migrated += batch.len() as u64;

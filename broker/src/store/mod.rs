@@ -10,6 +10,7 @@ mod journal;
 mod keys;
 mod messages;
 mod migrate;
+mod route;
 mod social;
 mod tokens;
 mod users;
@@ -21,8 +22,8 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use journal::{dm_conversation, dm_suffix, group_conversation, group_suffix, sent_dm_suffix};
 pub use messages::{MailboxEntry, MailboxMeta, NewMessage, Replayed, Retention, StoredMessage};
+pub use route::{dm_conversation, group_conversation, Dest, Route, Suffix};
 pub use social::{Contact, GroupRecord, Members, ResetRecord, Role};
 pub use tokens::TokenRecord;
 pub use users::UserRecord;
