@@ -164,7 +164,8 @@ fn auth_benches(c: &mut Criterion) {
         control.router.clone(),
         presence.clone(),
         mailbox::limits(&config.im),
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let im = ImPlugin::new(control, config.im.clone(), acl, writer.clone(), presence);
     let client = ClientInfo {
         username: Some("alice".into()),

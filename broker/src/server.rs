@@ -37,6 +37,8 @@ pub enum ServerError {
     Control { dir: PathBuf, source: std::io::Error },
     #[error("startup task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot start the index thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).
@@ -125,7 +127,8 @@ pub async fn start_with(
         router.clone(),
         presence.clone(),
         mailbox::limits(&config.im),
-    );
+    )
+    .map_err(ServerError::Thread)?;
     list.push(Arc::new(ImPlugin::new(
         control_state.clone(),
         config.im.clone(),

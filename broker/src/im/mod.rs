@@ -3,6 +3,7 @@
 //! the API over MQTT. The MQTT core knows none of this.
 
 pub mod api;
+pub mod indexer;
 pub mod mailbox;
 pub mod presence;
 pub mod writer;

@@ -22,7 +22,8 @@
 //! calls here never flush; the durability step's flush goes to the blocking pool,
 //! once per batch.
 //!
-//! The mailbox and history indexes are written behind it, on the blocking pool, every
+//! The mailbox and history indexes are written behind it, by a thread of their own at
+//! the lowest CPU priority (see [`super::indexer`]), every
 //! `[im] index_interval_ms` while entries wait in memory (an idle writer does not
 //! wake) or as soon as `index_max_pending` wait (see the store's messages module).
 //! The writer goes on delivering and storing meanwhile; only when twice
@@ -39,6 +40,7 @@ use natter_shared::im;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::indexer::{IndexWrite, Indexer};
 use super::presence::PresenceBook;
 use crate::hooks::Receipt;
 use crate::message::Message;
@@ -109,13 +111,23 @@ struct Worker {
     limits: WriterLimits,
     cursors: Cursors,
     in_flight: InFlight,
-    /// The index write under way (on the blocking pool).
-    indexing: Option<JoinHandle<()>>,
+    indexer: Indexer,
+    /// The index write under way.
+    indexing: Option<IndexWrite>,
 }
 
 impl Writer {
-    /// Starts the writer task (on the current runtime).
-    pub fn start(store: Store, router: Router, presence: Arc<PresenceBook>, limits: WriterLimits) -> Writer {
+    /// Starts the writer task (on the current runtime) and its index thread.
+    ///
+    /// # Errors
+    /// The index thread could not be created.
+    pub fn start(
+        store: Store,
+        router: Router,
+        presence: Arc<PresenceBook>,
+        limits: WriterLimits,
+    ) -> std::io::Result<Writer> {
+        let indexer = Indexer::start(store.clone(), limits.retention)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let cursors = Cursors::default();
         let in_flight = InFlight::default();
@@ -127,17 +139,18 @@ impl Writer {
             limits,
             cursors: cursors.clone(),
             in_flight: in_flight.clone(),
+            indexer,
             indexing: None,
         };
         let task = tokio::spawn(worker.run());
-        Writer {
+        Ok(Writer {
             tx,
             cursors,
             in_flight,
             store,
             retention: limits.retention,
             task: Arc::new(Mutex::new(Some(task))),
-        }
+        })
     }
 
     /// Queues a message; with `receipt`, returns what resolves once it is stored.
@@ -317,7 +330,7 @@ impl Worker {
     /// way. Returns whether the tick is still needed (a write under way, or entries
     /// waiting).
     async fn on_tick(&mut self) -> bool {
-        if self.indexing.as_ref().is_some_and(|h| !h.is_finished()) {
+        if self.index_busy() {
             return true;
         }
         self.finish_index().await;
@@ -328,23 +341,21 @@ impl Worker {
         true
     }
 
-    /// Starts writing the index on the blocking pool (the caller checked that no
-    /// write is under way). A failed write leaves its entries in memory, for the next.
+    /// Asks the index thread for a write (the caller checked that none is under
+    /// way). A failed write leaves its entries in memory, for the next.
     fn start_index(&mut self) {
-        let (store, retention) = (self.store.clone(), self.limits.retention);
-        self.indexing = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.index(retention) {
-                tracing::error!(error = %e, "mailbox index not written (kept in memory, retried)");
-            }
-        }));
+        self.indexing = Some(self.indexer.request());
+    }
+
+    /// Whether an index write is under way.
+    fn index_busy(&mut self) -> bool {
+        self.indexing.as_mut().is_some_and(|w| !w.is_done())
     }
 
     /// Waits for the index write under way, if any.
     async fn finish_index(&mut self) {
-        if let Some(h) = self.indexing.take() {
-            if let Err(e) = h.await {
-                tracing::error!(error = %e, "the index write failed");
-            }
+        if let Some(w) = self.indexing.take() {
+            w.wait().await;
         }
     }
 
@@ -407,7 +418,7 @@ impl Worker {
                 let _ = done.send(stored);
             }
             if unindexed >= self.limits.index_at {
-                let busy = self.indexing.as_ref().is_some_and(|h| !h.is_finished());
+                let busy = self.index_busy();
                 // Memory stays bounded: at twice the bound, the next batch waits.
                 if !busy || unindexed >= self.limits.index_at.saturating_mul(2) {
                     self.finish_index().await;
@@ -497,7 +508,7 @@ mod tests {
     fn start(store: &Store, config: &Config, limits: WriterLimits) -> Writer {
         let router = Router::new(config.limits.clone());
         let presence = Arc::new(PresenceBook::new(router.clone()));
-        Writer::start(store.clone(), router, presence, limits)
+        Writer::start(store.clone(), router, presence, limits).unwrap()
     }
 
     #[tokio::test(flavor = "current_thread")]

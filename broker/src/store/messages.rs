@@ -8,7 +8,7 @@
 //!   waits for.
 //! - `mailbox_index` (user + first id) and `history_index` (conversation + first id):
 //!   id lists, written from memory by [`Store::index`] every so often (the IM writer
-//!   has the blocking pool do it every `index_interval_ms` or `index_max_pending`
+//!   has its index thread do it every `index_interval_ms` or `index_max_pending`
 //!   entries), so a busy mailbox gets one index record per interval rather than one
 //!   per message. Until then the entries are in memory (`Index::pending`, then
 //!   `Index::writing` while an index write runs beside the appends) and every read
@@ -428,8 +428,8 @@ impl Store {
     ///
     /// Appends and reads go on meanwhile: the entries being written move from
     /// `pending` to `writing` (still read from there) and the index lock is only taken
-    /// for moments, so the caller may be any thread (the IM writer uses the blocking
-    /// pool). One index write runs at a time.
+    /// for moments, so the caller may be any thread (the IM writer has a thread of its
+    /// own for it). One index write runs at a time.
     ///
     /// # Errors
     /// I/O errors (what was not written stays in memory for the next call).
