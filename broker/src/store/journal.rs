@@ -162,7 +162,9 @@ pub fn plan(m: &NewMessage) -> Planned<'_> {
 /// [`StoreError::Corrupt`] if serialization fails (it does not for these types).
 pub fn encode_chunk(chunk: &[Planned<'_>]) -> Result<Vec<u8>, StoreError> {
     let records: Vec<&RecordRef<'_>> = chunk.iter().map(|p| &p.record).collect();
-    let mut out = FORMAT_3.to_vec();
+    // Sized from the (generous) estimates: encoding never grows the buffer.
+    let mut out = Vec::with_capacity(FORMAT_3.len() + 8 + chunk.iter().map(|p| p.len).sum::<usize>());
+    out.extend_from_slice(&FORMAT_3);
     opts().serialize_into(&mut out, &records).map_err(corrupt)?;
     Ok(out)
 }

@@ -593,9 +593,11 @@ impl Store {
     }
 
     /// Drops a mailbox's oldest index entries while it is over a bound (`newest`,
-    /// its newest entry in the tree, always stays). Once over a count or byte bound, it is trimmed to 15/16 of it:
-    /// large mailboxes in steps (whole chunks, once per many appends), small bounds
-    /// stay exact. Only index entries go: the journal keeps messages for history.
+    /// its newest entry in the tree, always stays). Once over a count or byte bound,
+    /// it is trimmed to 15/16 of it: large mailboxes in steps (once per many
+    /// appends), small bounds stay exact. Whole index chunks are removed; one partly
+    /// dropped stays as it is (`dropped_up_to` says where the mailbox starts). Only
+    /// index entries go: the journal keeps messages for history.
     fn apply_retention(&self, user: &str, meta: &mut MailboxMeta, newest: u64, r: Retention) -> Result<(), StoreError> {
         // Age is measured from the newest entry.
         let oldest_allowed = meta.newest_ts.saturating_sub(r.max_age);
@@ -627,10 +629,10 @@ impl Store {
                 cut += 1;
             }
             if cut < slots.len() {
-                slots.drain(..cut);
-                meta.oldest_id = Some(slots[0].id);
-                meta.oldest_ts = Some(slots[0].ts);
-                self.mailbox.insert(key, encode_slots(&slots)?)?;
+                // The chunk is not rewritten: its dropped entries stay until all of it
+                // is dropped, and readers skip ids up to `dropped_up_to`.
+                meta.oldest_id = Some(slots[cut].id);
+                meta.oldest_ts = Some(slots[cut].ts);
                 break;
             }
             self.mailbox.remove(&key)?;
@@ -750,13 +752,14 @@ impl Store {
     /// Ids in `user`'s mailbox above `after`, oldest first, at most `limit`.
     fn mailbox_ids(&self, user: &str, after: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         // Pending first: an index write in between moves entries into the tree, where
-        // the second read finds them (duplicates are merged), never loses them.
-        let pending: Vec<u64> = self
-            .index_state()
-            .mailbox(user)
-            .map(|s| s.id)
-            .filter(|&id| id > after)
-            .collect();
+        // the second read finds them (duplicates are merged), never loses them. What
+        // retention dropped may still be in a chunk: skipped.
+        let (after, pending) = {
+            let mut ix = self.index_state();
+            let after = after.max(self.mailbox_meta_in(&mut ix, user)?.dropped_up_to);
+            let pending: Vec<u64> = ix.mailbox(user).map(|s| s.id).filter(|&id| id > after).collect();
+            (after, pending)
+        };
         let mut ids: Vec<u64> = self
             .indexed_after(user, after, limit)?
             .into_iter()
@@ -1034,6 +1037,52 @@ mod tests {
         s.index(r).unwrap();
         let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
         assert_eq!(meta.count, 151, "no trimming until over the bound again");
+    }
+
+    #[test]
+    fn a_chunk_partly_dropped_stays_and_its_dropped_entries_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Retention {
+            max_messages: 16,
+            ..WIDE
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            // One index chunk of 20: over 16, trimmed to 15 inside that chunk.
+            let batch: Vec<_> = (1..=20).map(|id| new(id, None, &["bob"], 100)).collect();
+            s.append(&batch).unwrap();
+            s.index(r).unwrap();
+            let (key, slots) = s.mailbox_chunk_at("bob", 20).unwrap().unwrap();
+            assert_eq!((keys::id_of(&key), slots.len()), (Some(1), 20), "not rewritten");
+            let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+            assert_eq!((meta.count, meta.dropped_up_to, meta.oldest_id), (15, 5, Some(6)));
+            assert_eq!(
+                ids(s.mailbox_after("bob", 0, 100).unwrap()),
+                (6..=20).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                ids(s.mailbox_after("bob", 3, 100).unwrap())[0],
+                6,
+                "a cursor before the drop"
+            );
+            assert_eq!(ids(s.mailbox_after("bob", 7, 100).unwrap())[0], 8);
+            // Over again: the old chunk goes once all of it is dropped.
+            let batch: Vec<_> = (21..=40).map(|id| new(id, None, &["bob"], 100)).collect();
+            s.append(&batch).unwrap();
+            s.index(r).unwrap();
+            assert!(s.mailbox.get(keys::with_id("bob", 1)).unwrap().is_none(), "removed");
+            assert_eq!(
+                ids(s.mailbox_after("bob", 0, 100).unwrap()),
+                (26..=40).collect::<Vec<_>>()
+            );
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let meta = s.mailbox_meta_in(&mut s.index_state(), "bob").unwrap();
+        assert_eq!((meta.count, meta.dropped_up_to), (15, 25), "the same after a restart");
+        assert_eq!(
+            ids(s.mailbox_after("bob", 0, 100).unwrap()),
+            (26..=40).collect::<Vec<_>>()
+        );
     }
 
     #[test]
