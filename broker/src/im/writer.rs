@@ -29,10 +29,10 @@
 //! The writer goes on delivering and storing meanwhile; only when twice
 //! `index_max_pending` wait does it wait for the index write under way.
 //!
-//! Device cursors go through here too: an acknowledgement updates an in-memory map at
-//! once (read by replays) and is written with the next batch, one write per device.
+//! Device cursors are written from here too: an acknowledgement updates an in-memory
+//! map at once (read by replays) and is written after the next store, one write per
+//! device; only a device's first acknowledgement since then wakes the writer.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use natter_shared::codec::{Properties, QoS};
@@ -46,6 +46,7 @@ use crate::hooks::Receipt;
 use crate::message::Message;
 use crate::router::Router;
 use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
+use crate::FastMap;
 
 /// The writer's bounds (from `[im]` in the configuration).
 #[derive(Debug, Clone, Copy)]
@@ -82,11 +83,21 @@ pub struct Post {
 
 enum Op {
     Post(Post),
-    Cursor { user: String, device: String, id: u64 },
+    /// Acknowledged cursors wait in the map.
+    Cursors,
     Stop,
 }
 
-type Cursors = Arc<Mutex<HashMap<(String, String), u64>>>;
+/// Acknowledged positions not yet written: user, then device.
+type Cursors = Arc<Mutex<FastMap<String, FastMap<String, Acked>>>>;
+
+/// A device's last acknowledged id, and whether the writer was told about it since
+/// it last looked.
+#[derive(Debug, Clone, Copy)]
+struct Acked {
+    id: u64,
+    queued: bool,
+}
 
 /// The batches routed but not yet stored (empty otherwise).
 type InFlight = Arc<Mutex<Vec<Arc<Vec<NewMessage>>>>>;
@@ -171,24 +182,23 @@ impl Writer {
     pub fn acked(&self, user: &str, device: &str, id: u64) {
         {
             let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-            match map.entry((user.to_owned(), device.to_owned())) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    if *e.get() >= id {
+            // Names are copied only for a device's first acknowledgement since its last
+            // write; the writer is told once until it next looks at the map.
+            match map.get_mut(user).and_then(|devices| devices.get_mut(device)) {
+                Some(cur) => {
+                    cur.id = cur.id.max(id);
+                    if cur.queued {
                         return;
                     }
-                    e.insert(id);
+                    cur.queued = true;
                 }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(id);
+                None => {
+                    let acked = Acked { id, queued: true };
+                    map.entry(user.to_owned()).or_default().insert(device.to_owned(), acked);
                 }
             }
         }
-        let op = Op::Cursor {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            id,
-        };
-        if self.tx.send(op).is_err() {
+        if self.tx.send(Op::Cursors).is_err() {
             tracing::warn!(user, device, "writer stopped: cursor not saved");
         }
     }
@@ -203,8 +213,9 @@ impl Writer {
             .cursors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(user.to_owned(), device.to_owned()))
-            .copied();
+            .get(user)
+            .and_then(|devices| devices.get(device))
+            .map(|a| a.id);
         let stored = self.store.cursor(user, device)?;
         Ok(pending.max(stored))
     }
@@ -260,7 +271,6 @@ struct Group {
     batches: Vec<Arc<Vec<NewMessage>>>,
     messages: usize,
     receipts: Vec<oneshot::Sender<bool>>,
-    cursors: HashMap<(String, String), u64>,
     stop: bool,
 }
 
@@ -379,10 +389,8 @@ impl Worker {
                     rest.push((qos, origin, sender));
                     group.receipts.extend(done);
                 }
-                Op::Cursor { user, device, id } => {
-                    let cur = group.cursors.entry((user, device)).or_insert(0);
-                    *cur = (*cur).max(id);
-                }
+                // Written after every store anyway.
+                Op::Cursors => {}
                 Op::Stop => group.stop = true,
             }
         }
@@ -426,16 +434,36 @@ impl Worker {
                 }
             }
         }
-        for ((user, device), id) in group.cursors {
-            match self.store.advance_cursor(&user, &device, id) {
-                Ok(()) => {
-                    let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-                    let key = (user, device);
-                    if map.get(&key).is_some_and(|&v| v <= id) {
-                        map.remove(&key);
-                    }
+        self.write_cursors();
+    }
+
+    /// Writes the acknowledged cursors waiting in the map. An entry leaves the map
+    /// once written (unless it moved on meanwhile), so a replay reading the map, then
+    /// the store, always finds it.
+    fn write_cursors(&self) {
+        let mut waiting: Vec<(String, String, u64)> = Vec::new();
+        {
+            let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            for (user, devices) in map.iter_mut() {
+                for (device, acked) in devices.iter_mut().filter(|(_, a)| a.queued) {
+                    acked.queued = false;
+                    waiting.push((user.clone(), device.clone(), acked.id));
                 }
-                Err(e) => tracing::error!(user, device, error = %e, "cannot move the device cursor"),
+            }
+        }
+        for (user, device, id) in waiting {
+            if let Err(e) = self.store.advance_cursor(&user, &device, id) {
+                tracing::error!(user, device, error = %e, "cannot move the device cursor");
+                continue;
+            }
+            let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(devices) = map.get_mut(&user) {
+                if devices.get(&device).is_some_and(|a| a.id <= id && !a.queued) {
+                    devices.remove(&device);
+                }
+                if devices.is_empty() {
+                    map.remove(&user);
+                }
             }
         }
     }
@@ -537,6 +565,38 @@ mod tests {
         let stored = store.mailbox_after("bob", 0, 10).unwrap();
         assert_eq!(stored.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(&stored[0].message.payload[..], b"hi");
+        writer.stop().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn acknowledged_cursors_are_read_at_once_and_written_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = Config::default_config();
+        let writer = start(&store, &config, limits(&config.im));
+        writer.acked("bob", "phone", 5);
+        writer.acked("bob", "phone", 9);
+        writer.acked("bob", "phone", 7);
+        writer.acked("bob", "laptop", 3);
+        assert_eq!(writer.cursor("bob", "phone").unwrap(), Some(9), "never back");
+        assert_eq!(store.cursor("bob", "phone").unwrap(), None, "not written yet");
+        // No message needed: the first acknowledgement woke the writer.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.cursor("bob", "phone").unwrap(), Some(9));
+        assert_eq!(store.cursor("bob", "laptop").unwrap(), Some(3));
+        assert!(
+            writer.cursors.lock().unwrap().is_empty(),
+            "written entries leave the map"
+        );
+        // Acknowledged again after the writer looked: told again, written again.
+        writer.acked("bob", "phone", 12);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.cursor("bob", "phone").unwrap(), Some(12));
+        assert_eq!(writer.cursor("bob", "phone").unwrap(), Some(12));
         writer.stop().await;
     }
 
