@@ -533,18 +533,21 @@ mod tests {
         }
     }
 
-    fn start(store: &Store, config: &Config, limits: WriterLimits) -> Writer {
+    /// A writer on a fresh store, with the default bounds as `bounds` changes them
+    /// (the directory lives as long as the first element).
+    fn start(bounds: impl FnOnce(WriterLimits) -> WriterLimits) -> (tempfile::TempDir, Store, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = Config::default_config();
         let router = Router::new(config.limits.clone());
         let presence = Arc::new(PresenceBook::new(router.clone()));
-        Writer::start(store.clone(), router, presence, limits).unwrap()
+        let writer = Writer::start(store.clone(), router, presence, bounds(limits(&config.im))).unwrap();
+        (dir, store, writer)
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn batches_are_in_flight_between_routing_and_storing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let config = Config::default_config();
-        let writer = start(&store, &config, limits(&config.im));
+        let (_dir, store, writer) = start(|l| l);
         let first = writer.post(post("bob"), true).unwrap().unwrap();
         // The writer routes the batch, then yields before storing it.
         tokio::task::yield_now().await;
@@ -570,10 +573,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn acknowledged_cursors_are_read_at_once_and_written_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let config = Config::default_config();
-        let writer = start(&store, &config, limits(&config.im));
+        let (_dir, store, writer) = start(|l| l);
         writer.acked("bob", "phone", 5);
         writer.acked("bob", "phone", 9);
         writer.acked("bob", "phone", 7);
@@ -602,14 +602,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_group_is_stored_at_its_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let config = Config::default_config();
-        let bounds = WriterLimits {
-            batch_max: 2,
-            ..limits(&config.im)
-        };
-        let writer = start(&store, &config, bounds);
+        let (_dir, store, writer) = start(|l| WriterLimits { batch_max: 2, ..l });
         let receipts: Vec<_> = (0..3)
             .map(|_| writer.post(post("bob"), true).unwrap().unwrap())
             .collect();
