@@ -22,7 +22,7 @@ use crate::hooks::{Access, Hook, PublishDecision};
 use crate::message::{ClientInfo, Message};
 use crate::router::Router;
 use crate::session::{Session, Subscription};
-use crate::store::{Store, StoreError, StoredMessage};
+use crate::store::{Route, Store, StoreError, StoredMessage};
 
 use mailbox::{now_ms, Mailboxes};
 pub use presence::PresenceBook;
@@ -47,9 +47,9 @@ pub struct ImPlugin {
     state: Arc<ImState>,
 }
 
-// Conversation keys and mailbox suffixes are the store's: its journal writes DMs and
-// group messages by their shape (see `store::journal`).
-use crate::store::Route;
+// Conversation keys and mailbox suffixes are the store's: a message's route says
+// where it goes, and the journal writes DMs and group messages by their shape (see
+// `store::route`).
 pub use crate::store::{dm_conversation, group_conversation};
 
 fn asker(c: &ClientInfo) -> Asker<'_> {
