@@ -153,7 +153,14 @@ impl Writer {
             indexer,
             indexing: None,
         };
-        let task = tokio::spawn(worker.run());
+        let worker = tokio::spawn(worker.run());
+        // Said when it happens, not at shutdown: without the writer, IM messages are
+        // refused (never falsely acknowledged) until the broker restarts.
+        let task = tokio::spawn(async move {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "the IM writer failed: messages to mailboxes are refused until restart");
+            }
+        });
         Ok(Writer {
             tx,
             cursors,
@@ -258,9 +265,8 @@ impl Writer {
         let _ = self.tx.send(Op::Stop);
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
-            if let Err(e) = t.await {
-                tracing::error!(error = %e, "the writer task failed");
-            }
+            // The watcher above reports a failure of the writer itself.
+            let _ = t.await;
         }
     }
 }
