@@ -265,7 +265,8 @@ mod tests {
     }
 
     #[test]
-    fn every_shape_round_trips_and_is_recognized() {
+    fn every_shape_round_trips() {
+        // Which lists have a shape is route.rs's test; here each kind is written as it.
         let cases = [
             (
                 "direct",
@@ -273,14 +274,6 @@ mod tests {
                     "alice",
                     Some("dm:alice:bob"),
                     &[("bob", "dm/alice", 1), ("alice", "sent/dm/bob", 1)],
-                ),
-            ),
-            (
-                "direct",
-                record(
-                    "bob",
-                    Some("dm:alice:bob"),
-                    &[("alice", "dm/bob", 2), ("bob", "sent/dm/alice", 2)],
                 ),
             ),
             (
@@ -293,79 +286,20 @@ mod tests {
                     "bob",
                     Some("group:g1"),
                     &[
-                        ("alice", "group/g1/bob", 1),
-                        ("bob", "group/g1/bob", 1),
-                        ("carol", "group/g1/bob", 1),
+                        ("alice", "group/g1/bob", 2),
+                        ("bob", "group/g1/bob", 2),
+                        ("carol", "group/g1/bob", 2),
                     ],
                 ),
             ),
-            ("explicit", record("bob", Some("group:g1"), &[])),
-            // Anything not exactly a shape is kept as it is.
             (
                 "explicit",
                 record("natter", None, &[("alice", "event/friend_request", 1)]),
             ),
             (
                 "explicit",
-                record(
-                    "alice",
-                    Some("dm:alice:bob"),
-                    &[("bob", "dm/alice", 1), ("alice", "sent/dm/bob", 2)],
-                ),
-            ),
-            (
-                "explicit",
                 record("alice", Some("dm:alice:bob"), &[("bob", "dm/alice", 1)]),
             ),
-            (
-                "explicit",
-                record(
-                    "alice",
-                    Some("dm:alice:carol"),
-                    &[("bob", "dm/alice", 1), ("alice", "sent/dm/bob", 1)],
-                ),
-            ),
-            (
-                "explicit",
-                record(
-                    "alice",
-                    Some("dm:alice:bob"),
-                    &[("bob", "dm/alice", 1), ("carol", "sent/dm/bob", 1)],
-                ),
-            ),
-            (
-                "explicit",
-                record(
-                    "alice",
-                    Some("dm:alice:alice"),
-                    &[("alice", "dm/alice", 1), ("alice", "sent/dm/alice", 1)],
-                ),
-            ),
-            (
-                "explicit",
-                record(
-                    "bob",
-                    Some("group:g1"),
-                    &[("alice", "group/g1/bob", 1), ("carol", "group/g2/bob", 1)],
-                ),
-            ),
-            (
-                "explicit",
-                record(
-                    "bob",
-                    Some("group:g1"),
-                    &[("alice", "group/g1/bob", 1), ("carol", "group/g1/bob", 2)],
-                ),
-            ),
-            (
-                "explicit",
-                record("bob", Some("group:g1"), &[("alice", "group/g1/bobby", 1)]),
-            ),
-            (
-                "explicit",
-                record("bob", Some("group:g"), &[("alice", "group/g1/bob", 1)]),
-            ),
-            ("explicit", record("bob", None, &[("alice", "dm/bob", 1)])),
         ];
         for (want, m) in &cases {
             assert_eq!(shape(m), *want, "{m:?}");
