@@ -400,14 +400,12 @@ impl Store {
     fn remember(&self, ix: &mut Index, m: &NewMessage, conversation: &mut String) -> Result<(), StoreError> {
         let slot = m.slot();
         for Dest { user, .. } in m.dests() {
-            match ix.meta.get_mut(user) {
-                Some(meta) => meta.add(slot),
-                None => {
-                    // Counters loaded before the slot is pending, so it is counted once.
-                    let mut meta = self.mailbox_meta_in(ix, user)?;
-                    meta.add(slot);
-                    ix.meta.insert(user.to_owned(), meta);
-                }
+            if !ix.meta.contains_key(user) {
+                // Loaded (and kept) before the slot is pending, so it is counted once.
+                self.mailbox_meta_in(ix, user)?;
+            }
+            if let Some(meta) = ix.meta.get_mut(user) {
+                meta.add(slot);
             }
             ix.pending.add_slots(user, &[slot]);
         }

@@ -69,25 +69,24 @@ pub enum Suffix<'a> {
     Literal(&'a str),
 }
 
-impl Suffix<'_> {
-    pub fn push_to(&self, out: &mut String) {
-        let parts: [&str; 4] = match *self {
+impl<'a> Suffix<'a> {
+    fn parts(&self) -> [&'a str; 4] {
+        match *self {
             Suffix::Dm(from) => ["dm/", from, "", ""],
             Suffix::SentDm(to) => ["sent/dm/", to, "", ""],
             Suffix::Group(group, from) => ["group/", group, "/", from],
             Suffix::Literal(s) => [s, "", "", ""],
-        };
-        for part in parts {
-            out.push_str(part);
         }
+    }
+
+    pub fn push_to(&self, out: &mut String) {
+        self.parts().iter().for_each(|part| out.push_str(part));
     }
 }
 
 impl std::fmt::Display for Suffix<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut s = String::new();
-        self.push_to(&mut s);
-        f.write_str(&s)
+        self.parts().iter().try_for_each(|part| f.write_str(part))
     }
 }
 
