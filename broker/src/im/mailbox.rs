@@ -154,15 +154,23 @@ impl Mailboxes {
         // on its way there (see the writer).
         let in_flight = self.writer.in_flight(user, 0);
         self.writer.index_now()?;
-        let (head, dropped_up_to) = self.store.mailbox_head(user)?;
         let Some(cursor) = self.writer.cursor(user, device)? else {
+            let (head, _) = self.store.mailbox_head(user)?;
             self.writer.acked(user, device, head);
             return Ok(());
         };
+        // Everything retained after the cursor, at once: a device acknowledging a
+        // newer (live) message would move its cursor past any entry left for later.
+        // Retention bounds it (count and bytes: `index_now` applied it above).
+        let mut entries = self.store.mailbox_after(user, cursor, self.writer.replay_limit())?;
+        // Read after the entries: retention (on the index thread) may have moved on
+        // meanwhile, and what it dropped that the entries do not hold is the gap.
+        let (_, dropped_up_to) = self.store.mailbox_head(user)?;
+        let lost_to = entries.first().map_or(dropped_up_to, |e| dropped_up_to.min(e.id - 1));
         let mut deliveries = Vec::new();
-        if cursor < dropped_up_to {
+        if cursor < lost_to {
             // Retention removed entries this device never received: say so.
-            let body = json!({ "type": event::GAP, "from": cursor + 1, "to": dropped_up_to });
+            let body = json!({ "type": event::GAP, "from": cursor + 1, "to": lost_to });
             let topic = im::inbox_event(user, event::GAP);
             if let Some((qos, _, sub_ids)) = session.granted(&topic) {
                 let mut msg = Message::broker(topic, Bytes::from(body.to_string()), QoS::AtLeastOnce, false);
@@ -175,10 +183,6 @@ impl Mailboxes {
                 });
             }
         }
-        // Everything retained after the cursor, at once: a device acknowledging a
-        // newer (live) message would move its cursor past any entry left for later.
-        // Retention bounds it (count and bytes: `index_now` applied it above).
-        let mut entries = self.store.mailbox_after(user, cursor, self.writer.replay_limit())?;
         let last = entries.last().map_or(cursor, |r| r.id);
         entries.extend(in_flight.into_iter().filter(|r| r.id > last));
         for Replayed { id, entry, message: m } in entries {

@@ -252,12 +252,15 @@ impl Writer {
     }
 
     /// Writes the index entries kept in memory now, applying retention (before a
-    /// device is replayed, so it sees its mailbox within bounds).
+    /// device is replayed, so it sees its mailbox within bounds). Called on the
+    /// runtime: when the index thread is writing, it does not wait for that
+    /// low-priority thread (which applies retention itself); the replay then may
+    /// include entries retention is about to drop, never fewer.
     ///
     /// # Errors
     /// Store errors.
     pub fn index_now(&self) -> Result<(), StoreError> {
-        self.store.index(self.retention)
+        self.store.index_unless_busy(self.retention).map(|_| ())
     }
 
     /// Writes what is queued and stops the task.

@@ -432,7 +432,27 @@ impl Store {
     /// # Errors
     /// I/O errors (what was not written stays in memory for the next call).
     pub fn index(&self, r: Retention) -> Result<(), StoreError> {
-        let _one = self.indexing.lock().unwrap_or_else(|p| p.into_inner());
+        let one = self.indexing.lock().unwrap_or_else(|p| p.into_inner());
+        self.index_holding(&one, r)
+    }
+
+    /// As [`Store::index`], unless an index write is under way: then returns at once
+    /// (false) rather than wait for it. For callers on the runtime, which must not
+    /// wait behind the low-priority index thread.
+    ///
+    /// # Errors
+    /// As [`Store::index`].
+    pub fn index_unless_busy(&self, r: Retention) -> Result<bool, StoreError> {
+        let one = match self.indexing.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        self.index_holding(&one, r).map(|()| true)
+    }
+
+    /// The index write, with `indexing` held (`_one`).
+    fn index_holding(&self, _one: &std::sync::MutexGuard<'_, ()>, r: Retention) -> Result<(), StoreError> {
         let Some((work, through)) = self.begin_index() else {
             return Ok(());
         };
@@ -1329,6 +1349,20 @@ mod tests {
         all(&s, 7);
         s.index(WIDE).unwrap();
         all(&s, 7);
+    }
+
+    #[test]
+    fn index_unless_busy_does_not_wait_for_a_write_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.append(&[new(1, None, &["bob"], 1)]).unwrap();
+        {
+            let _under_way = s.indexing.lock().unwrap();
+            assert!(!s.index_unless_busy(WIDE).unwrap(), "busy: returns at once");
+            assert_eq!(s.unindexed(), 1);
+        }
+        assert!(s.index_unless_busy(WIDE).unwrap());
+        assert_eq!(s.unindexed(), 0);
     }
 
     #[test]
