@@ -88,7 +88,6 @@ impl Mailboxes {
     pub fn post(
         &self,
         message: StoredMessage,
-        qos: QoS,
         route: Route,
         origin: Option<u64>,
         sender: Option<Arc<str>>,
@@ -100,7 +99,6 @@ impl Mailboxes {
                 message: Arc::new(message),
                 route,
             },
-            qos,
             origin,
             sender,
             done: None,
@@ -130,7 +128,7 @@ impl Mailboxes {
                 },
             )],
         };
-        if self.post(m, QoS::AtLeastOnce, route, None, None, false).is_err() {
+        if self.post(m, route, None, None, false).is_err() {
             tracing::warn!(user, kind, "writer stopped: event not stored");
         }
     }

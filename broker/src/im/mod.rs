@@ -134,11 +134,7 @@ impl ImPlugin {
     fn post(&self, client: &ClientInfo, from: &str, msg: &Message, route: Route) -> PublishDecision {
         let stored = self.stored(from, msg);
         let sender = Some(client.client_id.clone());
-        match self
-            .state
-            .mailboxes
-            .post(stored, msg.qos, route, msg.origin, sender, true)
-        {
+        match self.state.mailboxes.post(stored, route, msg.origin, sender, true) {
             Ok(Some(receipt)) => PublishDecision::Pending(receipt),
             Ok(None) => PublishDecision::Handled,
             Err(e) => {

@@ -71,7 +71,6 @@ pub struct WriterStopped;
 pub struct Post {
     /// Everything but the id, which the writer assigns.
     pub record: NewMessage,
-    pub qos: QoS,
     /// The session it came from, which the sender's own copy (for their other
     /// devices) skips.
     pub origin: Option<u64>,
@@ -388,14 +387,13 @@ impl Worker {
                 Op::Post(p) => {
                     let Post {
                         mut record,
-                        qos,
                         origin,
                         sender,
                         done,
                     } = p;
                     record.id = self.store.next_message_id();
                     records.push(record);
-                    rest.push((qos, origin, sender));
+                    rest.push((origin, sender));
                     group.receipts.extend(done);
                 }
                 // Written after every store anyway.
@@ -412,8 +410,8 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .push(batch.clone());
         let mut topic = String::new();
-        for (record, (qos, origin, sender)) in batch.iter().zip(rest) {
-            self.deliver(record, qos, origin, sender.as_deref(), &mut topic);
+        for (record, (origin, sender)) in batch.iter().zip(rest) {
+            self.deliver(record, origin, sender.as_deref(), &mut topic);
         }
         group.messages += batch.len();
         group.batches.push(batch);
@@ -479,7 +477,7 @@ impl Worker {
 
     /// Routes a message to the sessions subscribed to its mailboxes now (`topic`: a
     /// buffer the batch's messages share).
-    fn deliver(&self, record: &NewMessage, qos: QoS, origin: Option<u64>, sender: Option<&str>, topic: &mut String) {
+    fn deliver(&self, record: &NewMessage, origin: Option<u64>, sender: Option<&str>, topic: &mut String) {
         let id = record.id;
         for dest in record.dests() {
             // The sender's copy skips the session the message came from. Whether that is
@@ -500,7 +498,8 @@ impl Worker {
             self.router.publish_built(topic, origin, exclude, || Message {
                 topic: topic.as_str().into(),
                 payload: record.message.payload.clone(),
-                qos,
+                // Each mailbox entry keeps the QoS the message was sent with.
+                qos: QoS::from_u8(dest.qos).unwrap_or(QoS::AtLeastOnce),
                 retain: false,
                 properties: Properties::default(),
                 // Built from the stored message for MQTT 5 receivers only.
@@ -535,7 +534,6 @@ mod tests {
                 }),
                 route: Route::Direct { to: to.into(), qos: 1 },
             },
-            qos: QoS::AtLeastOnce,
             origin: None,
             sender: None,
             done: None,
@@ -552,6 +550,17 @@ mod tests {
         let presence = Arc::new(PresenceBook::new(router.clone()));
         let writer = Writer::start(store.clone(), router, presence, bounds(limits(&config.im))).unwrap();
         (dir, store, writer)
+    }
+
+    /// Lets the writer run until `done` holds (a bounded number of turns, no sleep).
+    async fn until(done: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("not reached after 1000 turns of the writer");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -590,10 +599,7 @@ mod tests {
         assert_eq!(writer.cursor("bob", "phone").unwrap(), Some(9), "never back");
         assert_eq!(store.cursor("bob", "phone").unwrap(), None, "not written yet");
         // No message needed: the first acknowledgement woke the writer.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(store.cursor("bob", "phone").unwrap(), Some(9));
+        until(|| store.cursor("bob", "phone").unwrap() == Some(9)).await;
         assert_eq!(store.cursor("bob", "laptop").unwrap(), Some(3));
         assert!(
             writer.cursors.lock().unwrap().is_empty(),
@@ -601,10 +607,7 @@ mod tests {
         );
         // Acknowledged again after the writer looked: told again, written again.
         writer.acked("bob", "phone", 12);
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(store.cursor("bob", "phone").unwrap(), Some(12));
+        until(|| store.cursor("bob", "phone").unwrap() == Some(12)).await;
         assert_eq!(writer.cursor("bob", "phone").unwrap(), Some(12));
         writer.stop().await;
     }
