@@ -54,6 +54,13 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
+/// Asserts a clean refusal: exit status 1 (a panic exits 101) and a message on stderr
+/// naming the cause.
+fn refused(o: &Output, cause: &str) {
+    assert_eq!(o.status.code(), Some(1), "exit status; stderr: {}", stderr(o));
+    assert!(stderr(o).contains(cause), "expected {cause:?} in: {}", stderr(o));
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -64,7 +71,17 @@ fn stderr(o: &Output) -> String {
 
 /// Logs in with the shared codec over a plain socket; returns the CONNACK code.
 fn login(addr: SocketAddr, user: &str, password: &str) -> u8 {
+    connack(&mut TcpStream::connect(addr).expect("connect"), user, password)
+}
+
+/// Logs in and keeps the connection; asserts success.
+fn connect(addr: SocketAddr, user: &str, password: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
+    assert_eq!(connack(&mut s, user, password), 0, "login of {user}");
+    s
+}
+
+fn connack(s: &mut TcpStream, user: &str, password: &str) -> u8 {
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(Connect {
@@ -100,16 +117,13 @@ fn user_commands_without_a_broker() {
     let o = natterd(dir.path(), &["user", "add", "root", "--admin"], Some("pw-root\n"));
     assert!(o.status.success(), "{}", stderr(&o));
     let o = natterd(dir.path(), &["user", "add", "alice"], Some("other\n"));
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    refused(&o, "already exists");
     let o = natterd(dir.path(), &["user", "add", "Bad Name"], Some("x\n"));
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("invalid name"), "{}", stderr(&o));
+    refused(&o, "invalid name");
     let o = natterd(dir.path(), &["user", "add", "empty"], Some("\n"));
-    assert!(!o.status.success());
+    refused(&o, "empty password");
     let o = natterd(dir.path(), &["user", "passwd", "nobody"], Some("x\n"));
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("no such user"), "{}", stderr(&o));
+    refused(&o, "no such user");
     let o = natterd(dir.path(), &["user", "list"], None);
     assert_eq!(stdout(&o), "alice\nroot (admin)\n");
     let o = natterd(dir.path(), &["user", "del", "alice"], None);
@@ -118,40 +132,85 @@ fn user_commands_without_a_broker() {
     assert_eq!(stdout(&o), "root (admin)\n");
 }
 
+/// A `natterd` serving on 127.0.0.1:0; killed when dropped, so a failing assertion
+/// never leaves it running.
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("--data")
+            .arg(dir.join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn broker");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut broker = Broker {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        broker.addr = loop {
+            let line = lines
+                .next()
+                .expect("broker log ended before listening")
+                .expect("log line");
+            if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .expect("address")
+                    .parse()
+                    .expect("socket address");
+            }
+        };
+        // Keep draining the log so the broker never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        assert_ne!(broker.addr.port(), 0);
+        broker
+    }
+
+    /// SIGTERM, then the exit status (within 10 s).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
 fn user_commands_reach_a_running_broker() {
     let dir = setup();
     assert!(natterd(dir.path(), &["user", "add", "alice"], Some("pw-alice\n"))
         .status
         .success());
-    let mut broker = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.path().join("config.toml"))
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn broker");
-    let mut lines = BufReader::new(broker.stderr.take().expect("stderr")).lines();
-    let addr: SocketAddr = loop {
-        let line = lines
-            .next()
-            .expect("broker log ended before listening")
-            .expect("log line");
-        if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
-            break rest
-                .split_whitespace()
-                .next()
-                .expect("address")
-                .parse()
-                .expect("socket address");
-        }
-    };
-    // Keep draining the log so the broker never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    assert_ne!(addr.port(), 0);
+    let broker = Broker::start(dir.path());
+    let addr = broker.addr;
 
     assert_eq!(login(addr, "alice", "pw-alice"), 0);
     assert_eq!(login(addr, "bob", "pw-bob"), 5, "bob does not exist yet");
@@ -165,29 +224,90 @@ fn user_commands_reach_a_running_broker() {
     let o = natterd(dir.path(), &["user", "passwd", "bob"], Some("pw-bob-2\n"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(login(addr, "bob", "pw-bob-2"), 0);
+    assert_eq!(login(addr, "bob", "pw-bob"), 5, "the old password stopped working");
     let o = natterd(dir.path(), &["user", "list"], None);
     assert_eq!(stdout(&o), "alice\nbob\n");
+    let o = natterd(dir.path(), &["user", "add", "bob"], Some("again\n"));
+    refused(&o, "already exists");
     let o = natterd(dir.path(), &["user", "del", "bob"], None);
     assert!(o.status.success());
     assert_eq!(login(addr, "bob", "pw-bob-2"), 5);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &broker.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(s) = broker.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(exit.success(), "graceful exit: {exit:?}");
+    // A reset token from the running broker logs in (for resetting) until used.
+    let o = natterd(dir.path(), &["user", "reset", "alice"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_owned();
+    assert!(token.starts_with("nr_"), "{token}");
+    assert_eq!(login(addr, "alice", &token), 0, "the reset token is accepted");
+    assert_eq!(login(addr, "alice", "pw-alice"), 0, "the password still works");
+    let o = natterd(dir.path(), &["user", "reset", "nobody"], None);
+    refused(&o, "no such user");
+
+    assert!(broker.terminate().success(), "graceful exit");
     // The accounts survive the restart.
     let o = natterd(dir.path(), &["user", "list"], None);
     assert_eq!(stdout(&o), "alice\n");
+}
+
+#[test]
+fn token_commands_reach_a_running_broker() {
+    let dir = setup();
+    assert!(natterd(dir.path(), &["user", "add", "alice"], Some("pw\n"))
+        .status
+        .success());
+    let broker = Broker::start(dir.path());
+    let o = natterd(dir.path(), &["token", "add", "alice", "sensor-1"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_owned();
+    assert_eq!(login(broker.addr, "alice", &token), 0, "the new token logs in");
+    let o = natterd(dir.path(), &["token", "list", "alice"], None);
+    assert_eq!(stdout(&o), "alice sensor-1\n");
+    // A connection made with the token is closed when it is revoked.
+    let mut open = connect(broker.addr, "alice", &token);
+    let o = natterd(dir.path(), &["token", "revoke", "alice", "sensor-1"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    open.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut rest = Vec::new();
+    let closed = open.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "closed by the broker, not timed out: {closed:?}");
+    assert_eq!(login(broker.addr, "alice", &token), 5, "a revoked token is refused");
+    let o = natterd(dir.path(), &["token", "revoke", "alice", "sensor-1"], None);
+    refused(&o, "no token named sensor-1");
+}
+
+#[test]
+fn config_toml_in_the_working_directory_is_picked_up() {
+    let dir = setup();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("{FAST_ARGON}[server]\ndata_dir = \"from-cwd\"\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn natterd");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        wait_with_timeout(child)
+    };
+    let o = run(&["user", "add", "alice"], "pw\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        dir.path().join("from-cwd").is_dir(),
+        "the store went where ./config.toml said"
+    );
+    assert!(!dir.path().join("data").exists(), "not the built-in default");
+    assert_eq!(stdout(&run(&["user", "list"], "")), "alice\n");
 }
 
 #[test]
@@ -195,8 +315,7 @@ fn locked_store_without_a_broker_is_a_clear_error() {
     let dir = setup();
     let _held = natterd::store::Store::open(&dir.path().join("data")).expect("open");
     let o = natterd(dir.path(), &["user", "list"], None);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
+    refused(&o, "locked");
 }
 
 #[test]
@@ -204,18 +323,15 @@ fn bad_config_is_refused_with_the_key() {
     let dir = setup();
     std::fs::write(dir.path().join("config.toml"), "[limits]\nmax_conections = 5\n").unwrap();
     let o = natterd(dir.path(), &["--listen", "127.0.0.1:0"], None);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("max_conections"), "{}", stderr(&o));
+    refused(&o, "max_conections");
     std::fs::write(dir.path().join("config.toml"), "[limits]\nmax_packet_size = 0\n").unwrap();
     let o = natterd(dir.path(), &["--listen", "127.0.0.1:0"], None);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("max_packet_size"), "{}", stderr(&o));
+    refused(&o, "max_packet_size");
     let o = Command::new(BIN)
         .args(["--config", "/nonexistent/natter.toml"])
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("/nonexistent/natter.toml"), "{}", stderr(&o));
+    refused(&o, "/nonexistent/natter.toml");
 }
 
 #[test]
@@ -229,16 +345,16 @@ fn token_commands_without_a_broker() {
     let token = stdout(&o).trim().to_owned();
     assert!(token.starts_with("nt_") && token.len() == 67, "{token}");
     let o = natterd(dir.path(), &["token", "add", "alice", "sensor-1"], None);
-    assert!(!o.status.success(), "duplicate name refused");
+    refused(&o, "already has a token named sensor-1");
     let o = natterd(dir.path(), &["token", "add", "nobody", "x"], None);
-    assert!(stderr(&o).contains("no such user"), "{}", stderr(&o));
+    refused(&o, "no such user");
     let o = natterd(dir.path(), &["token", "list"], None);
     assert_eq!(stdout(&o), "alice sensor-1\n");
     assert!(!stdout(&o).contains(&token), "secrets are never listed");
     let o = natterd(dir.path(), &["token", "revoke", "alice", "sensor-1"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = natterd(dir.path(), &["token", "revoke", "alice", "sensor-1"], None);
-    assert!(!o.status.success());
+    refused(&o, "no token named sensor-1");
     let o = natterd(dir.path(), &["token", "list", "alice"], None);
     assert_eq!(stdout(&o), "");
 }

@@ -74,23 +74,36 @@ async fn anonymous_clients_get_in_when_allowed() {
 }
 
 #[tokio::test]
-async fn failed_logins_are_throttled_per_user() {
+async fn failed_logins_are_throttled_per_user_and_per_address() {
+    use std::net::Ipv4Addr;
     let b = TestBroker::start_config(|c| {
         c.auth.throttle_free_failures = 2;
         c.auth.throttle_base_delay_ms = 60_000;
     })
     .await;
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    let elsewhere = Ipv4Addr::new(127, 0, 0, 3);
+    let login = |user: &str, protocol| connect_packet(protocol, Some(user), "c");
     for _ in 0..3 {
-        let mut bad = connect_packet(Protocol::V5, Some("carol"), "c");
+        let mut bad = login("carol", Protocol::V5);
         bad.password = Some(bytes::Bytes::from_static(b"guess"));
-        let (_, ack) = Raw::connect(b.addr, bad).await;
+        let (_, ack) = Raw::connect_from(b.addr, attacker, bad).await;
         assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
     }
-    // Locked now, even with the right password.
-    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "c")).await;
+    // Locked now, even with the right password, and in both versions.
+    let (_, ack) = Raw::connect_from(b.addr, attacker, login("carol", Protocol::V5)).await;
     assert_eq!(ack.code, reason::CONNECTION_RATE_EXCEEDED);
-    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V311, Some("carol"), "c")).await;
+    let (_, ack) = Raw::connect_from(b.addr, attacker, login("carol", Protocol::V311)).await;
     assert_eq!(ack.code, reason::v3::NOT_AUTHORIZED);
+    // Per address: another user from the guessing address is held back too...
+    let (_, ack) = Raw::connect_from(b.addr, attacker, login("alice", Protocol::V5)).await;
+    assert_eq!(ack.code, reason::CONNECTION_RATE_EXCEEDED, "the address is throttled");
+    // ...but not from an address that did not guess.
+    let (_, ack) = Raw::connect_from(b.addr, elsewhere, login("alice", Protocol::V5)).await;
+    assert_eq!(ack.code, reason::SUCCESS, "other addresses are not throttled");
+    // Per user: the guessed name is held back from every address.
+    let (_, ack) = Raw::connect_from(b.addr, elsewhere, login("carol", Protocol::V5)).await;
+    assert_eq!(ack.code, reason::CONNECTION_RATE_EXCEEDED, "the user name is throttled");
     b.stop().await;
 }
 

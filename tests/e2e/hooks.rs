@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natter_e2e::{v3, TestBroker};
+use natter_e2e::{connect_packet, v3, Raw, TestBroker};
+use natter_shared::codec::{reason, Protocol};
 use natterd::hooks::{Access, AuthDecision, AuthFailure, Credentials, Hook, HookFuture, PublishDecision};
 use natterd::message::{ClientInfo, Message};
 use natterd::router::Router;
@@ -28,7 +29,9 @@ impl Hook for Probe {
     fn authenticate<'a>(&'a self, creds: &'a Credentials) -> HookFuture<'a, AuthDecision> {
         Box::pin(async move {
             match creds.username.as_deref() {
-                Some("banned") => AuthDecision::Deny(AuthFailure::NotAuthorized),
+                // carol has an account and gives her right password: only this deny,
+                // asked before the password plugin, keeps her out.
+                Some("carol") => AuthDecision::Deny(AuthFailure::NotAuthorized),
                 Some("device") if creds.password.as_deref() == Some(b"token") => {
                     AuthDecision::Allow(Default::default())
                 }
@@ -89,9 +92,14 @@ async fn the_core_honours_every_hook() {
     .await;
 
     // authenticate: deny beats the password plugin after it; allow without an account.
-    let mut banned = v3::options(b.addr, "x", None);
-    banned.set_credentials("banned", "whatever");
-    assert!(v3::connect(banned).await.is_err());
+    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "x")).await;
+    assert_eq!(
+        ack.code,
+        reason::NOT_AUTHORIZED,
+        "the plugin's deny, not the password's allow"
+    );
+    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("alice"), "y")).await;
+    assert_eq!(ack.code, reason::SUCCESS, "abstain lets the password plugin decide");
     let mut device = v3::options(b.addr, "dev", None);
     device.set_credentials("device", "token");
     let device = v3::connect(device).await.expect("plugin allowed it");
@@ -169,8 +177,8 @@ impl Hook for Slow {
 /// 0x80 on MQTT 5 and a closed connection on 3.1.1 (never a false acknowledgement).
 #[tokio::test]
 async fn acknowledgements_wait_for_receipts_in_order() {
-    use natter_e2e::{publish_packet, Raw};
-    use natter_shared::codec::{reason, Packet, Protocol, QoS};
+    use natter_e2e::publish_packet;
+    use natter_shared::codec::{Packet, QoS};
 
     let b = TestBroker::start_with(|_| {}, |_, _| vec![Arc::new(Slow) as Arc<dyn Hook>]).await;
     let mut v5 = Raw::login(b.addr, Protocol::V5, "alice", "slow5").await;

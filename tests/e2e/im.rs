@@ -34,15 +34,6 @@ fn texts(messages: &serde_json::Value) -> Vec<&str> {
         .collect()
 }
 
-/// Waits until every session of `user` is offline (the broker saw the disconnects).
-async fn wait_offline(b: &TestBroker, user: &str) {
-    let deadline = tokio::time::Instant::now() + natter_e2e::WAIT;
-    while b.router().sessions_of(user).iter().any(|s| s.is_online()) {
-        assert!(tokio::time::Instant::now() < deadline, "{user} still online");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The next PUBLISH's JSON payload (an API answer).
 async fn answer(raw: &mut Raw) -> serde_json::Value {
     loop {
@@ -528,8 +519,24 @@ async fn admin_api() {
     .await;
     let users = root.ok("admin.users.list", json!({})).await["users"].clone();
     assert!(users.as_array().unwrap().iter().any(|u| u["name"] == "erin"), "{users}");
-    let stats = root.ok("admin.stats", json!({})).await;
-    assert!(stats["sessions"].as_u64().unwrap() >= 1, "{stats}");
+    // Counts move with what happens: alice's connection is a session with one
+    // subscription (her mailbox) and a retained presence; her DM to root is published
+    // once and delivered to root's mailbox.
+    let before = root.ok("admin.stats", json!({})).await;
+    let alice = ImClient::connect(b.addr, "alice", "alice-stats").await;
+    alice
+        .publish("dm/root", natter_e2e::v5::QoS::AtLeastOnce, "hi root")
+        .await;
+    assert_eq!(root.next().await.text(), "hi root");
+    let after = root.ok("admin.stats", json!({})).await;
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!(before["sessions"], json!(1), "root's own: {before}");
+    assert_eq!(delta("sessions"), 1, "{before} {after}");
+    assert_eq!(delta("subscriptions"), 1, "{before} {after}");
+    assert_eq!(delta("retained"), 1, "alice's presence: {before} {after}");
+    assert!(delta("published") >= 1, "{before} {after}");
+    assert!(delta("delivered") >= 1, "{before} {after}");
+    assert_eq!(delta("dropped"), 0, "{before} {after}");
     let reset = root.ok("admin.users.reset", json!({ "user": "erin" })).await;
     assert!(reset["token"].as_str().unwrap().starts_with("nr_"));
     root.ok("admin.users.del", json!({ "user": "erin" })).await;
@@ -578,7 +585,7 @@ async fn retention_by_bytes_drops_the_oldest_too() {
 async fn retention_gap(b: TestBroker) {
     let bob = ImClient::persistent(b.addr, "bob", "bob-tablet").await;
     drop(bob);
-    wait_offline(&b, "bob").await;
+    b.wait_offline("bob").await;
     // Each DM acknowledged, hence stored, before the next.
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
     for i in 0..5u16 {
@@ -590,10 +597,20 @@ async fn retention_gap(b: TestBroker) {
     let gap = bob.next().await;
     assert_eq!(gap.topic, "inbox/bob/event/gap");
     let g = gap.json();
-    assert!(g["to"].as_u64().unwrap() >= g["from"].as_u64().unwrap(), "{g}");
+    let mut kept = Vec::new();
     for i in 2..5 {
-        assert_eq!(bob.next().await.text(), format!("m{i}"));
+        let m = bob.next().await;
+        assert_eq!(m.text(), format!("m{i}"));
+        kept.push(m.prop("id").expect("id property").parse::<u64>().unwrap());
     }
+    // The gap names exactly m0 and m1: the two ids just before m2 (ids increase by one
+    // in a mailbox that only these DMs went to).
+    assert_eq!(kept, vec![kept[0], kept[0] + 1, kept[0] + 2], "consecutive ids");
+    assert_eq!(
+        (g["from"].as_u64(), g["to"].as_u64()),
+        (Some(kept[0] - 2), Some(kept[0] - 1)),
+        "{g}"
+    );
     bob.quiet(Duration::from_millis(300)).await;
     b.stop().await;
 }
@@ -654,7 +671,7 @@ async fn three_users_friends_blocking_and_group_catch_up_on_two_devices() {
     {}
     drop(bob_laptop);
     drop(bob_phone);
-    wait_offline(&b, "bob").await;
+    b.wait_offline("bob").await;
 
     // One after the other (each delivered before the next is sent), so the broker's
     // order is the order written here.
@@ -792,7 +809,7 @@ async fn a_device_is_replayed_its_whole_backlog_at_once() {
     let (mut watch, _) = Raw::connect(b.addr, c.clone()).await;
     assert_eq!(suback(&mut watch, "inbox/bob/#").await, 0);
     drop(watch);
-    wait_offline(&b, "bob").await;
+    b.wait_offline("bob").await;
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
     for i in 0..N {
         alice
@@ -825,7 +842,7 @@ async fn a_qos0_device_is_not_replayed_what_it_was_already_sent() {
     assert_eq!(puback(&mut alice, "dm/bob", 1).await, 0);
     assert!(matches!(watch.recv().await, Some(Packet::Publish(p)) if &*p.topic == "inbox/bob/dm/alice"));
     drop(watch);
-    wait_offline(&b, "bob").await;
+    b.wait_offline("bob").await;
     let (mut watch, ack) = Raw::connect(b.addr, c).await;
     assert!(ack.session_present);
     assert_eq!(
@@ -913,7 +930,7 @@ async fn accounts_mailboxes_contacts_groups_and_cursors_survive_a_restart() {
     alice.ok("groups.create", json!({ "group": "g1", "open": true })).await;
     bob.ok("groups.join", json!({ "group": "g1" })).await;
     drop(bob);
-    wait_offline(&b, "bob").await;
+    b.wait_offline("bob").await;
     let mut raw = Raw::login(b.addr, Protocol::V5, "alice", "a-raw").await;
     assert_eq!(puback(&mut raw, "dm/bob", 1).await, 0);
     drop((alice, raw));

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use natter_e2e::{v3, v5, TestBroker};
+use natter_e2e::{publish_packet, v3, v5, Raw, TestBroker};
+use natter_shared::codec::{reason, Protocol, QoS};
 
 #[tokio::test]
 async fn v311_every_qos_both_ways() {
@@ -141,15 +142,19 @@ async fn dollar_topics_are_not_matched_by_wildcards_and_not_publishable() {
         vec![rumqttc::SubscribeReasonCode::Failure],
         "# is for admins"
     );
-    let publ = v3::connect(v3::options(b.addr, "p", Some("root"))).await.unwrap();
-    publ.client
-        .publish("$SYS/x", v3::QoS::AtMostOnce, false, "no")
-        .await
-        .unwrap();
-    publ.client
-        .publish("plain", v3::QoS::AtMostOnce, false, "yes")
-        .await
-        .unwrap();
+    // The admin also subscribes to $SYS/# by name, so a $SYS publish that got through
+    // would show there.
+    admin.client.subscribe("$SYS/#", v3::QoS::AtMostOnce).await.unwrap();
+    assert_eq!(
+        admin.suback().await.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(v3::QoS::AtMostOnce)]
+    );
+    // Nobody publishes to $ topics, not even an admin: MQTT 5 says so with 0x87.
+    let mut publ = Raw::login(b.addr, Protocol::V5, "root", "p").await;
+    publ.send(&publish_packet("$SYS/x", QoS::AtLeastOnce, 1, "no")).await;
+    assert_eq!(publ.acks(1).await, vec![(1, reason::NOT_AUTHORIZED)]);
+    publ.send(&publish_packet("plain", QoS::AtLeastOnce, 2, "yes")).await;
+    assert_eq!(publ.acks(1).await, vec![(2, reason::SUCCESS)]);
     // "#" also brings the broker's presence topics; it never brings $ topics.
     let mut seen = Vec::new();
     while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), admin.rx.recv()).await {

@@ -23,6 +23,11 @@ use tokio::net::TcpStream;
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// The filter a liveness probe subscribes to: no test publishes there. The plain-MQTT
+/// test config opens it (rumqttc 5 treats a refused subscription as a connection
+/// error); elsewhere a 3.1.1 probe gets a failure code, which is an answer too.
+pub const PROBE: &str = "probe/alive";
+
 /// The accounts every test broker has: (name, password, admin).
 pub const USERS: &[(&str, &str, bool)] = &[
     ("alice", "alice-pw", false),
@@ -49,6 +54,7 @@ const TEST_TOPICS: &[&str] = &[
     "o",
     "open",
     "plain",
+    "probe",
     "q2",
     "queue",
     "r",
@@ -150,6 +156,19 @@ impl TestBroker {
         self.broker.as_ref().expect("running").router()
     }
 
+    /// Waits until every session of `user` is offline: the broker saw the disconnects.
+    pub async fn wait_offline(&self, user: &str) {
+        self.wait_until(&format!("{user} offline"), || {
+            !self.router().sessions_of(user).iter().any(|s| s.is_online())
+        })
+        .await;
+    }
+
+    /// Polls `cond` until it holds; panics naming `what` after [`WAIT`].
+    pub async fn wait_until(&self, what: &str, cond: impl Fn() -> bool) {
+        wait_for(what, cond).await
+    }
+
     /// Stops the broker and starts a new one on the same data dir and config (a new
     /// port): what survives is what the store kept.
     pub async fn restart(mut self) -> TestBroker {
@@ -166,6 +185,15 @@ impl TestBroker {
         if let Some(b) = self.broker.take() {
             b.shutdown().await;
         }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics naming `what` after [`WAIT`].
+pub async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -187,6 +215,31 @@ pub struct Raw {
 impl Raw {
     pub async fn open(addr: SocketAddr, protocol: Protocol) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Self::wrap(stream, protocol)
+    }
+
+    /// Opens from a chosen loopback source address (127.0.0.2, ...), so a test can
+    /// tell per-address behaviour from per-user behaviour.
+    pub async fn open_from(addr: SocketAddr, source: std::net::Ipv4Addr, protocol: Protocol) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(source.into(), 0))
+            .expect("bind a loopback source address");
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        Self::wrap(stream, protocol)
+    }
+
+    /// [`Raw::connect`] from a chosen loopback source address.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr, connect: Connect) -> (Raw, codec::ConnAck) {
+        let mut raw = Raw::open_from(addr, source, connect.protocol).await;
+        raw.send(&Packet::Connect(Box::new(connect))).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(a)) => (raw, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn wrap(stream: TcpStream, protocol: Protocol) -> Raw {
         stream.set_nodelay(true).expect("nodelay");
         Raw {
             stream,
@@ -197,12 +250,7 @@ impl Raw {
 
     /// Opens and sends CONNECT; returns the client and the CONNACK.
     pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, codec::ConnAck) {
-        let mut raw = Raw::open(addr, connect.protocol).await;
-        raw.send(&Packet::Connect(Box::new(connect))).await;
-        match raw.recv().await {
-            Some(Packet::ConnAck(a)) => (raw, a),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
+        Self::connect_from(addr, std::net::Ipv4Addr::LOCALHOST, connect).await
     }
 
     /// Connects as a known test user with the given client id; asserts success.
@@ -416,14 +464,37 @@ pub mod v3 {
             }
         }
 
-        /// Asserts that no PUBLISH arrives within `d`.
+        /// Asserts that no PUBLISH arrives within `d` and that the connection is still
+        /// up afterwards: a closed connection is a failure, not silence.
         pub async fn no_publish(&mut self, d: Duration) {
             let end = tokio::time::Instant::now() + d;
             loop {
                 match tokio::time::timeout_at(end, self.rx.recv()).await {
-                    Err(_) | Ok(None) => return,
+                    Err(_) => break,
+                    Ok(None) => panic!("connection ended while it should have stayed quiet"),
                     Ok(Some(Packet::Publish(p))) => panic!("unexpected publish on {}", p.topic),
                     Ok(Some(_)) => continue,
+                }
+            }
+            self.alive().await;
+        }
+
+        /// Asserts that the connection is up: a SUBSCRIBE to [`PROBE`] gets its SUBACK
+        /// (a failure code is an answer too). A PUBLISH arriving meanwhile fails.
+        pub async fn alive(&mut self) {
+            self.client
+                .subscribe(PROBE, QoS::AtMostOnce)
+                .await
+                .expect("probe subscribe queued");
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("no answer to the liveness probe")
+                {
+                    Some(Packet::SubAck(_)) => return,
+                    Some(Packet::Publish(p)) => panic!("unexpected publish on {}", p.topic),
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
                 }
             }
         }
@@ -451,6 +522,9 @@ pub mod v5 {
         pub client: AsyncClient,
         pub rx: mpsc::UnboundedReceiver<Packet>,
         pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+        /// What [`Client::alive`] subscribes to: [`PROBE`], or a filter in the
+        /// user's own mailbox for IM clients.
+        pub probe: String,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -485,6 +559,7 @@ pub mod v5 {
             client,
             rx,
             connack,
+            probe: PROBE.to_owned(),
             task,
         })
     }
@@ -516,13 +591,37 @@ pub mod v5 {
             }
         }
 
+        /// Asserts that no PUBLISH arrives within `d` and that the connection is still
+        /// up afterwards.
         pub async fn no_publish(&mut self, d: Duration) {
             let end = tokio::time::Instant::now() + d;
             loop {
                 match tokio::time::timeout_at(end, self.rx.recv()).await {
-                    Err(_) | Ok(None) => return,
+                    Err(_) => break,
+                    Ok(None) => panic!("connection ended while it should have stayed quiet"),
                     Ok(Some(Packet::Publish(p))) => panic!("unexpected publish on {:?}", p.topic),
                     Ok(Some(_)) => continue,
+                }
+            }
+            self.alive().await;
+        }
+
+        /// Asserts that the connection is up: a SUBSCRIBE to `self.probe` (an allowed
+        /// filter nothing is published to) gets its SUBACK.
+        pub async fn alive(&mut self) {
+            self.client
+                .subscribe(self.probe.clone(), QoS::AtMostOnce)
+                .await
+                .expect("probe subscribe queued");
+            loop {
+                match tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("no answer to the liveness probe")
+                {
+                    Some(Packet::SubAck(_)) => return,
+                    Some(Packet::Publish(p)) => panic!("unexpected publish on {:?}", p.topic),
+                    Some(_) => continue,
+                    None => panic!("connection ended"),
                 }
             }
         }
@@ -600,6 +699,7 @@ pub mod im {
 
         async fn open(o: rumqttc::v5::MqttOptions, user: &str) -> ImClient {
             let mut c = v5::connect(o).await.expect("IM login");
+            c.probe = format!("{}probe/alive", natter_shared::im::inbox_prefix(user));
             c.client
                 .subscribe(natter_shared::im::inbox_all(user), v5::QoS::AtLeastOnce)
                 .await
@@ -628,20 +728,17 @@ pub mod im {
             got(self.c.publish().await)
         }
 
-        /// The next mailbox message (in arrival order), skipping API responses.
+        /// The next message (in arrival order). Nothing is skipped: an API response
+        /// that [`ImClient::call`] did not ask for is returned like any other message,
+        /// so a misrouted answer shows.
         pub async fn next(&mut self) -> Got {
             if let Some(g) = self.backlog.pop_front() {
                 return g;
             }
-            loop {
-                let g = self.next_raw().await;
-                if !g.topic.contains("/api/") {
-                    return g;
-                }
-            }
+            self.next_raw().await
         }
 
-        /// The next message on `topic`, keeping others for later.
+        /// The next message on `topic`, keeping the others for later.
         pub async fn next_on(&mut self, topic: &str) -> Got {
             if let Some(i) = self.backlog.iter().position(|g| g.topic == topic) {
                 return self.backlog.remove(i).expect("present");
@@ -651,22 +748,23 @@ pub mod im {
                 if g.topic == topic {
                     return g;
                 }
-                if !g.topic.contains("/api/") {
-                    self.backlog.push_back(g);
-                }
+                self.backlog.push_back(g);
             }
         }
 
-        /// Nothing more arrives (but API responses) within `d`.
+        /// Nothing more arrives within `d`, and the connection is still up afterwards.
         pub async fn quiet(&mut self, d: std::time::Duration) {
             assert!(self.backlog.is_empty(), "unexpected {:?}", self.backlog);
             let end = tokio::time::Instant::now() + d;
-            while let Ok(Some(p)) = tokio::time::timeout_at(end, self.c.rx.recv()).await {
-                if let v5::Packet::Publish(p) = p {
-                    let g = got(p);
-                    assert!(g.topic.contains("/api/"), "unexpected {g:?}");
+            loop {
+                match tokio::time::timeout_at(end, self.c.rx.recv()).await {
+                    Err(_) => break,
+                    Ok(None) => panic!("connection ended while it should have stayed quiet"),
+                    Ok(Some(v5::Packet::Publish(p))) => panic!("unexpected {:?}", got(p)),
+                    Ok(Some(_)) => {}
                 }
             }
+            self.c.alive().await;
         }
 
         pub async fn publish(&self, topic: &str, qos: v5::QoS, payload: &str) {
@@ -690,14 +788,10 @@ pub mod im {
             let topic = natter_shared::im::inbox_api(&self.user, command);
             loop {
                 let g = self.next_raw().await;
-                if g.topic == topic {
-                    let v = g.json();
-                    if v["id"] == json!(id) {
-                        return v;
-                    }
-                } else if !g.topic.contains("/api/") {
-                    self.backlog.push_back(g);
+                if g.topic == topic && g.json()["id"] == json!(id) {
+                    return g.json();
                 }
+                self.backlog.push_back(g);
             }
         }
 
