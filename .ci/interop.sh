@@ -47,13 +47,23 @@ echo "natterd on port $PORT"
 
 fail() { echo "FAIL: $*"; echo "--- broker log"; tail -50 "$WORK/broker.log"; exit 1; }
 
+# Waits until a mosquitto_sub started with -d has its SUBACK (its debug output, in
+# FILE, says so): the subscription is in place, so what is published next reaches it.
+subscribed() {
+    for _ in $(seq 100); do
+        grep -q "received SUBACK" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    fail "no SUBACK for the subscriber writing $1: $(cat "$1")"
+}
+
 for V in mqttv311 mqttv5; do
     for Q in 0 1 2; do
         OUT="$WORK/sub-$V-$Q.txt"
         timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -V "$V" -q "$Q" -u bob -P bob-pw \
-            -i "sub-$V-$Q" -t "chat/#" -C 2 -v > "$OUT" &
+            -i "sub-$V-$Q" -t "chat/#" -C 2 -v -d > "$OUT" &
         SUB=$!
-        sleep 0.5
+        subscribed "$OUT"
         mosquitto_pub -h 127.0.0.1 -p "$PORT" -V "$V" -q "$Q" -u alice -P alice-pw -t chat/one -m "hello $V q$Q"
         mosquitto_pub -h 127.0.0.1 -p "$PORT" -V "$V" -q "$Q" -u alice -P alice-pw -t chat/two -m "again $V q$Q"
         wait "$SUB" || fail "mosquitto_sub $V q$Q did not get its messages"
@@ -77,18 +87,18 @@ GOT=$(timeout 5 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -t status
 echo "ok mosquitto retained"
 
 # IM with nothing but mosquitto clients: a DM, the sender stamped in the topic.
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-inbox -t 'inbox/bob/#' -C 1 -v > "$WORK/dm.txt" &
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-inbox -t 'inbox/bob/#' -C 1 -v -d > "$WORK/dm.txt" &
 SUB=$!
-sleep 0.5
+subscribed "$WORK/dm.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'hi bob' -q 1
 wait "$SUB" || fail "DM not delivered"
 grep -qx 'inbox/bob/dm/alice hi bob' "$WORK/dm.txt" || fail "DM: $(cat "$WORK/dm.txt")"
 echo "ok mosquitto DM alice -> bob"
 
 # A persistent device (-c, fixed client id) catches up on what arrived while it was away.
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-phone -c -q 1 -t 'inbox/bob/#' -C 1 > /dev/null &
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-phone -c -q 1 -t 'inbox/bob/#' -C 1 -d > "$WORK/phone.txt" &
 SUB=$!
-sleep 0.5
+subscribed "$WORK/phone.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'first' -q 1
 wait "$SUB" || fail "persistent device: first message"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'while away' -q 1
@@ -105,9 +115,9 @@ done
 echo "ok mosquitto: subscribing to another mailbox is refused"
 
 # The API: request on api/..., answer in the caller's mailbox.
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -i alice-api -t 'inbox/alice/api/#' -C 1 > "$WORK/api.txt" &
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -i alice-api -t 'inbox/alice/api/#' -C 1 -d > "$WORK/api.txt" &
 SUB=$!
-sleep 0.5
+subscribed "$WORK/api.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t api/account.whoami -m '{"id":"1"}' -q 1
 wait "$SUB" || fail "no API answer"
 grep -q '"user":"alice"' "$WORK/api.txt" || fail "whoami: $(cat "$WORK/api.txt")"
@@ -127,9 +137,9 @@ python3 .ci/paho_interop.py 127.0.0.1 "$PORT" || fail "paho interop"
 kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
 printf '[im]\nregistration = "open"\n' >> "$WORK/config.toml"
 start_broker
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -t register/r42 -C 1 > "$WORK/reg.txt" &
+timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -t register/r42 -C 1 -d > "$WORK/reg.txt" &
 SUB=$!
-sleep 0.5
+subscribed "$WORK/reg.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -t api/account.register -m '{"user":"dave","password":"dave-pw","reply":"r42"}' -q 1
 wait "$SUB" || fail "no registration answer"
 grep -q '"ok":true' "$WORK/reg.txt" || fail "register: $(cat "$WORK/reg.txt")"

@@ -3,6 +3,9 @@
 //! for correctness (nothing lost, nothing duplicated), never for speed.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -85,7 +88,22 @@ async fn every_scenario_runs_against_natterd() {
         (&connections, "connections"),
         (&["storm", "--count", "40", "--deadline", "20"], "storm"),
     ];
+    let router = broker.router().clone();
+    let counter = |c: &AtomicU64| c.load(Ordering::Relaxed);
     for (args, scenario) in runs {
+        let stats = router.stats();
+        let (delivered, dropped) = (counter(&stats.delivered), counter(&stats.dropped));
+        // What the broker held at its peak while the tool ran, sampled beside it.
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampler = tokio::spawn({
+            let (router, peak) = (router.clone(), peak.clone());
+            async move {
+                loop {
+                    peak.fetch_max(router.session_count() as u64, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
         let v = tokio::task::spawn_blocking({
             let (addr, creds) = (addr.clone(), creds.clone());
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -93,6 +111,7 @@ async fn every_scenario_runs_against_natterd() {
         })
         .await
         .unwrap();
+        sampler.abort();
         assert_eq!(v["scenario"], scenario, "{v}");
         if v.get("sent").is_some() {
             assert!(v["sent"].as_u64().unwrap() > 0, "{v}");
@@ -100,8 +119,17 @@ async fn every_scenario_runs_against_natterd() {
             assert_eq!(v["dup"], 0, "{v}");
             assert_eq!(v["delivered"], v["expected"], "{v}");
             assert!(v["p99_us"].as_u64().unwrap() > 0, "{v}");
+            // The broker itself delivered at least what the tool counted, dropped none.
+            let broker_delivered = counter(&stats.delivered) - delivered;
+            assert!(
+                broker_delivered >= v["delivered"].as_u64().unwrap(),
+                "broker delivered {broker_delivered}: {v}"
+            );
+            assert_eq!(counter(&stats.dropped) - dropped, 0, "broker dropped: {v}");
         } else {
-            assert_eq!(v["connections"], 40, "{v}");
+            // The broker held all 40 sessions at once.
+            let peak = peak.load(Ordering::Relaxed);
+            assert!(peak >= 40, "broker's peak sessions {peak}: {v}");
         }
     }
     broker.shutdown().await;

@@ -11,6 +11,9 @@ use natter_shared::codec::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_clients() {
     const N: usize = 1000;
+    // Both ends of every connection live in this process, and the other tests run
+    // beside this one.
+    natter_e2e::raise_open_files(4 * N as u64 + 1024);
     let b = TestBroker::start().await;
     let addr = b.addr;
     let users = ["alice", "bob", "carol"];

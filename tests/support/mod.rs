@@ -197,6 +197,31 @@ pub async fn wait_for(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Raises this process's soft limit on open files to at least `want` (within the hard
+/// limit): a test holding thousands of sockets (both ends live in this process) must
+/// not depend on the shell's `ulimit -n`. Panics when the hard limit is lower.
+pub fn raise_open_files(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(got, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    if lim.rlim_cur >= want as libc::rlim_t {
+        return;
+    }
+    assert!(
+        lim.rlim_max >= want as libc::rlim_t,
+        "this test needs {want} open files; the hard limit is {}",
+        lim.rlim_max
+    );
+    lim.rlim_cur = want as libc::rlim_t;
+    // SAFETY: as above.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(set, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
 pub fn password(user: &str) -> &'static str {
     USERS
         .iter()
