@@ -49,6 +49,7 @@ fail() { echo "FAIL: $*"; echo "--- broker log"; tail -50 "$WORK/broker.log"; ex
 
 # Waits until a mosquitto_sub started with -d has its SUBACK (its debug output, in
 # FILE, says so): the subscription is in place, so what is published next reaches it.
+# Such subscribers run under `stdbuf -oL` so each line reaches FILE when printed.
 subscribed() {
     for _ in $(seq 100); do
         grep -q "received SUBACK" "$1" 2>/dev/null && return 0
@@ -60,7 +61,7 @@ subscribed() {
 for V in mqttv311 mqttv5; do
     for Q in 0 1 2; do
         OUT="$WORK/sub-$V-$Q.txt"
-        timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -V "$V" -q "$Q" -u bob -P bob-pw \
+        timeout 10 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$PORT" -V "$V" -q "$Q" -u bob -P bob-pw \
             -i "sub-$V-$Q" -t "chat/#" -C 2 -v -d > "$OUT" &
         SUB=$!
         subscribed "$OUT"
@@ -87,7 +88,7 @@ GOT=$(timeout 5 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -t status
 echo "ok mosquitto retained"
 
 # IM with nothing but mosquitto clients: a DM, the sender stamped in the topic.
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-inbox -t 'inbox/bob/#' -C 1 -v -d > "$WORK/dm.txt" &
+timeout 10 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-inbox -t 'inbox/bob/#' -C 1 -v -d > "$WORK/dm.txt" &
 SUB=$!
 subscribed "$WORK/dm.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'hi bob' -q 1
@@ -96,7 +97,7 @@ grep -qx 'inbox/bob/dm/alice hi bob' "$WORK/dm.txt" || fail "DM: $(cat "$WORK/dm
 echo "ok mosquitto DM alice -> bob"
 
 # A persistent device (-c, fixed client id) catches up on what arrived while it was away.
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-phone -c -q 1 -t 'inbox/bob/#' -C 1 -d > "$WORK/phone.txt" &
+timeout 10 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-phone -c -q 1 -t 'inbox/bob/#' -C 1 -d > "$WORK/phone.txt" &
 SUB=$!
 subscribed "$WORK/phone.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t dm/bob -m 'first' -q 1
@@ -115,7 +116,7 @@ done
 echo "ok mosquitto: subscribing to another mailbox is refused"
 
 # The API: request on api/..., answer in the caller's mailbox.
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -i alice-api -t 'inbox/alice/api/#' -C 1 -d > "$WORK/api.txt" &
+timeout 10 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -i alice-api -t 'inbox/alice/api/#' -C 1 -d > "$WORK/api.txt" &
 SUB=$!
 subscribed "$WORK/api.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t api/account.whoami -m '{"id":"1"}' -q 1
@@ -137,7 +138,7 @@ python3 .ci/paho_interop.py 127.0.0.1 "$PORT" || fail "paho interop"
 kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
 printf '[im]\nregistration = "open"\n' >> "$WORK/config.toml"
 start_broker
-timeout 10 mosquitto_sub -h 127.0.0.1 -p "$PORT" -t register/r42 -C 1 -d > "$WORK/reg.txt" &
+timeout 10 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$PORT" -t register/r42 -C 1 -d > "$WORK/reg.txt" &
 SUB=$!
 subscribed "$WORK/reg.txt"
 mosquitto_pub -h 127.0.0.1 -p "$PORT" -t api/account.register -m '{"user":"dave","password":"dave-pw","reply":"r42"}' -q 1

@@ -90,6 +90,9 @@ mod tests {
             Err(DecodeError::InvalidReasonCode(6))
         );
         let mut buf = BytesMut::from(&[0x20u8, 2, 2, 0][..]);
-        assert!(decode(&mut buf, Protocol::V311, 64).is_err());
+        assert_eq!(
+            decode(&mut buf, Protocol::V311, 64),
+            Err(DecodeError::Protocol("CONNACK reserved flags set (MQTT-3.2.2-1)"))
+        );
     }
 }

@@ -301,7 +301,13 @@ pub(crate) mod tests {
             Err(DecodeError::Protocol(_))
         ));
         // flags on the fixed header
-        assert!(decode_raw(&[0x11, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0]).is_err());
+        assert_eq!(
+            decode_raw(&[0x11, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0]),
+            Err(DecodeError::InvalidFlags {
+                packet_type: 1,
+                flags: 1
+            })
+        );
         // truncated client id
         assert_eq!(
             decode_raw(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 5]),

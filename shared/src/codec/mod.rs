@@ -419,17 +419,21 @@ mod tests {
 
     #[test]
     fn reserved_flags_and_types_are_refused() {
-        for (bytes, proto) in [
-            (&[0x42u8, 2, 0, 1][..], Protocol::V311),
-            (&[0x60u8, 2, 0, 1][..], Protocol::V311),
-            (&[0xC1u8, 0][..], Protocol::V311),
-            (&[0x00u8, 0][..], Protocol::V311),
-            (&[0xF0u8, 0][..], Protocol::V311),
-            (&[0x80u8, 5, 0, 1, 0, 1, b'a'][..], Protocol::V311),
-            (&[0xC0u8, 1, 0][..], Protocol::V311),
+        let flags = |packet_type, flags| DecodeError::InvalidFlags { packet_type, flags };
+        for (bytes, proto, expected) in [
+            (&[0x42u8, 2, 0, 1][..], Protocol::V311, flags(4, 2)),
+            (&[0x60u8, 2, 0, 1][..], Protocol::V311, flags(6, 0)),
+            (&[0xC1u8, 0][..], Protocol::V311, flags(12, 1)),
+            (&[0x00u8, 0][..], Protocol::V311, DecodeError::InvalidPacketType(0)),
+            (&[0xF0u8, 0][..], Protocol::V311, DecodeError::InvalidPacketType(15)),
+            (&[0x80u8, 5, 0, 1, 0, 1, b'a'][..], Protocol::V311, flags(8, 0)),
+            (&[0xA0u8, 5, 0, 1, 0, 1, b'a'][..], Protocol::V5, flags(10, 0)),
+            (&[0x3Eu8, 3, 0, 1, b'a'][..], Protocol::V311, DecodeError::InvalidQoS),
+            // Not a flag: a PINGREQ with a body.
+            (&[0xC0u8, 1, 0][..], Protocol::V311, DecodeError::TrailingBytes),
         ] {
             let mut buf = BytesMut::from(bytes);
-            assert!(decode(&mut buf, proto, 1024).is_err(), "{bytes:?}");
+            assert_eq!(decode(&mut buf, proto, 1024), Err(expected), "{bytes:?}");
         }
     }
 

@@ -113,19 +113,30 @@ mod tests {
 
     #[test]
     fn refuses_invalid_publishes() {
-        let cases: [&[u8]; 5] = [
-            &[0x36, 5, 0, 1, b'a', 0, 1], // QoS 3
-            &[0x38, 3, 0, 1, b'a'],       // DUP on QoS 0
-            &[0x32, 5, 0, 1, b'a', 0, 0], // packet id 0
-            &[0x30, 3, 0, 1, b'#'],       // wildcard in topic
-            &[0x30, 2, 0, 0],             // empty topic
+        use crate::topic::TopicError;
+        let cases: [(&[u8], DecodeError); 6] = [
+            (&[0x36, 5, 0, 1, b'a', 0, 1], DecodeError::InvalidQoS),
+            (
+                &[0x38, 3, 0, 1, b'a'],
+                DecodeError::Protocol("DUP set on a QoS 0 PUBLISH (MQTT-3.3.1-2)"),
+            ),
+            (&[0x32, 5, 0, 1, b'a', 0, 0], DecodeError::ZeroPacketId),
+            (
+                &[0x30, 3, 0, 1, b'#'],
+                DecodeError::InvalidTopic(TopicError::WildcardInName),
+            ),
+            (&[0x30, 2, 0, 0], DecodeError::InvalidTopic(TopicError::Empty)),
+            (&[0x30, 3, 0, 1, 0xff], DecodeError::InvalidUtf8),
         ];
-        for c in cases {
+        for (c, expected) in cases {
             let mut buf = BytesMut::from(c);
-            assert!(decode(&mut buf, Protocol::V311, 64).is_err(), "{c:?}");
+            assert_eq!(decode(&mut buf, Protocol::V311, 64), Err(expected), "{c:?}");
         }
         // Empty topic without alias on v5.
         let mut buf = BytesMut::from(&[0x30u8, 3, 0, 0, 0][..]);
-        assert!(decode(&mut buf, Protocol::V5, 64).is_err());
+        assert_eq!(
+            decode(&mut buf, Protocol::V5, 64),
+            Err(DecodeError::InvalidTopic(TopicError::Empty))
+        );
     }
 }

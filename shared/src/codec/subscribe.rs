@@ -186,17 +186,65 @@ mod tests {
 
     #[test]
     fn refuses_invalid_subscribes() {
-        let cases: [(&[u8], Protocol); 6] = [
-            (&[0x82, 2, 0, 1], Protocol::V311),                // no filter
-            (&[0x82, 6, 0, 1, 0, 1, b'a', 4], Protocol::V311), // reserved bits
-            (&[0x82, 6, 0, 1, 0, 1, b'a', 3], Protocol::V311), // QoS 3
-            (&[0x82, 7, 0, 1, 0, 0, 2, b'a', b'#', 0][..7 + 2], Protocol::V311),
-            (&[0x82, 7, 0, 1, 0, 0, 1, b'a', 0x30], Protocol::V5), // retain handling 3
-            (&[0x80, 6, 0, 1, 0, 1, b'a', 0], Protocol::V311),     // flags
+        use crate::topic::TopicError;
+        let protocol = DecodeError::Protocol;
+        let cases: [(&[u8], Protocol, DecodeError); 11] = [
+            (
+                &[0x82, 2, 0, 1],
+                Protocol::V311,
+                protocol("SUBSCRIBE without a topic filter (MQTT-3.8.3-3)"),
+            ),
+            (
+                &[0x82, 6, 0, 1, 0, 1, b'a', 4],
+                Protocol::V311,
+                protocol("SUBSCRIBE reserved bits set (MQTT-3.8.3-4)"),
+            ),
+            (&[0x82, 6, 0, 1, 0, 1, b'a', 3], Protocol::V311, DecodeError::InvalidQoS),
+            (
+                &[0x82, 7, 0, 1, 0, 2, b'a', b'#', 0],
+                Protocol::V311,
+                DecodeError::InvalidFilter(TopicError::BadMultiLevelWildcard),
+            ),
+            (
+                &[0x82, 5, 0, 1, 0, 0, 0],
+                Protocol::V311,
+                DecodeError::InvalidFilter(TopicError::Empty),
+            ),
+            (
+                &[0x82, 7, 0, 1, 0, 0, 1, b'a', 0x30],
+                Protocol::V5,
+                protocol("retain handling 3 (MQTT-3.8.3-5)"),
+            ),
+            (
+                &[0x82, 7, 0, 1, 0, 0, 1, b'a', 0x40],
+                Protocol::V5,
+                protocol("SUBSCRIBE reserved bits set (MQTT-3.8.3-5)"),
+            ),
+            (
+                &[
+                    0x82, 15, 0, 1, 0, 0, 9, b'$', b's', b'h', b'a', b'r', b'e', b'/', b'g', b'/', 0,
+                ],
+                Protocol::V5,
+                DecodeError::InvalidFilter(TopicError::BadSharedSubscription),
+            ),
+            (
+                &[0x82, 6, 0, 1, 0, 2, b'a', 0],
+                Protocol::V311,
+                DecodeError::NullCharacter,
+            ),
+            (&[0x82, 5, 0, 1, 0, 3, b'a'], Protocol::V311, DecodeError::Truncated),
+            (
+                &[0x80, 6, 0, 1, 0, 1, b'a', 0],
+                Protocol::V311,
+                DecodeError::InvalidFlags {
+                    packet_type: 8,
+                    flags: 0,
+                },
+            ),
         ];
-        for (c, proto) in cases {
+        for (c, proto, expected) in cases {
             let mut buf = BytesMut::from(c);
-            assert!(decode(&mut buf, proto, 64).is_err(), "{c:?}");
+            assert_eq!(decode(&mut buf, proto, 64), Err(expected), "{c:?}");
         }
     }
 }

@@ -72,6 +72,11 @@ mod tests {
             assert_eq!(round_trip(&p, proto), p);
         }
         let mut buf = BytesMut::from(&[0xA2u8, 2, 0, 1][..]);
-        assert!(decode(&mut buf, Protocol::V311, 64).is_err());
+        assert_eq!(
+            decode(&mut buf, Protocol::V311, 64),
+            Err(DecodeError::Protocol(
+                "UNSUBSCRIBE without a topic filter (MQTT-3.10.3-2)"
+            ))
+        );
     }
 }
