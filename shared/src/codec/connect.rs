@@ -176,48 +176,9 @@ impl Connect {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::super::*;
     use super::*;
-
-    /// One valid packet of each common kind, used by the fuzz-style tests too.
-    pub(crate) fn samples() -> Vec<Packet> {
-        vec![
-            Packet::Connect(Box::new(Connect {
-                protocol: Protocol::V5,
-                clean_start: true,
-                keep_alive: 30,
-                client_id: "c1".into(),
-                will: Some(LastWill {
-                    topic: "w".into(),
-                    payload: Bytes::from_static(b"bye"),
-                    qos: QoS::AtLeastOnce,
-                    retain: true,
-                    properties: Properties::default(),
-                }),
-                username: Some("u".into()),
-                password: Some(Bytes::from_static(b"p")),
-                properties: Properties::default(),
-            })),
-            Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: "a/b".into(),
-                pkid: 7,
-                properties: Properties::default(),
-                payload: Bytes::from_static(b"hello"),
-            }),
-            Packet::Subscribe(Subscribe {
-                pkid: 1,
-                properties: Properties::default(),
-                filters: vec![SubscribeFilter {
-                    filter: "a/#".into(),
-                    options: SubscriptionOptions::default(),
-                }],
-            }),
-        ]
-    }
 
     fn connect(protocol: Protocol) -> Connect {
         Connect {
