@@ -5,6 +5,7 @@ mod auth;
 mod hooks;
 mod hostile;
 mod im;
+mod limits;
 mod mqtt5;
 mod qos;
 mod retained;
