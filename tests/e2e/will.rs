@@ -112,3 +112,93 @@ async fn keepalive_timeout_closes_and_fires_the_will() {
     assert_eq!(w.publish().await.topic, "wills/sleepy");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn will_delay_is_capped_by_the_session_expiry() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    // A will delay of an hour in a session that lasts one second: the will goes
+    // when the session ends (MQTT-3.1.3-9).
+    let mut c = with_will(Protocol::V5, "alice", "capped", Some(3600));
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(1);
+    let (raw, _) = Raw::connect(b.addr, c).await;
+    drop(raw);
+    let started = std::time::Instant::now();
+    assert_eq!(w.publish().await.topic, "wills/capped");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "sent at the session's end, not at once"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_retained_will_is_kept_for_later_subscribers() {
+    let b = TestBroker::start().await;
+    let mut c = with_will(Protocol::V311, "alice", "kept", None);
+    if let Some(w) = &mut c.will {
+        w.retain = true;
+    }
+    let (raw, _) = Raw::connect(b.addr, c).await;
+    drop(raw);
+    b.wait_offline("alice").await;
+    b.wait_until("the will is retained", || b.router().retained_count() >= 2)
+        .await;
+    let mut late = v3::connect(v3::options(b.addr, "late", Some("bob"))).await.unwrap();
+    late.client.subscribe("wills/#", v3::QoS::AtLeastOnce).await.unwrap();
+    let p = late.publish().await;
+    assert_eq!((p.topic.as_str(), p.retain), ("wills/kept", true));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_will_authorization_refuses_is_never_published() {
+    let b = TestBroker::start().await;
+    // root sees everything a will could reach: "#" (not $), $SYS, bob's mailbox.
+    let mut admin = v3::connect(v3::options(b.addr, "all", Some("root"))).await.unwrap();
+    for f in ["#", "$SYS/#"] {
+        admin.client.subscribe(f, v3::QoS::AtMostOnce).await.unwrap();
+        admin.suback().await;
+    }
+    for (id, topic) in [
+        ("w1", "nobody-may/x"),
+        ("w2", "$SYS/fake"),
+        ("w3", "inbox/bob/dm/mallory"),
+        ("w4", "presence/bob"),
+    ] {
+        let mut c = with_will(Protocol::V5, "alice", id, None);
+        if let Some(w) = &mut c.will {
+            w.topic = topic.into();
+        }
+        let (raw, ack) = Raw::connect(b.addr, c).await;
+        assert_eq!(ack.code, reason::SUCCESS, "the will is checked when it is sent");
+        drop(raw);
+    }
+    b.wait_offline("alice").await;
+    // A wildcard will topic is malformed: refused at CONNECT.
+    let mut c = with_will(Protocol::V5, "alice", "w5", None);
+    if let Some(w) = &mut c.will {
+        w.topic = "wills/+".into();
+    }
+    let mut raw = Raw::open(b.addr, Protocol::V5).await;
+    raw.send(&Packet::Connect(Box::new(c))).await;
+    let seen = raw.until_closed().await;
+    assert!(
+        matches!(seen.as_slice(), [Packet::ConnAck(a)] if a.code == reason::TOPIC_NAME_INVALID) || seen.is_empty(),
+        "{seen:?}"
+    );
+    // Only alice's presence changes reach root; no will does.
+    let end = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(p)) = tokio::time::timeout_at(end, admin.rx.recv()).await {
+        if let v3::Packet::Publish(p) = p {
+            assert!(
+                p.topic.starts_with("presence/alice"),
+                "a refused will got out: {}",
+                p.topic
+            );
+        }
+    }
+    admin.alive().await;
+    b.stop().await;
+}
