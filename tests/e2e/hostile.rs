@@ -164,3 +164,144 @@ async fn connection_limit_closes_extra_sockets() {
     assert!(third.until_closed().await.is_empty());
     b.stop().await;
 }
+
+/// What a v5 client that logged in and then sent `bytes` gets before the close.
+async fn answer_to(b: &TestBroker, bytes: &[u8]) -> Vec<Packet> {
+    let mut raw = Raw::login(b.addr, Protocol::V5, "alice", "violator").await;
+    raw.send_bytes(bytes).await;
+    raw.until_closed().await
+}
+
+fn disconnected_with(seen: &[Packet], code: u8) -> bool {
+    matches!(seen, [Packet::Disconnect(d)] if d.reason == code)
+}
+
+#[tokio::test]
+async fn protocol_violations_after_connect_get_their_reason_codes() {
+    let b = TestBroker::start().await;
+    // Topic alias 0 (MQTT-3.3.2-8), written by hand: the codec cannot build it.
+    let seen = answer_to(&b, &[0x30, 8, 0, 1, b't', 3, 0x23, 0, 0, b'x']).await;
+    assert!(disconnected_with(&seen, reason::PROTOCOL_ERROR), "alias 0: {seen:?}");
+    // A client may not send a subscription identifier on PUBLISH (MQTT-3.3.4-6).
+    let seen = answer_to(&b, &[0x30, 7, 0, 1, b't', 2, 0x0B, 1, b'x']).await;
+    assert!(disconnected_with(&seen, reason::PROTOCOL_ERROR), "sub id: {seen:?}");
+    // A topic that is not UTF-8 (MQTT-1.5.4-1).
+    let seen = answer_to(&b, &[0x30, 5, 0, 2, 0xC3, 0x28, 0]).await;
+    assert!(
+        disconnected_with(&seen, reason::MALFORMED_PACKET),
+        "bad UTF-8: {seen:?}"
+    );
+    // A remaining length longer than four bytes.
+    let seen = answer_to(&b, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).await;
+    assert!(disconnected_with(&seen, reason::MALFORMED_PACKET), "varint: {seen:?}");
+    still_serving(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn payload_format_and_unknown_packet_ids_are_answered_not_fatal() {
+    let b = TestBroker::start().await;
+    let mut raw = Raw::login(b.addr, Protocol::V5, "alice", "fmt").await;
+    // Payload Format Indicator 1 (UTF-8) on bytes that are not: PUBACK 0x99.
+    raw.send_bytes(&[0x32, 9, 0, 1, b't', 0, 7, 2, 0x01, 0x01, 0xff]).await;
+    assert_eq!(raw.acks(1).await, vec![(7, reason::PAYLOAD_FORMAT_INVALID)]);
+    // PUBREL for a packet id the broker never received: PUBCOMP 0x92.
+    raw.send(&Packet::PubRel(Ack::new(42))).await;
+    match raw.recv().await {
+        Some(Packet::PubComp(a)) => assert_eq!((a.pkid, a.reason), (42, reason::PACKET_IDENTIFIER_NOT_FOUND)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // The connection is still good.
+    raw.send(&Packet::PingReq).await;
+    assert_eq!(raw.recv().await, Some(Packet::PingResp));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_packet_after_connect_ends_at_the_keepalive() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, Some("alice"), "slowloris");
+    c.keep_alive = 1;
+    let (mut raw, _) = Raw::connect(b.addr, c).await;
+    // Half a PUBLISH, then nothing: the partial packet does not count as activity.
+    raw.send_bytes(&[0x30, 100, 0, 1, b't']).await;
+    let started = std::time::Instant::now();
+    let seen = raw.until_closed().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(disconnected_with(&seen, reason::KEEP_ALIVE_TIMEOUT), "{seen:?}");
+    still_serving(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn silent_sockets_fill_the_connection_limit_only_until_the_connect_timeout() {
+    let b = TestBroker::start_config(|c| {
+        c.limits.max_connections = 3.try_into().unwrap();
+        c.limits.connect_timeout_ms = 300.try_into().unwrap();
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(Raw::open(b.addr, Protocol::V311).await);
+    }
+    // All closed by the broker after the connect timeout, freeing the permits.
+    for s in &mut silent {
+        assert!(s.until_closed().await.is_empty());
+    }
+    drop(silent);
+    // Polls: the permits come back as the broker finishes each closed socket.
+    let deadline = tokio::time::Instant::now() + natter_e2e::WAIT;
+    loop {
+        let mut raw = Raw::open(b.addr, Protocol::V311).await;
+        raw.send(&Packet::Connect(Box::new(connect_packet(
+            Protocol::V311,
+            Some("alice"),
+            "after",
+        ))))
+        .await;
+        if let Ok(Some(Packet::ConnAck(a))) = raw.recv_within(Duration::from_secs(2)).await {
+            assert_eq!(a.code, 0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no permit came back");
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscribe_flood_does_not_hurt_anyone_else() {
+    let b = TestBroker::start_config(|c| c.limits.max_subscriptions_per_session = 50.try_into().unwrap()).await;
+    let mut flood = Raw::login(b.addr, Protocol::V5, "alice", "flooder").await;
+    // 2,000 SUBSCRIBEs written without reading a single SUBACK.
+    let mut out = bytes::BytesMut::new();
+    for i in 0..2000u16 {
+        let mut p = natter_e2e::subscribe_packet(&format!("flood/{i}"), QoS::AtMostOnce);
+        if let Packet::Subscribe(s) = &mut p {
+            s.pkid = i + 1;
+        }
+        p.encode(&mut out, Protocol::V5);
+    }
+    let _ = flood.stream.write_all(&out).await;
+    still_serving(&b).await;
+    // The flooder gets every SUBACK in order, the ones past the bound refused.
+    let mut granted = 0;
+    for i in 0..2000u16 {
+        match flood.recv().await {
+            Some(Packet::SubAck(a)) => {
+                assert_eq!(a.pkid, i + 1);
+                if a.codes == [0] {
+                    granted += 1;
+                } else {
+                    assert_eq!(a.codes, [reason::QUOTA_EXCEEDED]);
+                }
+            }
+            other => panic!("SUBACK {i}: {other:?}"),
+        }
+    }
+    assert_eq!(granted, 50);
+    b.stop().await;
+}
