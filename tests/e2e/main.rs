@@ -11,4 +11,5 @@ mod qos;
 mod retained;
 mod scale;
 mod session;
+mod social;
 mod will;

@@ -71,7 +71,13 @@ impl Call<'_> {
     /// A required `user` field naming an existing account.
     pub fn user(&self) -> Result<&str, Fail> {
         let u = self.field(&self.req.user, "user")?;
-        if !natter_shared::names::is_valid_name(u) || self.state.store.user(u)?.is_none() {
+        if !natter_shared::names::is_valid_name(u) {
+            return Err(Fail::new(
+                ErrorCode::BadRequest,
+                format!("invalid user name {:?}", shown(u)),
+            ));
+        }
+        if self.state.store.user(u)?.is_none() {
             return Err(Fail::new(ErrorCode::NotFound, format!("no such user: {u}")));
         }
         Ok(u)
@@ -81,7 +87,10 @@ impl Call<'_> {
     pub fn group_name(&self) -> Result<&str, Fail> {
         let g = self.field(&self.req.group, "group")?;
         if !natter_shared::names::is_valid_name(g) {
-            return Err(Fail::new(ErrorCode::BadRequest, format!("invalid group name {g:?}")));
+            return Err(Fail::new(
+                ErrorCode::BadRequest,
+                format!("invalid group name {:?}", shown(g)),
+            ));
         }
         Ok(g)
     }
@@ -202,5 +211,24 @@ fn dispatch(c: &Call<'_>, command: &str) -> ApiResult {
             ErrorCode::UnknownCommand,
             format!("unknown command {other:?}"),
         )),
+    }
+}
+
+/// At most the first 40 characters of a client's string, for an error message: an
+/// answer never echoes a huge field back.
+fn shown(s: &str) -> &str {
+    s.char_indices().nth(40).map_or(s, |(i, _)| &s[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn error_messages_show_at_most_40_characters() {
+        assert_eq!(shown("bob"), "bob");
+        assert_eq!(shown(&"x".repeat(100_000)).len(), 40);
+        // Cut on a character boundary, never inside one.
+        assert_eq!(shown(&"é".repeat(50)), "é".repeat(40));
     }
 }
