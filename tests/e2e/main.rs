@@ -6,6 +6,7 @@ mod hooks;
 mod hostile;
 mod im;
 mod limits;
+mod mailbox;
 mod mqtt5;
 mod qos;
 mod retained;
