@@ -2,7 +2,8 @@
 //! throttling, and session identity (user, client id).
 
 use natter_e2e::{connect_packet, v3, v5, Raw, TestBroker};
-use natter_shared::codec::{reason, Protocol};
+use natter_shared::codec::{reason, Packet, Protocol};
+use std::time::Duration;
 
 #[tokio::test]
 async fn v311_accepts_good_and_refuses_bad_credentials() {
@@ -130,7 +131,7 @@ async fn extended_authentication_is_refused_cleanly() {
 
 #[tokio::test]
 async fn device_tokens_log_in_without_admin_rights_and_revocation_closes_them() {
-    use natter_shared::codec::{Packet, Properties, Subscribe, SubscribeFilter, SubscriptionOptions};
+    use natter_shared::codec::{Properties, Subscribe, SubscribeFilter, SubscriptionOptions};
     use natterd::control::{request, Request};
     let b = TestBroker::start().await;
     let data = b.dir.path();
@@ -187,6 +188,8 @@ async fn device_tokens_log_in_without_admin_rights_and_revocation_closes_them() 
         vec!["sensor-1"]
     );
 
+    // A connection of the same user with the password is not the token's.
+    let mut console = Raw::login(b.addr, Protocol::V5, "root", "console").await;
     let revoked = request(
         data,
         &Request::TokenRevoke {
@@ -204,6 +207,12 @@ async fn device_tokens_log_in_without_admin_rights_and_revocation_closes_them() 
     );
     let (_, ack) = Raw::connect(b.addr, c).await;
     assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD, "revoked");
+    console.send(&Packet::PingReq).await;
+    assert_eq!(
+        console.recv().await,
+        Some(Packet::PingResp),
+        "password connection still open"
+    );
     b.stop().await;
 }
 
@@ -222,5 +231,87 @@ async fn deleting_a_user_closes_its_connections() {
     );
     let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "phone")).await;
     assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_lockout_lasts_its_delay_and_then_the_right_password_works() {
+    let b = TestBroker::start_config(|c| {
+        c.auth.throttle_free_failures = 1;
+        c.auth.throttle_base_delay_ms = 500;
+    })
+    .await;
+    let mut bad = connect_packet(Protocol::V5, Some("carol"), "c");
+    bad.password = Some(bytes::Bytes::from_static(b"guess"));
+    for _ in 0..2 {
+        let (_, ack) = Raw::connect(b.addr, bad.clone()).await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    }
+    let locked_at = tokio::time::Instant::now();
+    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "c")).await;
+    assert_eq!(
+        ack.code,
+        reason::CONNECTION_RATE_EXCEEDED,
+        "locked after the free failure"
+    );
+    // Poll: the right password is accepted once the delay has passed, not before.
+    loop {
+        let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "c")).await;
+        if ack.code == reason::SUCCESS {
+            break;
+        }
+        assert_eq!(ack.code, reason::CONNECTION_RATE_EXCEEDED);
+        assert!(locked_at.elapsed() < natter_e2e::WAIT, "still locked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        locked_at.elapsed() >= Duration::from_millis(400),
+        "unlocked after {:?}",
+        locked_at.elapsed()
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_device_tokens_is_throttled_like_passwords() {
+    let b = TestBroker::start_config(|c| {
+        c.auth.throttle_free_failures = 2;
+        c.auth.throttle_base_delay_ms = 60_000;
+    })
+    .await;
+    let guess = |n: u8| {
+        let mut c = connect_packet(Protocol::V5, Some("alice"), "guesser");
+        c.password = Some(bytes::Bytes::from(format!("nt_{}", format!("{n:02x}").repeat(32))));
+        c
+    };
+    for n in 0..3 {
+        let (_, ack) = Raw::connect(b.addr, guess(n)).await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD, "guess {n}");
+    }
+    let (_, ack) = Raw::connect(b.addr, guess(3)).await;
+    assert_eq!(
+        ack.code,
+        reason::CONNECTION_RATE_EXCEEDED,
+        "held back like password guesses"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_connected_user_closes_their_connections() {
+    use natter_e2e::im::ImClient;
+    let b = TestBroker::start_default(|_| {}).await;
+    let mut root = ImClient::connect(b.addr, "root", "console").await;
+    let mut carol = Raw::login(b.addr, Protocol::V5, "carol", "carol-1").await;
+    let mut carol3 = Raw::login(b.addr, Protocol::V311, "carol", "carol-2").await;
+    root.ok("admin.users.del", serde_json::json!({ "user": "carol" })).await;
+    let seen = carol.until_closed().await;
+    assert!(
+        matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::ADMINISTRATIVE_ACTION),
+        "{seen:?}"
+    );
+    assert!(carol3.until_closed().await.is_empty(), "3.1.1: closed");
+    let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "again")).await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD, "the account is gone");
     b.stop().await;
 }
