@@ -994,3 +994,55 @@ async fn acknowledgements_follow_storage_in_publish_order() {
     assert_eq!(texts(&all), vec!["one", "two", "three"]);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_reset_token_expires() {
+    use natterd::control::{request, Request};
+    let b = TestBroker::start_default(|c| c.im.reset_token_ttl_secs = 2.try_into().unwrap()).await;
+    let issued = request(b.dir.path(), &Request::UserReset { name: "bob".into() })
+        .await
+        .unwrap();
+    let token = issued.token.expect("a token");
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "bob-reset");
+    c.password = Some(Bytes::from(token));
+    let (_, ack) = Raw::connect(b.addr, c.clone()).await;
+    assert_eq!(ack.code, 0, "valid at first");
+    // Poll until the broker refuses it: within a few seconds, and not at once (the
+    // lifetime counts in whole seconds, so two may be as little as one).
+    let issued_at = tokio::time::Instant::now();
+    loop {
+        let (_, ack) = Raw::connect(b.addr, c.clone()).await;
+        if ack.code == reason::BAD_USERNAME_OR_PASSWORD {
+            break;
+        }
+        assert_eq!(ack.code, 0);
+        assert!(issued_at.elapsed() < Duration::from_secs(5), "the token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(issued_at.elapsed() >= Duration::from_millis(500));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn operator_rules_with_the_client_id_placeholder() {
+    use natterd::acl::rules::{Access, Effect, Rule, Who};
+    let b = TestBroker::start_default(|c| {
+        c.acl.rules = vec![Rule {
+            filter: "things/%c/#".into(),
+            access: Access::ReadWrite,
+            effect: Effect::Allow,
+            who: Who::All,
+            users: vec![],
+        }]
+    })
+    .await;
+    let mut t = Raw::login(b.addr, Protocol::V5, "alice", "thermo-1").await;
+    assert_eq!(suback(&mut t, "things/thermo-1/#").await, 0);
+    assert_eq!(suback(&mut t, "things/thermo-2/#").await, reason::NOT_AUTHORIZED);
+    assert_eq!(puback(&mut t, "things/thermo-1/temp", 1).await, 0);
+    assert_eq!(puback(&mut t, "things/thermo-2/temp", 2).await, reason::NOT_AUTHORIZED);
+    // A client id with a wildcard never fills %c.
+    let mut w = Raw::login(b.addr, Protocol::V5, "alice", "+").await;
+    assert_eq!(suback(&mut w, "things/+/#").await, reason::NOT_AUTHORIZED);
+    b.stop().await;
+}

@@ -203,3 +203,48 @@ async fn shared_subscriptions_split_the_load() {
     assert_eq!(counts, [5, 5], "round robin");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn shared_subscriptions_prefer_online_members() {
+    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+    let b = TestBroker::start().await;
+    // A persistent member that goes away: its share membership stays with its session.
+    let mut o = v5::options(b.addr, "away", Some("bob"));
+    o.set_clean_start(false);
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = Some(600);
+    o.set_connect_properties(props);
+    let mut away = v5::connect(o).await.unwrap();
+    away.client
+        .subscribe("$share/pool/jobs/#", v5::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    away.expect(|p| matches!(p, v5::Packet::SubAck(_))).await;
+    drop(away);
+    b.wait_until("bob's persistent member is offline", || {
+        !b.router().sessions_of("bob").iter().any(|s| s.is_online())
+    })
+    .await;
+    let mut online = v5::connect(v5::options(b.addr, "here", Some("carol"))).await.unwrap();
+    online
+        .client
+        .subscribe("$share/pool/jobs/#", v5::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    online.expect(|p| matches!(p, v5::Packet::SubAck(_))).await;
+    let mut publ = Raw::login(b.addr, Protocol::V5, "alice", "p").await;
+    for n in 0..6u16 {
+        publ.send(&publish_packet(&format!("jobs/{n}"), QoS::AtLeastOnce, n + 1, "job"))
+            .await;
+    }
+    assert_eq!(publ.acks(6).await.len(), 6);
+    for n in 0..6 {
+        assert_eq!(
+            online.publish().await.topic,
+            format!("jobs/{n}"),
+            "all to the online member"
+        );
+    }
+    online.no_publish(Duration::from_millis(200)).await;
+    b.stop().await;
+}
