@@ -234,3 +234,64 @@ async fn slow_consumers_are_bounded_by_the_queue_and_the_overflow_policy() {
         b.stop().await;
     }
 }
+
+/// A persistent v5 session (expiry one minute) for `user` with client id `id`.
+fn persistent(user: &str, id: &str) -> natter_shared::codec::Connect {
+    let mut c = connect_packet(Protocol::V5, Some(user), id);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(60);
+    c
+}
+
+#[tokio::test]
+async fn qos2_is_exactly_once_across_reconnects_in_both_directions() {
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-sub")).await;
+    sub.send(&subscribe("q2/#", QoS::ExactlyOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+
+    // Inbound: the publisher's connection drops after PUBREC; it resends the PUBLISH
+    // (DUP) on its resumed session and the broker does not route it again.
+    let (mut publ, _) = Raw::connect(b.addr, persistent("alice", "q2-pub")).await;
+    let p = natter_e2e::publish_packet("q2/x", QoS::ExactlyOnce, 5, "once");
+    publ.send(&p).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(a)) if a.pkid == 5));
+    drop(publ);
+    b.wait_offline("alice").await;
+    let (mut publ, ack) = Raw::connect(b.addr, persistent("alice", "q2-pub")).await;
+    assert!(ack.session_present);
+    let mut dup = p.clone();
+    if let Packet::Publish(p) = &mut dup {
+        p.dup = true;
+    }
+    publ.send(&dup).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(a)) if a.pkid == 5));
+    publ.send(&Packet::PubRel(Ack::new(5))).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubComp(a)) if a.pkid == 5 && a.reason == 0));
+
+    // Outbound: the subscriber receives it once, drops after PUBREC; on resuming it
+    // gets PUBREL for that packet id, never the PUBLISH again.
+    let got = match sub.recv().await {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected the message, got {other:?}"),
+    };
+    assert_eq!(&got.payload[..], b"once");
+    sub.send(&Packet::PubRec(Ack::new(got.pkid))).await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(a)) if a.pkid == got.pkid));
+    drop(sub);
+    b.wait_offline("bob").await;
+    let (mut sub, ack) = Raw::connect(b.addr, persistent("bob", "q2-sub")).await;
+    assert!(ack.session_present);
+    let mut seen = Vec::new();
+    while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(500)).await {
+        seen.push(p);
+    }
+    assert_eq!(
+        seen,
+        vec![Packet::PubRel(Ack::new(got.pkid))],
+        "PUBREL again, no PUBLISH"
+    );
+    sub.send(&Packet::PubComp(Ack::new(got.pkid))).await;
+    assert_eq!(sub.recv_within(Duration::from_millis(300)).await, Err(()));
+    b.stop().await;
+}
