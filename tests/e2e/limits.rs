@@ -97,7 +97,7 @@ async fn retained_messages_are_bounded() {
     assert_eq!(p.acks(1).await[0].1, reason::NO_MATCHING_SUBSCRIBERS, "room again");
     let mut s = Raw::login(b.addr, Protocol::V311, "bob", "reader").await;
     assert_eq!(suback(&mut s, "r/#", QoS::AtMostOnce).await, 0);
-    let mut got = vec![next_publish(&mut s).await, next_publish(&mut s).await];
+    let mut got = [next_publish(&mut s).await, next_publish(&mut s).await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(
         got.iter().map(|p| (&*p.topic, &p.payload[..])).collect::<Vec<_>>(),
