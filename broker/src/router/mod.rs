@@ -30,6 +30,8 @@ pub struct RouterStats {
     pub published: AtomicU64,
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
+    /// Connections attached to a session (new or resumed) since start.
+    pub connections: AtomicU64,
 }
 
 struct Inner {
@@ -114,6 +116,7 @@ impl Router {
     /// generation is bumped and `kick` installed. With `clean_start` an existing
     /// session is discarded first.
     pub fn open_session(&self, key: SessionKey, clean_start: bool, kick: oneshot::Sender<Kick>) -> Opened {
+        self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
         let mut sessions = self.sessions();
         let mut discarded = None;
         let mut resumed = None;
