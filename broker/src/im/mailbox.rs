@@ -216,3 +216,80 @@ impl Mailboxes {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(from: &str, user_properties: &[(&str, &str)]) -> StoredMessage {
+        StoredMessage {
+            from: from.into(),
+            ts: 1_795_824_702_281,
+            payload: Bytes::from_static(b"hi"),
+            user_properties: user_properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            content_type: Some("text/plain".into()),
+        }
+    }
+
+    #[test]
+    fn delivery_properties_are_the_senders_then_ours_and_never_forged() {
+        let m = stored(
+            "alice",
+            &[
+                ("id", "1"),
+                ("lang", "en"),
+                ("from", "mallory"),
+                ("ts", "0"),
+                ("lang", "fr"),
+            ],
+        );
+        let p = properties(42, &m);
+        let pairs: Vec<(&str, &str)> = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("lang", "en"),
+                ("lang", "fr"),
+                ("id", "42"),
+                ("from", "alice"),
+                ("ts", "1795824702281")
+            ],
+            "the sender's own keep their order; ours come last, once each"
+        );
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        let rest = Properties {
+            user_properties: Vec::new(),
+            content_type: None,
+            ..p
+        };
+        assert_eq!(rest, Properties::default(), "nothing else is set");
+    }
+
+    #[test]
+    fn retention_and_writer_bounds_come_from_the_config() {
+        let mut cfg = crate::config::Config::default_config().im;
+        cfg.mailbox_max_messages = 7.try_into().unwrap();
+        cfg.mailbox_max_bytes = 9.try_into().unwrap();
+        cfg.mailbox_max_age_days = 2.try_into().unwrap();
+        cfg.write_batch_max = 3.try_into().unwrap();
+        cfg.write_batch_max_us = 250;
+        cfg.index_interval_ms = 40.try_into().unwrap();
+        cfg.index_max_pending = 11.try_into().unwrap();
+        let l = limits(&cfg);
+        assert_eq!(
+            (l.retention.max_messages, l.retention.max_bytes, l.retention.max_age),
+            (7, 9, 2 * 86_400_000),
+            "the age bound in milliseconds"
+        );
+        assert_eq!((l.batch_max, l.index_at), (3, 11));
+        assert_eq!(l.store_within, std::time::Duration::from_micros(250));
+        assert_eq!(l.index_every, std::time::Duration::from_millis(40));
+    }
+}
