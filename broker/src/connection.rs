@@ -169,3 +169,94 @@ impl Connection {
         let _ = self.stream.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A connection on one end of a loopback socket pair, and the raw other end.
+    async fn pair(max: usize) -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Connection::new(accepted.unwrap().0, max), client.unwrap())
+    }
+
+    fn bytes(packets: &[Packet], protocol: Protocol) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for p in packets {
+            p.encode(&mut out, protocol);
+        }
+        out.to_vec()
+    }
+
+    #[tokio::test]
+    async fn packets_split_across_reads_come_out_whole_and_in_order() {
+        let (mut conn, mut peer) = pair(1024).await;
+        let sent = [
+            Packet::PingReq,
+            Packet::Disconnect(Default::default()),
+            Packet::PingResp,
+        ];
+        let wire = bytes(&sent, Protocol::V5);
+        // One byte at a time, each write its own segment as far as the reader knows.
+        let writer = tokio::spawn(async move {
+            for b in wire {
+                peer.write_all(&[b]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            peer
+        });
+        for expected in &sent {
+            assert_eq!(&conn.read_packet(Protocol::V5).await.unwrap(), expected);
+        }
+        drop(writer.await.unwrap());
+        assert!(matches!(
+            conn.read_packet(Protocol::V5).await,
+            Err(ConnectionError::Closed)
+        ));
+        conn.release_idle();
+        assert_eq!(conn.rbuf.capacity(), 0, "an idle connection holds no read buffer");
+    }
+
+    #[tokio::test]
+    async fn the_first_packet_must_be_connect() {
+        let (mut conn, mut peer) = pair(1024).await;
+        peer.write_all(&bytes(&[Packet::PingReq], Protocol::V311))
+            .await
+            .unwrap();
+        assert!(matches!(
+            conn.read_connect().await,
+            Err(ConnectionError::Decode(DecodeError::Protocol(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_packet_over_the_limit_is_refused_from_its_header() {
+        let (mut conn, mut peer) = pair(64).await;
+        // A PUBLISH header announcing 10 MB; no body follows.
+        peer.write_all(&[0x30, 0x80, 0xad, 0xe2, 0x04]).await.unwrap();
+        assert!(matches!(
+            conn.read_packet(Protocol::V311).await,
+            Err(ConnectionError::Decode(DecodeError::PacketTooLarge { max: 64, .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn queued_packets_go_out_in_one_flush_and_the_buffer_is_released() {
+        let (mut conn, mut peer) = pair(1024).await;
+        conn.queue(&Packet::PingResp, Protocol::V311);
+        conn.queue(&Packet::PingResp, Protocol::V311);
+        assert_eq!(conn.pending(), 4);
+        conn.flush().await.unwrap();
+        assert_eq!(conn.pending(), 0);
+        assert_eq!(conn.wbuf.capacity(), 0, "released once written");
+        assert!(conn.is_clean());
+        conn.close().await;
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, bytes(&[Packet::PingResp, Packet::PingResp], Protocol::V311));
+    }
+}
