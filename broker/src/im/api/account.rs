@@ -33,7 +33,12 @@ impl RegistrationLimiter {
 
     /// Counts an attempt; false when the address is over its hourly quota.
     pub fn allow(&self, ip: IpAddr) -> bool {
-        let now = Instant::now();
+        self.allow_at(ip, Instant::now())
+    }
+
+    /// [`RegistrationLimiter::allow`] at a given time: the window is the hour before
+    /// `now`, sliding.
+    fn allow_at(&self, ip: IpAddr, now: Instant) -> bool {
         let hour = Duration::from_secs(3600);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= MAX_TRACKED {
@@ -53,7 +58,10 @@ impl RegistrationLimiter {
 
 fn account_error(e: AccountError) -> Fail {
     match e {
-        AccountError::InvalidName(n) => Fail::new(ErrorCode::BadRequest, format!("invalid user name {n:?}")),
+        AccountError::InvalidName(n) => Fail::new(
+            ErrorCode::BadRequest,
+            format!("invalid user name {:?}", super::shown(&n)),
+        ),
         AccountError::Password(p) => Fail::new(ErrorCode::BadRequest, p.to_string()),
         AccountError::Store(StoreError::UserExists(u)) => Fail::new(ErrorCode::AlreadyExists, format!("{u} is taken")),
         AccountError::Store(StoreError::NoSuchUser(u)) => Fail::new(ErrorCode::NotFound, format!("no such user: {u}")),
@@ -143,5 +151,23 @@ mod tests {
         assert!(l.allow(a));
         assert!(!l.allow(a));
         assert!(l.allow(b));
+    }
+
+    #[test]
+    fn the_registration_window_is_the_last_hour() {
+        let l = RegistrationLimiter::new(2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let min = |m: u64| t0 + Duration::from_secs(60 * m);
+        assert!(l.allow_at(ip, t0));
+        assert!(l.allow_at(ip, min(30)));
+        assert!(!l.allow_at(ip, min(59)), "two within the hour");
+        // The first attempt leaves the window at t0 + 60 min; the second at 90.
+        assert!(l.allow_at(ip, min(60)));
+        assert!(!l.allow_at(ip, min(89)), "30 and 60 are still inside");
+        assert!(l.allow_at(ip, min(90)));
+        // A refused attempt does not count against the address.
+        assert!(!l.allow_at(ip, min(91)));
+        assert!(l.allow_at(ip, min(150)), "60 and 90 have both left the window");
     }
 }
