@@ -4,31 +4,8 @@
 
 use std::time::Duration;
 
-use natter_e2e::{connect_packet, publish_packet, subscribe_packet, Raw, TestBroker};
+use natter_e2e::{connect_packet, publish_packet, Raw, TestBroker};
 use natter_shared::codec::{reason, Ack, Packet, Protocol, QoS};
-
-/// Subscribes a raw client to one filter; returns the SUBACK's code.
-async fn suback(raw: &mut Raw, filter: &str, qos: QoS) -> u8 {
-    raw.send(&subscribe_packet(filter, qos)).await;
-    loop {
-        match raw.recv().await {
-            Some(Packet::SubAck(a)) => return a.codes[0],
-            Some(_) => continue,
-            None => panic!("closed while subscribing to {filter}"),
-        }
-    }
-}
-
-/// The next PUBLISH a raw client receives.
-async fn next_publish(raw: &mut Raw) -> natter_shared::codec::Publish {
-    loop {
-        match raw.recv().await {
-            Some(Packet::Publish(p)) => return p,
-            Some(_) => continue,
-            None => panic!("closed while waiting for a publish"),
-        }
-    }
-}
 
 #[tokio::test]
 async fn an_over_long_client_id_is_refused_in_both_versions() {
@@ -47,18 +24,15 @@ async fn an_over_long_client_id_is_refused_in_both_versions() {
 async fn subscriptions_per_session_are_bounded() {
     let b = TestBroker::start_config(|c| c.limits.max_subscriptions_per_session = 2.try_into().unwrap()).await;
     let mut v5 = Raw::login(b.addr, Protocol::V5, "bob", "subs5").await;
-    assert_eq!(suback(&mut v5, "a/1", QoS::AtMostOnce).await, 0);
-    assert_eq!(suback(&mut v5, "a/2", QoS::AtMostOnce).await, 0);
-    assert_eq!(suback(&mut v5, "a/3", QoS::AtMostOnce).await, reason::QUOTA_EXCEEDED);
+    assert_eq!(v5.subscribe("a/1", QoS::AtMostOnce).await, 0);
+    assert_eq!(v5.subscribe("a/2", QoS::AtMostOnce).await, 0);
+    assert_eq!(v5.subscribe("a/3", QoS::AtMostOnce).await, reason::QUOTA_EXCEEDED);
     // Re-subscribing to an existing filter is not a new subscription.
-    assert_eq!(suback(&mut v5, "a/1", QoS::AtLeastOnce).await, 1);
+    assert_eq!(v5.subscribe("a/1", QoS::AtLeastOnce).await, 1);
     let mut v3 = Raw::login(b.addr, Protocol::V311, "bob", "subs3").await;
-    assert_eq!(suback(&mut v3, "a/1", QoS::AtMostOnce).await, 0);
-    assert_eq!(suback(&mut v3, "a/2", QoS::AtMostOnce).await, 0);
-    assert_eq!(
-        suback(&mut v3, "a/3", QoS::AtMostOnce).await,
-        reason::v3::SUBACK_FAILURE
-    );
+    assert_eq!(v3.subscribe("a/1", QoS::AtMostOnce).await, 0);
+    assert_eq!(v3.subscribe("a/2", QoS::AtMostOnce).await, 0);
+    assert_eq!(v3.subscribe("a/3", QoS::AtMostOnce).await, reason::v3::SUBACK_FAILURE);
     b.stop().await;
 }
 
@@ -96,8 +70,8 @@ async fn retained_messages_are_bounded() {
     p.send(&retained("r/3", 6, "v")).await;
     assert_eq!(p.acks(1).await[0].1, reason::NO_MATCHING_SUBSCRIBERS, "room again");
     let mut s = Raw::login(b.addr, Protocol::V311, "bob", "reader").await;
-    assert_eq!(suback(&mut s, "r/#", QoS::AtMostOnce).await, 0);
-    let mut got = [next_publish(&mut s).await, next_publish(&mut s).await];
+    assert_eq!(s.subscribe("r/#", QoS::AtMostOnce).await, 0);
+    let mut got = [s.next_publish().await, s.next_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(
         got.iter().map(|p| (&*p.topic, &p.payload[..])).collect::<Vec<_>>(),
@@ -110,15 +84,15 @@ async fn retained_messages_are_bounded() {
 async fn v311_inflight_window_is_capped() {
     let b = TestBroker::start_config(|c| c.limits.max_inflight = 2.try_into().unwrap()).await;
     let mut s = Raw::login(b.addr, Protocol::V311, "bob", "window3").await;
-    assert_eq!(suback(&mut s, "f/#", QoS::AtLeastOnce).await, 1);
+    assert_eq!(s.subscribe("f/#", QoS::AtLeastOnce).await, 1);
     let mut p = Raw::login(b.addr, Protocol::V5, "alice", "p").await;
     for i in 1..=4u16 {
         p.send(&publish_packet("f/x", QoS::AtLeastOnce, i, format!("m{i}")))
             .await;
     }
     p.acks(4).await;
-    let first = next_publish(&mut s).await;
-    let second = next_publish(&mut s).await;
+    let first = s.next_publish().await;
+    let second = s.next_publish().await;
     assert_eq!((&first.payload[..], &second.payload[..]), (&b"m1"[..], &b"m2"[..]));
     assert_eq!(
         s.recv_within(Duration::from_millis(300)).await,
@@ -126,7 +100,7 @@ async fn v311_inflight_window_is_capped() {
         "two in flight, nothing more until one is acknowledged"
     );
     s.send(&Packet::PubAck(Ack::new(first.pkid))).await;
-    assert_eq!(&next_publish(&mut s).await.payload[..], b"m3");
+    assert_eq!(&s.next_publish().await.payload[..], b"m3");
     assert_eq!(s.recv_within(Duration::from_millis(300)).await, Err(()));
     b.stop().await;
 }
@@ -137,8 +111,8 @@ async fn the_clients_maximum_packet_size_holds_for_qos1_and_mailbox_deliveries()
     let mut c = connect_packet(Protocol::V5, Some("bob"), "tiny");
     c.properties.maximum_packet_size = Some(120);
     let (mut s, _) = Raw::connect(b.addr, c).await;
-    assert_eq!(suback(&mut s, "m/#", QoS::AtLeastOnce).await, 1);
-    assert_eq!(suback(&mut s, "inbox/bob/#", QoS::AtLeastOnce).await, 1);
+    assert_eq!(s.subscribe("m/#", QoS::AtLeastOnce).await, 1);
+    assert_eq!(s.subscribe("inbox/bob/#", QoS::AtLeastOnce).await, 1);
     let mut p = Raw::login(b.addr, Protocol::V5, "alice", "p").await;
     let big = vec![b'x'; 300];
     p.send(&publish_packet("m/big", QoS::AtLeastOnce, 1, big.clone())).await;
@@ -146,10 +120,10 @@ async fn the_clients_maximum_packet_size_holds_for_qos1_and_mailbox_deliveries()
     p.send(&publish_packet("dm/bob", QoS::AtLeastOnce, 3, big)).await;
     p.send(&publish_packet("dm/bob", QoS::AtLeastOnce, 4, "small dm")).await;
     p.acks(4).await;
-    let got = next_publish(&mut s).await;
+    let got = s.next_publish().await;
     assert_eq!((&*got.topic, &got.payload[..]), ("m/small", &b"ok"[..]));
     s.send(&Packet::PubAck(Ack::new(got.pkid))).await;
-    let got = next_publish(&mut s).await;
+    let got = s.next_publish().await;
     assert_eq!(
         (&*got.topic, &got.payload[..]),
         ("inbox/bob/dm/alice", &b"small dm"[..])
@@ -192,7 +166,7 @@ async fn v311_persistent_sessions_expire_after_the_cap() {
     c.clean_start = false;
     let (mut raw, ack) = Raw::connect(b.addr, c.clone()).await;
     assert!(!ack.session_present);
-    assert_eq!(suback(&mut raw, "f/#", QoS::AtLeastOnce).await, 1);
+    assert_eq!(raw.subscribe("f/#", QoS::AtLeastOnce).await, 1);
     drop(raw);
     b.wait_offline("bob").await;
     // Within the cap the session is there.

@@ -303,6 +303,29 @@ impl Raw {
             .expect("no packet and no close within the wait")
     }
 
+    /// Subscribes to one filter; returns the SUBACK's code (other packets skipped).
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> u8 {
+        self.send(&subscribe_packet(filter, qos)).await;
+        loop {
+            match self.recv().await {
+                Some(Packet::SubAck(a)) => return a.codes[0],
+                Some(_) => continue,
+                None => panic!("closed while subscribing to {filter}"),
+            }
+        }
+    }
+
+    /// The next PUBLISH (other packets skipped); panics on close or after [`WAIT`].
+    pub async fn next_publish(&mut self) -> Publish {
+        loop {
+            match self.recv().await {
+                Some(Packet::Publish(p)) => return p,
+                Some(_) => continue,
+                None => panic!("closed while waiting for a publish"),
+            }
+        }
+    }
+
     /// The next `n` PUBACK/PUBREC as (packet id, reason code), other packets skipped.
     pub async fn acks(&mut self, n: usize) -> Vec<(u16, u8)> {
         let mut acks = Vec::with_capacity(n);
