@@ -45,6 +45,27 @@ async fn refuse(mut conn: Connection, protocol: Protocol, v3: u8, v5: u8) {
     close_soon(&mut conn).await;
 }
 
+/// The session expiry a CONNECT asks for and the one granted, in seconds: 3.1.1 clean
+/// session 0 asks for as long as the broker allows; the grant is capped at `max`.
+fn session_expiry(connect: &Connect, max: u32) -> (u32, u32) {
+    let requested = match connect.protocol {
+        Protocol::V311 if connect.clean_start => 0,
+        Protocol::V311 => u32::MAX,
+        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+    };
+    (requested, requested.min(max))
+}
+
+/// The keepalive used and the Server Keep Alive to announce: 0 means none; on MQTT 5
+/// a value above the cap is lowered and announced (3.1.1 cannot be told).
+fn keep_alive(protocol: Protocol, asked: u16, max: u16) -> (u16, Option<u16>) {
+    if protocol == Protocol::V5 && asked > max {
+        (max, Some(max))
+    } else {
+        (asked, None)
+    }
+}
+
 fn random_client_id() -> String {
     let mut bytes = [0u8; 12];
     rand_core::OsRng.fill_bytes(&mut bytes);
@@ -134,23 +155,10 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         persistent: false,
     };
 
-    // Session expiry: 3.1.1 clean session 0 keeps the session as long as we allow.
-    let requested_expiry = match protocol {
-        Protocol::V311 if connect.clean_start => 0,
-        Protocol::V311 => u32::MAX,
-        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
-    };
-    let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+    let (requested_expiry, expiry) = session_expiry(&connect, limits.max_session_expiry_secs);
     let mut info = info;
     info.persistent = expiry > 0;
-
-    // Keepalive: 0 means none; values above the cap are lowered on MQTT 5 and announced.
-    let max_keepalive = limits.max_keepalive_secs.get();
-    let (keep_alive, server_keep_alive) = if protocol == Protocol::V5 && connect.keep_alive > max_keepalive {
-        (max_keepalive, Some(max_keepalive))
-    } else {
-        (connect.keep_alive, None)
-    };
+    let (keep_alive, server_keep_alive) = keep_alive(protocol, connect.keep_alive, limits.max_keepalive_secs.get());
 
     let (kick_tx, kick_rx) = oneshot::channel();
     let key = SessionKey {
@@ -190,4 +198,63 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
     let present = opened.present;
     let handler = Handler::new(conn, ctx, info, opened, kick_rx, &connect, keep_alive, expiry);
     Some(handler.with_connack(connack, present))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(protocol: Protocol, clean_start: bool, expiry: Option<u32>) -> Connect {
+        Connect {
+            protocol,
+            clean_start,
+            keep_alive: 30,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties {
+                session_expiry_interval: expiry,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn session_expiry_is_asked_per_version_and_capped() {
+        assert_eq!(session_expiry(&connect(Protocol::V311, true, None), 600), (0, 0));
+        assert_eq!(
+            session_expiry(&connect(Protocol::V311, false, None), 600),
+            (u32::MAX, 600),
+            "3.1.1 persistent: as long as allowed"
+        );
+        assert_eq!(session_expiry(&connect(Protocol::V5, false, None), 600), (0, 0));
+        assert_eq!(session_expiry(&connect(Protocol::V5, true, Some(60)), 600), (60, 60));
+        assert_eq!(
+            session_expiry(&connect(Protocol::V5, false, Some(601)), 600),
+            (601, 600)
+        );
+        assert_eq!(
+            session_expiry(&connect(Protocol::V5, false, Some(600)), 600),
+            (600, 600)
+        );
+    }
+
+    #[test]
+    fn keepalive_above_the_cap_is_lowered_and_announced_on_v5_only() {
+        assert_eq!(keep_alive(Protocol::V5, 0, 60), (0, None), "0 is no keepalive");
+        assert_eq!(keep_alive(Protocol::V5, 60, 60), (60, None));
+        assert_eq!(keep_alive(Protocol::V5, 61, 60), (60, Some(60)));
+        assert_eq!(keep_alive(Protocol::V311, 61, 60), (61, None), "3.1.1 cannot be told");
+    }
+
+    #[test]
+    fn assigned_client_ids_are_random_and_well_formed() {
+        let a = random_client_id();
+        let b = random_client_id();
+        assert_ne!(a, b);
+        let hex = a.strip_prefix("natter-").expect("prefix");
+        assert_eq!(hex.len(), 24);
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
 }
