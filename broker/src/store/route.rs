@@ -226,6 +226,22 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn conversation_names_and_suffixes_are_spelled_as_the_protocol_says() {
+        assert_eq!(group_conversation("g1"), "group:g1");
+        assert_eq!(dm_conversation("bob", "alice"), "dm:alice:bob");
+        for (suffix, spelled) in [
+            (Suffix::Dm("alice"), "dm/alice"),
+            (Suffix::SentDm("bob"), "sent/dm/bob"),
+            (Suffix::Group("g1", "carol"), "group/g1/carol"),
+            (Suffix::Literal("event/gap"), "event/gap"),
+        ] {
+            let mut out = String::from("inbox/bob/");
+            suffix.push_to(&mut out);
+            assert_eq!(out, format!("inbox/bob/{spelled}"), "push_to appends");
+            assert_eq!(suffix.to_string(), spelled, "Display");
+        }
+    }
 
     fn entry(suffix: &str, qos: u8) -> MailboxEntry {
         MailboxEntry {
