@@ -301,5 +301,40 @@ mod tests {
         }
         assert!(t.remove("jobs/+", Some("workers"), 2));
         assert_eq!(t.len(), 3);
+        // Only member 2 left the group: 1 and 3 take turns.
+        let mut seen: Vec<u64> = (0..4).flat_map(|_| ids(&t, "jobs/1")).filter(|&i| i != 9).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![1, 1, 3, 3]);
+    }
+
+    #[test]
+    fn shared_groups_prefer_online_members_then_take_turns_among_the_rest() {
+        let mut t = Trie::default();
+        let members: Vec<Subscriber> = (1..=3).map(sub).collect();
+        for m in &members {
+            t.insert("q", Some("g"), m.clone());
+        }
+        // Only 3 is online: it gets every message, whoever's turn it is.
+        members[2].session.set_online(true);
+        for _ in 0..4 {
+            assert_eq!(ids(&t, "q"), vec![3]);
+        }
+        // Nobody online: the turn still moves over every member.
+        members[2].session.set_online(false);
+        let mut seen: Vec<u64> = (0..6).flat_map(|_| ids(&t, "q")).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![1, 1, 2, 2, 3, 3]);
+    }
+
+    #[test]
+    fn removing_a_root_wildcard_clears_its_flag() {
+        let mut t = Trie::default();
+        t.insert("#", None, sub(1));
+        t.insert("+", None, sub(2));
+        assert!(t.root.has_hash && t.root.has_plus);
+        assert!(t.remove("#", None, 1));
+        assert!(!t.root.has_hash && t.root.has_plus);
+        assert!(t.remove("+", None, 2));
+        assert!(!t.root.has_plus);
     }
 }
