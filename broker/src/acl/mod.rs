@@ -97,7 +97,6 @@ pub fn subscribe(who: &Asker<'_>, filter: &str, presence_all: bool, sees_presenc
                 Builtin::Deny
             }
         }
-        (im::PRESENCE, None) if presence_all => Builtin::Deny,
         _ => Builtin::Deny,
     }
 }
@@ -258,6 +257,35 @@ mod tests {
             })
         );
         assert_eq!(publish(&reset, "dm/alice"), PublishClass::Deny);
+        assert_eq!(
+            publish(&reset, "api/account.whoami"),
+            PublishClass::Deny,
+            "only the reset"
+        );
+        // Only bob's own mailbox's API answers: not another namespace with his name.
+        for bad in ["presence/bob/api", "devices/bob/api/#", "inbox/alice/api/#"] {
+            assert_eq!(sub(&reset, bad), Builtin::Deny, "{bad}");
+        }
+    }
+
+    #[test]
+    fn anonymous_clients_may_only_wait_for_a_registration_answer() {
+        let anon = Asker {
+            user: None,
+            admin: false,
+            restriction: None,
+        };
+        assert_eq!(sub(&anon, "register/r42"), Builtin::Allow);
+        for bad in [
+            "register/",
+            "register/+",
+            "register/#",
+            "register/r42/x",
+            "inbox/r42/#",
+            "presence/bob",
+        ] {
+            assert_eq!(sub(&anon, bad), Builtin::Deny, "{bad}");
+        }
     }
 
     #[test]
