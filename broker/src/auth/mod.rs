@@ -167,3 +167,238 @@ impl Hook for PasswordAuth {
         Box::pin(self.check(creds))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{TokenRecord, UserRecord};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        tokens: TokenIndex,
+        cfg: AuthConfig,
+    }
+
+    fn fixture(tune: impl FnOnce(&mut AuthConfig)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut cfg = Config::default_config().auth;
+        cfg.argon2_memory_kib = 64;
+        cfg.argon2_iterations = 1;
+        cfg.argon2_parallelism = 1;
+        cfg.throttle_free_failures = 2;
+        cfg.throttle_base_delay_ms = 60_000;
+        tune(&mut cfg);
+        let hasher = password::PasswordHasherConfig::new(&cfg).unwrap();
+        for (name, pw, admin) in [("alice", "alice-pw", false), ("root", "root-pw", true)] {
+            let rec = UserRecord {
+                password_hash: hasher.hash(pw.as_bytes()).unwrap(),
+                admin,
+                created_at: 0,
+            };
+            store.create_user(name, &rec).unwrap();
+        }
+        Fixture {
+            _dir: dir,
+            store,
+            tokens: TokenIndex::default(),
+            cfg,
+        }
+    }
+
+    impl Fixture {
+        fn auth(&self, registration_open: bool) -> PasswordAuth {
+            PasswordAuth::new(self.store.clone(), self.tokens.clone(), &self.cfg, registration_open).unwrap()
+        }
+    }
+
+    fn creds(user: Option<&str>, password: Option<&str>, addr: &str) -> Credentials {
+        Credentials {
+            username: user.map(str::to_owned),
+            password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+            client_id: "c".into(),
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    const HOME: &str = "10.0.0.1:1000";
+    const BAD: AuthDecision = AuthDecision::Deny(AuthFailure::BadCredentials);
+    const THROTTLED: AuthDecision = AuthDecision::Deny(AuthFailure::Throttled);
+
+    #[tokio::test]
+    async fn passwords_admit_the_right_user_with_their_rights() {
+        let f = fixture(|_| ());
+        let auth = f.auth(false);
+        assert_eq!(
+            auth.check(&creds(Some("alice"), Some("alice-pw"), HOME)).await,
+            AuthDecision::Allow(Identity::default())
+        );
+        let root = auth.check(&creds(Some("root"), Some("root-pw"), "10.0.0.2:1")).await;
+        assert_eq!(
+            root,
+            AuthDecision::Allow(Identity {
+                admin: true,
+                ..Identity::default()
+            })
+        );
+        assert_eq!(
+            auth.check(&creds(Some("alice"), Some("root-pw"), "10.0.0.3:1")).await,
+            BAD
+        );
+        assert_eq!(auth.check(&creds(Some("nobody"), Some("x"), "10.0.0.4:1")).await, BAD);
+        assert_eq!(auth.check(&creds(Some("alice"), None, "10.0.0.5:1")).await, BAD);
+    }
+
+    #[tokio::test]
+    async fn clients_without_a_user_name_are_anonymous_registrants_or_refused() {
+        let f = fixture(|_| ());
+        assert_eq!(f.auth(false).check(&creds(None, None, HOME)).await, BAD);
+        let register = AuthDecision::Allow(Identity {
+            restriction: Some(Restriction::Register),
+            ..Identity::default()
+        });
+        assert_eq!(f.auth(true).check(&creds(None, None, HOME)).await, register);
+        // A password without a user name is never a registrant.
+        assert_eq!(f.auth(true).check(&creds(None, Some("x"), HOME)).await, BAD);
+
+        let f = fixture(|c| c.allow_anonymous = true);
+        assert_eq!(
+            f.auth(true).check(&creds(None, None, HOME)).await,
+            AuthDecision::Allow(Identity::default()),
+            "anonymous access wins over registration"
+        );
+        assert_eq!(f.auth(false).check(&creds(None, Some("x"), HOME)).await, BAD);
+    }
+
+    #[tokio::test]
+    async fn device_tokens_admit_only_their_owner_and_never_as_admin() {
+        let f = fixture(|_| ());
+        let token = tokens::generate();
+        f.tokens.insert(
+            tokens::digest(token.as_bytes()),
+            TokenRecord {
+                user: "root".into(),
+                name: "sensor-1".into(),
+                created_at: 0,
+            },
+        );
+        let auth = f.auth(false);
+        assert_eq!(
+            auth.check(&creds(Some("root"), Some(&token), HOME)).await,
+            AuthDecision::Allow(Identity {
+                token: Some("sensor-1".into()),
+                ..Identity::default()
+            })
+        );
+        assert_eq!(auth.check(&creds(Some("alice"), Some(&token), "10.0.0.2:1")).await, BAD);
+        assert_eq!(
+            auth.check(&creds(Some("root"), Some(&tokens::generate()), "10.0.0.3:1"))
+                .await,
+            BAD
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_tokens_admit_their_user_restricted() {
+        let f = fixture(|_| ());
+        let (token, _) = reset::issue(&f.store, "alice", 60).unwrap();
+        let auth = f.auth(false);
+        assert_eq!(
+            auth.check(&creds(Some("alice"), Some(&token), HOME)).await,
+            AuthDecision::Allow(Identity {
+                restriction: Some(Restriction::Reset),
+                ..Identity::default()
+            })
+        );
+        assert_eq!(auth.check(&creds(Some("root"), Some(&token), "10.0.0.2:1")).await, BAD);
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_failure_counts_towards_the_lockout() {
+        // Two free failures, then locked: each kind of wrong secret below is one.
+        let wrong = [
+            "wrong-password".to_owned(),
+            tokens::generate(),
+            reset::issue(&fixture(|_| ()).store, "alice", 60).unwrap().0,
+        ];
+        for (i, secret) in wrong.iter().enumerate() {
+            let f = fixture(|_| ());
+            let auth = f.auth(false);
+            for n in 0..3 {
+                let addr = format!("10.0.{i}.{n}:1");
+                assert_eq!(
+                    auth.check(&creds(Some("alice"), Some(secret), &addr)).await,
+                    BAD,
+                    "{i}/{n}"
+                );
+            }
+            assert_eq!(
+                auth.check(&creds(Some("alice"), Some("alice-pw"), "10.9.9.9:1")).await,
+                THROTTLED,
+                "locked after three failures of kind {i}, from any address"
+            );
+        }
+        let f = fixture(|_| ());
+        let auth = f.auth(false);
+        for n in 0..3 {
+            assert_eq!(
+                auth.check(&creds(Some("alice"), None, &format!("10.0.0.{n}:1"))).await,
+                BAD
+            );
+        }
+        assert_eq!(
+            auth.check(&creds(Some("alice"), Some("alice-pw"), "10.9.9.9:1")).await,
+            THROTTLED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_good_login_clears_the_user_name_record() {
+        let f = fixture(|_| ());
+        let auth = f.auth(false);
+        for n in 0..2 {
+            let addr = format!("10.0.0.{n}:1");
+            assert_eq!(auth.check(&creds(Some("alice"), Some("no"), &addr)).await, BAD);
+        }
+        assert!(matches!(
+            auth.check(&creds(Some("alice"), Some("alice-pw"), "10.0.1.1:1")).await,
+            AuthDecision::Allow(_)
+        ));
+        // Had the two failures stayed, this third one would lock alice everywhere.
+        assert_eq!(auth.check(&creds(Some("alice"), Some("no"), "10.0.2.1:1")).await, BAD);
+        assert!(matches!(
+            auth.check(&creds(Some("alice"), Some("alice-pw"), "10.0.3.1:1")).await,
+            AuthDecision::Allow(_)
+        ));
+        // The same holds after a token login.
+        let token = tokens::generate();
+        f.tokens.insert(
+            tokens::digest(token.as_bytes()),
+            TokenRecord {
+                user: "alice".into(),
+                name: "t".into(),
+                created_at: 0,
+            },
+        );
+        for n in 0..2 {
+            assert_eq!(
+                auth.check(&creds(Some("alice"), Some("no"), &format!("10.1.0.{n}:1")))
+                    .await,
+                BAD
+            );
+        }
+        assert!(matches!(
+            auth.check(&creds(Some("alice"), Some(&token), "10.1.1.1:1")).await,
+            AuthDecision::Allow(_)
+        ));
+        assert_eq!(auth.check(&creds(Some("alice"), Some("no"), "10.1.2.1:1")).await, BAD);
+        assert!(matches!(
+            auth.check(&creds(Some("alice"), Some("alice-pw"), "10.1.3.1:1")).await,
+            AuthDecision::Allow(_)
+        ));
+    }
+}
