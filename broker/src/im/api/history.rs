@@ -34,7 +34,8 @@ pub fn history(c: &Call<'_>) -> ApiResult {
         }
     };
     let max = c.state.config.history_max_limit.get();
-    let limit = c.req.limit.unwrap_or(DEFAULT_LIMIT);
+    // A broker configured below the default answers with its own largest page.
+    let limit = c.req.limit.unwrap_or(DEFAULT_LIMIT.min(max));
     if limit == 0 || limit > max {
         return Err(Fail::new(ErrorCode::BadRequest, format!("limit is 1 to {max}")));
     }

@@ -221,7 +221,10 @@ fn shown(s: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod shown_tests {
     use super::shown;
 
     #[test]
