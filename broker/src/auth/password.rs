@@ -93,4 +93,36 @@ mod tests {
         assert!(h.hash(b"").is_err());
         assert_ne!(h.hash(b"hunter2").unwrap(), phc, "salts differ");
     }
+
+    #[test]
+    fn hashes_carry_the_configured_parameters() {
+        let mut cfg = Config::default_config().auth;
+        cfg.argon2_memory_kib = 72;
+        cfg.argon2_iterations = 3;
+        cfg.argon2_parallelism = 2;
+        let phc = PasswordHasherConfig::new(&cfg).unwrap().hash(b"pw").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=72,t=3,p=2$"), "{phc}");
+    }
+
+    #[test]
+    fn passwords_up_to_1024_bytes_are_hashed_and_verified() {
+        let mut cfg = Config::default_config().auth;
+        cfg.argon2_memory_kib = 64;
+        cfg.argon2_iterations = 1;
+        let h = PasswordHasherConfig::new(&cfg).unwrap();
+        let longest = vec![b'p'; MAX_PASSWORD_LEN];
+        let phc = h.hash(&longest).unwrap();
+        assert!(verify(&longest, &phc));
+        let one = h.hash(b"x").unwrap();
+        assert!(verify(b"x", &one));
+        let too_long = vec![b'p'; MAX_PASSWORD_LEN + 1];
+        assert!(matches!(h.hash(&too_long), Err(PasswordError::BadLength)));
+        // Even a hash made from it does not admit an over-long password: the length
+        // check comes before any hashing.
+        let phc_long = Argon2::default()
+            .hash_password(&too_long, &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(!verify(&too_long, &phc_long));
+    }
 }
