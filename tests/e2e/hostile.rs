@@ -194,6 +194,16 @@ async fn protocol_violations_after_connect_get_their_reason_codes() {
     // A remaining length longer than four bytes.
     let seen = answer_to(&b, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).await;
     assert!(disconnected_with(&seen, reason::MALFORMED_PACKET), "varint: {seen:?}");
+    // A PINGREQ whose remaining length 0 is padded to two bytes (MQTT-1.5.5-1): were
+    // it accepted, the answer would be a PINGRESP.
+    let seen = answer_to(&b, &[0xC0, 0x80, 0x00]).await;
+    assert!(disconnected_with(&seen, reason::MALFORMED_PACKET), "padded: {seen:?}");
+    // The same inside a packet: a property length of 0 written in two bytes.
+    let seen = answer_to(&b, &[0x30, 6, 0, 1, b't', 0x80, 0x00, b'x']).await;
+    assert!(
+        disconnected_with(&seen, reason::MALFORMED_PACKET),
+        "padded property length: {seen:?}"
+    );
     still_serving(&b).await;
     b.stop().await;
 }

@@ -8,8 +8,9 @@ use crate::topic::TopicError;
 /// Why bytes from the network are not a valid MQTT packet.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
-    /// The remaining-length varint is longer than four bytes (MQTT-1.5.5 / 2.2.3).
-    #[error("malformed remaining length")]
+    /// A variable byte integer longer than four bytes, or not in the fewest bytes
+    /// (MQTT-1.5.5-1, 2.2.3).
+    #[error("malformed variable byte integer")]
     MalformedLength,
     /// The packet is larger than the configured maximum, seen from the fixed header.
     #[error("packet of {size} bytes exceeds the maximum of {max}")]

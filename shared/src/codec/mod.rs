@@ -155,6 +155,11 @@ pub fn check_frame(buf: &[u8], max_size: usize) -> Result<Option<Frame>, DecodeE
         };
         body_len |= usize::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
+            // A last byte of 0 after a continuation is a padded, non-minimal encoding
+            // (MQTT-1.5.5-1).
+            if i > 0 && byte == 0 {
+                return Err(DecodeError::MalformedLength);
+            }
             let frame = Frame {
                 header,
                 header_len: 2 + i,
@@ -418,6 +423,38 @@ mod tests {
             check_frame(&[0x30, 0xff, 0xff, 0xff, 0xff], usize::MAX),
             Err(DecodeError::MalformedLength)
         );
+    }
+
+    #[test]
+    fn lengths_use_the_fewest_bytes() {
+        // 0 in two bytes, 127 in two, 128 in three: padded, refused.
+        for padded in [
+            &[0x30u8, 0x80, 0x00][..],
+            &[0x30, 0xff, 0x00],
+            &[0x30, 0x80, 0x81, 0x00],
+        ] {
+            assert_eq!(
+                check_frame(padded, usize::MAX),
+                Err(DecodeError::MalformedLength),
+                "{padded:?}"
+            );
+        }
+        // The same values written minimally are fine.
+        assert_eq!(check_frame(&[0x30, 0x00], usize::MAX).unwrap().unwrap().body_len, 0);
+        assert_eq!(
+            check_frame(&[0x30, 0x80, 0x01], usize::MAX).unwrap().unwrap().body_len,
+            128
+        );
+        assert_eq!(
+            check_frame(&[0x30, 0xff, 0xff, 0xff, 0x7f], usize::MAX)
+                .unwrap()
+                .unwrap()
+                .body_len,
+            268_435_455
+        );
+        // Inside a packet too: a v5 PUBLISH whose property length is 0 in two bytes.
+        let mut buf = BytesMut::from(&[0x30u8, 6, 0, 1, b't', 0x80, 0x00, b'x'][..]);
+        assert_eq!(decode(&mut buf, Protocol::V5, 1024), Err(DecodeError::MalformedLength));
     }
 
     #[test]

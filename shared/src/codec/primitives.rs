@@ -49,6 +49,10 @@ impl Reader {
             let byte = self.u8()?;
             value |= u32::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
+                // Padded with a zero last byte: not minimal (MQTT-1.5.5-1).
+                if i > 0 && byte == 0 {
+                    return Err(DecodeError::MalformedLength);
+                }
                 return Ok(value);
             }
         }
