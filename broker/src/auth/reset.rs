@@ -88,4 +88,40 @@ mod tests {
         let (expired, _) = issue(&s, "bob", 0).unwrap();
         assert!(!valid(&s, "bob", expired.as_bytes()).unwrap());
     }
+
+    #[test]
+    fn a_token_lives_its_ttl_from_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let before = now_secs();
+        assert!(before > 1_700_000_000, "the clock is the real one");
+        let (t, expires_at) = issue(&s, "bob", 600).unwrap();
+        assert!((before + 600..=now_secs() + 600).contains(&expires_at), "{expires_at}");
+        // A record that ran out a minute ago is refused though it is still stored.
+        let stale = ResetRecord {
+            user: "bob".into(),
+            expires_at: before - 60,
+        };
+        s.put_reset(&digest(t.as_bytes()), &stale).unwrap();
+        assert!(!valid(&s, "bob", t.as_bytes()).unwrap());
+    }
+
+    #[test]
+    fn reset_tokens_have_their_own_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (t, _) = issue(&s, "bob", 60).unwrap();
+        assert!(t.starts_with(RESET_PREFIX) && t.len() == RESET_LEN);
+        let hex = &t[RESET_PREFIX.len()..];
+        for not_reset in [
+            format!("nt_{hex}"),         // a device token's prefix
+            format!("{t}0"),             // one character too many
+            t[..t.len() - 1].to_owned(), // one too few
+            format!("{RESET_PREFIX}{}", hex.to_uppercase()),
+            format!("{RESET_PREFIX}{}g", &hex[1..]),
+        ] {
+            assert!(!looks_like_reset(not_reset.as_bytes()), "{not_reset}");
+            assert!(!valid(&s, "bob", not_reset.as_bytes()).unwrap());
+        }
+    }
 }
