@@ -138,6 +138,12 @@ impl Mailboxes {
         self.writer.acked(user, device, id);
     }
 
+    /// A device's cursor as the writer sees it (what is acknowledged, stored or not).
+    #[cfg(test)]
+    pub fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        self.writer.cursor(user, device)
+    }
+
     /// Replays `user`'s mailbox into one device's session: entries after the device's
     /// cursor that its subscriptions cover, oldest first. A device seen for the first
     /// time starts at the mailbox's head (clean history is what `history` is for).

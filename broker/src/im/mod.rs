@@ -8,6 +8,11 @@ pub mod mailbox;
 pub mod presence;
 pub mod writer;
 
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use natter_shared::codec::QoS;

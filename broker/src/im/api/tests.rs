@@ -6,77 +6,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use natter_shared::api::{command as cmd, ErrorCode, Response};
-use natter_shared::codec::{Protocol, QoS};
+use natter_shared::codec::QoS;
 use serde_json::{json, Value};
 
 use super::handle_request;
-use crate::accounts;
 use crate::auth::password;
-use crate::auth::tokens::TokenIndex;
-use crate::config::{Config, PresenceVisibility, Registration};
-use crate::control::ControlState;
+use crate::config::{PresenceVisibility, Registration};
 use crate::hooks::Restriction;
-use crate::im::presence::PresenceBook;
-use crate::im::writer::Writer;
-use crate::im::{mailbox, ImPlugin, ImState};
+use crate::im::testing::{client, harness, Harness};
 use crate::message::{ClientInfo, Message};
-use crate::router::Router;
-use crate::store::{NewMessage, Store, StoredMessage};
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    plugin: ImPlugin,
-}
-
-/// A broker's IM state with users alice, bob, carol and dave (password `pw-NAME`)
-/// and the admin root. Needs a runtime: the mailbox writer is a task.
-fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
-    let mut cfg = Config::default_config();
-    cfg.auth.argon2_memory_kib = 64;
-    cfg.auth.argon2_iterations = 1;
-    cfg.auth.argon2_parallelism = 1;
-    tune(&mut cfg);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let router = Router::new(cfg.limits.clone());
-    let presence = Arc::new(PresenceBook::new(router.clone()));
-    let writer = Writer::start(
-        store.clone(),
-        router.clone(),
-        presence.clone(),
-        mailbox::limits(&cfg.im),
-    )
-    .unwrap();
-    let hasher = password::PasswordHasherConfig::new(&cfg.auth).unwrap();
-    for u in ["alice", "bob", "carol", "dave"] {
-        accounts::add(&store, &hasher, u, format!("pw-{u}").as_bytes(), false).unwrap();
-    }
-    accounts::add(&store, &hasher, "root", b"pw-root", true).unwrap();
-    let control = ControlState {
-        store,
-        hasher,
-        router,
-        tokens: TokenIndex::default(),
-        reset_ttl_secs: 60,
-        owner_uid: 0,
-    };
-    Harness {
-        _dir: dir,
-        plugin: ImPlugin::new(control, cfg.im, cfg.acl, writer, presence),
-    }
-}
-
-fn client(name: Option<&str>) -> ClientInfo {
-    ClientInfo {
-        username: name.map(Into::into),
-        client_id: format!("{}-dev", name.unwrap_or("anon")).into(),
-        addr: "10.0.0.1:5000".parse().unwrap(),
-        protocol: Protocol::V5,
-        admin: name == Some("root"),
-        restriction: None,
-        persistent: false,
-    }
-}
+use crate::store::{NewMessage, StoredMessage};
 
 fn request(command: &str, body: &Value) -> Message {
     Message::broker(
@@ -88,10 +27,6 @@ fn request(command: &str, body: &Value) -> Message {
 }
 
 impl Harness {
-    fn state(&self) -> &ImState {
-        &self.plugin.state
-    }
-
     fn answer(&self, who: &ClientInfo, command: &str, body: Value) -> Response {
         handle_request(self.state(), who, command, &request(command, &body)).1
     }

@@ -1,0 +1,81 @@
+//! A test fixture for the IM layer: the plugin over a real store, router and mailbox
+//! writer in a temporary directory.
+
+use std::sync::Arc;
+
+use natter_shared::codec::Protocol;
+
+use crate::accounts;
+use crate::auth::password;
+use crate::auth::tokens::TokenIndex;
+use crate::config::Config;
+use crate::control::ControlState;
+use crate::im::presence::PresenceBook;
+use crate::im::writer::Writer;
+use crate::im::{mailbox, ImPlugin, ImState};
+use crate::message::ClientInfo;
+use crate::router::Router;
+use crate::store::Store;
+
+pub struct Harness {
+    _dir: tempfile::TempDir,
+    pub plugin: ImPlugin,
+}
+
+impl Harness {
+    pub fn state(&self) -> &ImState {
+        &self.plugin.state
+    }
+}
+
+/// A broker's IM state with users alice, bob, carol and dave (password `pw-NAME`)
+/// and the admin root. Needs a runtime: the mailbox writer is a task.
+pub fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
+    let mut cfg = Config::default_config();
+    cfg.auth.argon2_memory_kib = 64;
+    cfg.auth.argon2_iterations = 1;
+    cfg.auth.argon2_parallelism = 1;
+    tune(&mut cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let router = Router::new(cfg.limits.clone());
+    let presence = Arc::new(PresenceBook::new(router.clone()));
+    let writer = Writer::start(
+        store.clone(),
+        router.clone(),
+        presence.clone(),
+        mailbox::limits(&cfg.im),
+    )
+    .unwrap();
+    let hasher = password::PasswordHasherConfig::new(&cfg.auth).unwrap();
+    for u in ["alice", "bob", "carol", "dave"] {
+        accounts::add(&store, &hasher, u, format!("pw-{u}").as_bytes(), false).unwrap();
+    }
+    accounts::add(&store, &hasher, "root", b"pw-root", true).unwrap();
+    let control = ControlState {
+        store,
+        hasher,
+        router,
+        tokens: TokenIndex::default(),
+        reset_ttl_secs: 60,
+        owner_uid: 0,
+    };
+    Harness {
+        _dir: dir,
+        plugin: ImPlugin::new(control, cfg.im, cfg.acl, writer, presence),
+    }
+}
+
+/// A logged-in (or, with `None`, anonymous) client on device `{name}-dev`; root is
+/// an admin.
+pub fn client(name: Option<&str>) -> ClientInfo {
+    ClientInfo {
+        username: name.map(Into::into),
+        client_id: format!("{}-dev", name.unwrap_or("anon")).into(),
+        addr: "10.0.0.1:5000".parse().unwrap(),
+        protocol: Protocol::V5,
+        admin: name == Some("root"),
+        restriction: None,
+        persistent: false,
+    }
+}
