@@ -142,6 +142,58 @@ mod tests {
     }
 
     #[test]
+    fn each_failure_doubles_the_lock_up_to_the_cap() {
+        let t = throttle(100);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        for (n, expected) in [
+            None,
+            None,
+            Some(100),
+            Some(200),
+            Some(400),
+            Some(800),
+            Some(1000),
+            Some(1000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t.failure(Some("a"), ip, now);
+            assert_eq!(
+                t.locked(Some("a"), ip, now),
+                expected.map(ms),
+                "after failure {}",
+                n + 1
+            );
+        }
+        assert_eq!(t.locked(Some("a"), ip, now + ms(999)), Some(ms(1)));
+        assert_eq!(t.locked(Some("a"), ip, now + ms(1000)), None, "over the moment it ends");
+    }
+
+    #[test]
+    fn failures_are_forgotten_after_twice_the_longest_lock() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // Three failures lock for 100 ms; a fourth doubles that unless the first three
+        // are forgotten, which happens only more than 2 s (twice max_delay) later.
+        for (gap, fourth_locks) in [(ms(1000), true), (ms(2000), true), (ms(2001), false)] {
+            let t = throttle(100);
+            for _ in 0..3 {
+                t.failure(Some("a"), ip, now);
+            }
+            t.failure(Some("a"), ip, now + gap);
+            let locked = t.locked(Some("a"), ip, now + gap);
+            assert_eq!(locked.is_some(), fourth_locks, "gap {gap:?}: {locked:?}");
+            if fourth_locks {
+                assert_eq!(locked, Some(ms(200)));
+            }
+        }
+    }
+
+    #[test]
     fn success_clears_user_and_table_is_bounded() {
         let t = throttle(4);
         let now = Instant::now();

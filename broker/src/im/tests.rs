@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use natter_shared::api::{command as cmd, Status};
-use natter_shared::codec::QoS;
+use natter_shared::codec::{QoS, SubscriptionOptions};
 use natter_shared::im;
 use tokio::sync::oneshot;
 
@@ -14,7 +14,7 @@ use super::{dm_conversation, group_conversation};
 use crate::config::{DmPolicy, PresenceVisibility};
 use crate::hooks::{Access, Hook, PublishDecision, Restriction};
 use crate::message::{ClientInfo, Message};
-use crate::session::SessionKey;
+use crate::session::{SessionKey, Subscription};
 use crate::store::{Contact, GroupRecord, Role};
 
 fn publish(topic: &str, text: &str) -> Message {
@@ -155,6 +155,41 @@ async fn api_requests_are_taken_and_im_namespaces_are_closed() {
     }
     // Outside the IM namespaces the operator's rules decide; there are none: deny.
     assert!(h.refused(&alice, "sensors/alice/t"));
+}
+
+#[tokio::test]
+async fn an_api_request_is_answered_in_the_callers_mailbox() {
+    let h = harness(|_| ());
+    let alice = client(Some("alice"));
+    let key = SessionKey {
+        username: alice.username.clone(),
+        client_id: alice.client_id.clone(),
+    };
+    let session = h.state().router.open_session(key, true, oneshot::channel().0).session;
+    let sub = Subscription {
+        options: SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..SubscriptionOptions::default()
+        },
+        id: None,
+    };
+    h.state().router.subscribe(&session, &im::inbox_all("alice"), sub);
+    assert!(matches!(
+        h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), r#"{"id":3}"#),
+        PublishDecision::Handled
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        if let Some(d) = session.lock().queue.pop_front() {
+            break d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no answer");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(&*answer.msg.topic, "inbox/alice/api/account.whoami");
+    let body: serde_json::Value = serde_json::from_slice(&answer.msg.payload).unwrap();
+    assert_eq!((body["id"].as_u64(), body["ok"].as_bool()), (Some(3), Some(true)));
+    assert_eq!(body["result"]["user"], "alice");
 }
 
 #[tokio::test]

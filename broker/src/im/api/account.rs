@@ -154,6 +154,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_forgets_addresses_idle_for_an_hour_and_keeps_the_rest() {
+        let l = RegistrationLimiter::new(1);
+        let t0 = Instant::now();
+        let half = MAX_TRACKED as u32 / 2;
+        let ip = |n: u32| IpAddr::from(n.to_be_bytes());
+        for n in 0..half {
+            assert!(l.allow_at(ip(n), t0));
+        }
+        let later = t0 + Duration::from_secs(30 * 60);
+        for n in half..2 * half {
+            assert!(l.allow_at(ip(n), later));
+        }
+        // Full: the next new address makes room by dropping the first half only.
+        let t1 = t0 + Duration::from_secs(61 * 60);
+        assert!(l.allow_at(ip(u32::MAX), t1));
+        assert_eq!(l.seen.lock().unwrap().len(), half as usize + 1);
+        assert!(!l.allow_at(ip(half), t1), "a recent address keeps its count");
+        assert!(l.allow_at(ip(0), t1), "an idle one starts over");
+    }
+
+    #[test]
     fn the_registration_window_is_the_last_hour() {
         let l = RegistrationLimiter::new(2);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
