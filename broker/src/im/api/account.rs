@@ -166,8 +166,9 @@ mod tests {
         for n in half..2 * half {
             assert!(l.allow_at(ip(n), later));
         }
-        // Full: the next new address makes room by dropping the first half only.
-        let t1 = t0 + Duration::from_secs(61 * 60);
+        // Full: the next new address makes room by dropping the first half only,
+        // whose last attempt is an hour old to the instant.
+        let t1 = t0 + Duration::from_secs(60 * 60);
         assert!(l.allow_at(ip(u32::MAX), t1));
         assert_eq!(l.seen.lock().unwrap().len(), half as usize + 1);
         assert!(!l.allow_at(ip(half), t1), "a recent address keeps its count");

@@ -426,6 +426,50 @@ async fn blocking_ends_the_friendship_and_refuses_requests_both_ways() {
     h.ok("bob", cmd::FRIENDS_REQUEST, json!({ "user": "alice" }));
 }
 
+/// alice's session, subscribed to bob's presence.
+fn watching_bob(h: &Harness) -> std::sync::Arc<crate::session::Session> {
+    let alice = client(Some("alice"));
+    let key = crate::session::SessionKey {
+        username: alice.username.clone(),
+        client_id: alice.client_id.clone(),
+    };
+    let session = h
+        .state()
+        .router
+        .open_session(key, true, tokio::sync::oneshot::channel().0)
+        .session;
+    let sub = crate::session::Subscription {
+        options: Default::default(),
+        id: None,
+    };
+    h.state().router.subscribe(&session, "presence/bob", sub);
+    session
+}
+
+fn subscribed(s: &crate::session::Session, filter: &str) -> bool {
+    s.lock().subscriptions.contains_key(filter)
+}
+
+#[tokio::test]
+async fn an_ended_friendship_ends_the_presence_subscriptions_it_allowed() {
+    for (end, command) in [("remove", cmd::FRIENDS_REMOVE), ("block", cmd::BLOCK)] {
+        let h = harness(|c| c.im.presence_visibility = PresenceVisibility::Friends);
+        h.ok("alice", cmd::FRIENDS_REQUEST, json!({ "user": "bob" }));
+        h.ok("bob", cmd::FRIENDS_ACCEPT, json!({ "user": "alice" }));
+        let session = watching_bob(&h);
+        assert!(subscribed(&session, "presence/bob"));
+        h.ok("bob", command, json!({ "user": "alice" }));
+        assert!(!subscribed(&session, "presence/bob"), "after {end}");
+    }
+    // With presence visible to all, a friendship is not what allowed it: it stays.
+    let h = harness(|c| c.im.presence_visibility = PresenceVisibility::All);
+    h.ok("alice", cmd::FRIENDS_REQUEST, json!({ "user": "bob" }));
+    h.ok("bob", cmd::FRIENDS_ACCEPT, json!({ "user": "alice" }));
+    let session = watching_bob(&h);
+    h.ok("bob", cmd::FRIENDS_REMOVE, json!({ "user": "alice" }));
+    assert!(subscribed(&session, "presence/bob"));
+}
+
 #[tokio::test]
 async fn blocking_a_stranger_leaves_other_contacts_alone() {
     let h = harness(|_| ());
