@@ -301,3 +301,175 @@ pub async fn request(data_dir: &Path, req: &Request) -> Result<Response, Control
         .await
         .unwrap_or_else(|_| Err(ControlError::Timeout(path.clone())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    struct Running {
+        dir: tempfile::TempDir,
+        state: ControlState,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn running() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default_config();
+        cfg.auth.argon2_memory_kib = 64;
+        cfg.auth.argon2_iterations = 1;
+        cfg.auth.argon2_parallelism = 1;
+        let (listener, path, owner_uid) = bind(dir.path()).unwrap();
+        assert_eq!(path, socket_path(dir.path()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let state = ControlState {
+            store: Store::open(&dir.path().join("store")).unwrap(),
+            hasher: PasswordHasherConfig::new(&cfg.auth).unwrap(),
+            router: Router::new(cfg.limits.clone()),
+            tokens: TokenIndex::default(),
+            reset_ttl_secs: 120,
+            owner_uid,
+        };
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, state.clone(), rx));
+        Running { dir, state, stop, task }
+    }
+
+    impl Running {
+        async fn ask(&self, req: Request) -> Response {
+            request(self.dir.path(), &req).await.unwrap()
+        }
+
+        async fn refused(&self, req: Request) -> String {
+            let r = self.ask(req).await;
+            assert!(!r.ok, "{r:?}");
+            r.error.unwrap()
+        }
+    }
+
+    fn add(name: &str, admin: bool) -> Request {
+        Request::UserAdd {
+            name: name.into(),
+            password: "a long password".into(),
+            admin,
+        }
+    }
+
+    #[tokio::test]
+    async fn accounts_are_administered_through_the_socket() {
+        let r = running().await;
+        assert!(r.ask(add("alice", false)).await.ok);
+        assert!(r.ask(add("root", true)).await.ok);
+        assert!(r.refused(add("alice", false)).await.contains("alice"));
+        let users = r.ask(Request::UserList).await.users.unwrap();
+        let names: Vec<(&str, bool)> = users.iter().map(|u| (u.name.as_str(), u.admin)).collect();
+        assert_eq!(names, [("alice", false), ("root", true)]);
+
+        let passwd = Request::UserPasswd {
+            name: "alice".into(),
+            password: "another password".into(),
+        };
+        assert!(r.ask(passwd).await.ok);
+        let hash = r.state.store.user("alice").unwrap().unwrap().password_hash;
+        assert!(crate::auth::password::verify(b"another password", &hash));
+
+        let reset = r.ask(Request::UserReset { name: "alice".into() }).await;
+        let token = reset.token.unwrap();
+        assert!(crate::auth::reset::valid(&r.state.store, "alice", token.as_bytes()).unwrap());
+        assert!(reset.expires_at.unwrap() >= crate::im::mailbox::now_ms() / 1000 + 119);
+        assert!(r
+            .refused(Request::UserReset { name: "nobody".into() })
+            .await
+            .contains("nobody"));
+
+        assert!(r.ask(Request::UserDel { name: "alice".into() }).await.ok);
+        assert!(r.state.store.user("alice").unwrap().is_none());
+        assert!(r
+            .refused(Request::UserDel { name: "alice".into() })
+            .await
+            .contains("alice"));
+        assert!(r.refused(add("bad/name", false)).await.contains("bad/name"));
+        r.stop.send(true).unwrap();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tokens_are_kept_in_step_with_the_live_index() {
+        let r = running().await;
+        assert!(r.ask(add("bob", false)).await.ok);
+        let token = |name: &str| Request::TokenAdd {
+            user: "bob".into(),
+            name: name.into(),
+        };
+        let t1 = r.ask(token("sensor-1")).await.token.unwrap();
+        let t2 = r.ask(token("sensor-2")).await.token.unwrap();
+        assert_eq!(r.state.tokens.check(t1.as_bytes()).unwrap().name, "sensor-1");
+        assert!(!r.ask(token("sensor-1")).await.ok, "names are unique per user");
+        let listed = r
+            .ask(Request::TokenList {
+                user: Some("bob".into()),
+            })
+            .await
+            .tokens
+            .unwrap();
+        assert_eq!(
+            listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["sensor-1", "sensor-2"]
+        );
+
+        let revoke = Request::TokenRevoke {
+            user: "bob".into(),
+            name: "sensor-1".into(),
+        };
+        assert!(r.ask(revoke.clone()).await.ok);
+        assert!(r.state.tokens.check(t1.as_bytes()).is_none(), "revoked at once");
+        assert!(r.state.tokens.check(t2.as_bytes()).is_some(), "and only that one");
+        assert!(!r.ask(revoke).await.ok, "already gone");
+
+        // Deleting the account takes its tokens out of the index too.
+        assert!(r.ask(Request::UserDel { name: "bob".into() }).await.ok);
+        assert!(r.state.tokens.check(t2.as_bytes()).is_none());
+        assert!(r
+            .ask(Request::TokenList { user: None })
+            .await
+            .tokens
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_requests_get_an_error_answer() {
+        let r = running().await;
+        let exchange = |bytes: Vec<u8>| {
+            let path = socket_path(r.dir.path());
+            async move {
+                let mut s = UnixStream::connect(path).await.unwrap();
+                s.write_all(&bytes).await.unwrap();
+                let mut answer = String::new();
+                BufReader::new(s).read_line(&mut answer).await.unwrap();
+                serde_json::from_str::<Response>(&answer).unwrap()
+            }
+        };
+        let bad = exchange(b"{\"op\":\"user_explode\"}\n".to_vec()).await;
+        assert!(!bad.ok && bad.error.unwrap().starts_with("bad request"));
+        // A line longer than the limit is cut there, so it is not valid JSON.
+        let mut huge = b"{\"op\":\"user_del\",\"name\":\"".to_vec();
+        huge.resize(MAX_REQUEST + 10, b'a');
+        huge.extend_from_slice(b"\"}\n");
+        let big = exchange(huge).await;
+        assert!(!big.ok && big.error.unwrap().starts_with("bad request"));
+        // The socket still serves.
+        assert!(r.ask(Request::UserList).await.ok);
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_broker_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        match request(dir.path(), &Request::UserList).await {
+            Err(ControlError::Io { source, .. }) => assert_eq!(source.kind(), io::ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+    }
+}
