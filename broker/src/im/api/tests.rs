@@ -504,6 +504,9 @@ async fn groups_are_created_once_with_valid_names() {
         h.ok("alice", cmd::GROUPS_CREATE, json!({ "group": "open1", "open": true })),
         json!({ "group": "open1", "owner": "alice", "open": true })
     );
+    let created = h.state().store.group("open1").unwrap().unwrap().created_at;
+    let now = crate::im::mailbox::now_ms() / 1000;
+    assert!((now - 5..=now).contains(&created), "seconds since the epoch: {created}");
     assert_eq!(
         h.err("bob", cmd::GROUPS_CREATE, json!({ "group": "open1" })),
         ErrorCode::AlreadyExists
