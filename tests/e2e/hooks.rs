@@ -249,3 +249,123 @@ async fn acknowledgements_wait_for_receipts_in_order() {
     );
     b.stop().await;
 }
+
+/// Takes over `held/...` and stores nothing until the test lets it: every receipt
+/// waits in `held` until `release` is set.
+#[derive(Default)]
+struct Held {
+    held: Mutex<Vec<tokio::sync::oneshot::Sender<bool>>>,
+    seen: std::sync::atomic::AtomicUsize,
+    release: std::sync::atomic::AtomicBool,
+}
+
+impl Held {
+    fn seen(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn release_all(&self) {
+        self.release.store(true, std::sync::atomic::Ordering::SeqCst);
+        for tx in self.held.lock().unwrap().drain(..) {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+struct HeldHook(Arc<Held>);
+
+impl Hook for HeldHook {
+    fn name(&self) -> &'static str {
+        "held"
+    }
+
+    fn authorize_publish(&self, _c: &ClientInfo, msg: &Message) -> PublishDecision {
+        if !msg.topic.starts_with("held/") {
+            return PublishDecision::Abstain;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let h = &self.0;
+        h.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if h.release.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tx.send(true);
+        } else {
+            h.held.lock().unwrap().push(tx);
+        }
+        PublishDecision::Pending(rx)
+    }
+}
+
+/// With `receive_maximum` messages waiting to be stored, the broker stops reading from
+/// that client: TCP pushes back and the client's writes stall, instead of the broker
+/// buffering without bound. Once they are stored, it reads on and acknowledges all.
+#[tokio::test]
+async fn a_client_with_too_many_messages_waiting_to_be_stored_is_not_read_from() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TOTAL: u16 = 300;
+    let held = Arc::new(Held::default());
+    let hook = held.clone();
+    let b = TestBroker::start_with(
+        |c| c.limits.receive_maximum = 4.try_into().unwrap(),
+        move |_, _| vec![Arc::new(HeldHook(hook.clone())) as Arc<dyn Hook>],
+    )
+    .await;
+    let raw = Raw::login(b.addr, Protocol::V311, "alice", "pusher").await;
+    let (mut rd, mut wr) = raw.stream.into_split();
+    // 300 publishes of 32 KiB: about 10 MB, far more than the sockets buffer.
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    let writer = tokio::spawn(async move {
+        for id in 1..=TOTAL {
+            let mut buf = bytes::BytesMut::new();
+            natter_e2e::publish_packet(
+                "held/x",
+                natter_shared::codec::QoS::AtLeastOnce,
+                id,
+                vec![b'x'; 32 * 1024],
+            )
+            .encode(&mut buf, Protocol::V311);
+            wr.write_all(&buf).await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        wr
+    });
+    b.wait_until("the first four reach the plugin", || held.seen() >= 4)
+        .await;
+    // Wait until the client's writes stall: no progress over 300 ms, or all written.
+    let mut last = written.load(Ordering::SeqCst);
+    let mut still = 0;
+    while still < 3 && !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    assert!(
+        !writer.is_finished(),
+        "all {TOTAL} publishes were taken while none was stored"
+    );
+    // Packets already read in the same segment are handled; nothing beyond them.
+    let seen = held.seen();
+    assert!(seen < 16, "the broker read on: {seen} publishes reached the plugin");
+    assert!(last < usize::from(TOTAL), "{last}");
+
+    held.release_all();
+    let mut acks = vec![0u8; 4 * usize::from(TOTAL)];
+    tokio::time::timeout(Duration::from_secs(30), rd.read_exact(&mut acks))
+        .await
+        .expect("every publish acknowledged once stored")
+        .unwrap();
+    let ids: Vec<u16> = acks
+        .chunks(4)
+        .map(|a| {
+            assert_eq!(a[..2], [0x40, 2], "a PUBACK");
+            u16::from_be_bytes([a[2], a[3]])
+        })
+        .collect();
+    assert_eq!(ids, (1..=TOTAL).collect::<Vec<_>>(), "in order");
+    writer.await.unwrap();
+    assert_eq!(held.seen(), usize::from(TOTAL));
+    b.stop().await;
+}
