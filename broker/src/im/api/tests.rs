@@ -497,6 +497,88 @@ fn group_of_three(h: &Harness) {
     h.ok("alice", cmd::GROUPS_PROMOTE, json!({ "group": "g1", "user": "bob" }));
 }
 
+/// `user`'s session, subscribed to their mailbox's events.
+fn events_of(h: &Harness, user: &str) -> std::sync::Arc<crate::session::Session> {
+    let key = crate::session::SessionKey {
+        username: Some(user.into()),
+        client_id: format!("{user}-events").into(),
+    };
+    let session = h
+        .state()
+        .router
+        .open_session(key, true, tokio::sync::oneshot::channel().0)
+        .session;
+    let sub = crate::session::Subscription {
+        options: Default::default(),
+        id: None,
+    };
+    h.state()
+        .router
+        .subscribe(&session, &format!("inbox/{user}/event/#"), sub);
+    session
+}
+
+/// The kinds of event `user` received, up to a marker sent now: the writer keeps
+/// order, so everything posted before the marker is in.
+async fn received(h: &Harness, user: &str, session: &crate::session::Session) -> Vec<String> {
+    h.state().mailboxes.event(user, "marker", json!({}));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut kinds = Vec::new();
+    loop {
+        let next = session.lock().queue.pop_front();
+        match next {
+            Some(d) => {
+                let kind = d.msg.topic.rsplit('/').next().unwrap_or_default().to_owned();
+                if kind == "marker" {
+                    return kinds;
+                }
+                kinds.push(kind);
+            }
+            None => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{user}: no marker; got {kinds:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn group_changes_are_told_to_the_members_and_to_whoever_leaves() {
+    use natter_shared::api::event;
+    let h = harness(|_| ());
+    let users = ["alice", "bob", "carol", "dave"];
+    let sessions: Vec<_> = users.iter().map(|u| events_of(&h, u)).collect();
+    group_of_three(&h);
+    h.ok("alice", cmd::GROUPS_INVITE, json!({ "group": "g1", "user": "dave" }));
+    h.ok("dave", cmd::GROUPS_JOIN, json!({ "group": "g1" }));
+    h.ok("carol", cmd::GROUPS_LEAVE, json!({ "group": "g1" }));
+    h.ok("bob", cmd::GROUPS_KICK, json!({ "group": "g1", "user": "dave" }));
+    h.ok("alice", cmd::GROUPS_DELETE, json!({ "group": "g1" }));
+    let (inv, joined, left, kicked, promoted, deleted) = (
+        event::GROUP_INVITE,
+        event::GROUP_JOINED,
+        event::GROUP_LEFT,
+        event::GROUP_KICKED,
+        event::GROUP_PROMOTED,
+        event::GROUP_DELETED,
+    );
+    let expected: [Vec<&str>; 4] = [
+        // alice: every change while she owns it, then the deletion.
+        vec![joined, joined, promoted, joined, left, kicked, deleted],
+        vec![inv, joined, joined, promoted, joined, left, kicked, deleted],
+        // carol: from her invitation until she left (she hears her own leaving).
+        vec![inv, joined, promoted, joined, left],
+        // dave: invited, joined, then his own kick; nothing of the deletion.
+        vec![inv, joined, left, kicked],
+    ];
+    for ((u, session), want) in users.iter().zip(&sessions).zip(expected) {
+        assert_eq!(received(&h, u, session).await, want, "{u}");
+    }
+}
+
 #[tokio::test]
 async fn groups_are_created_once_with_valid_names() {
     let h = harness(|_| ());
