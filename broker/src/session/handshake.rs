@@ -257,4 +257,246 @@ mod tests {
         assert_eq!(hex.len(), 24);
         assert!(hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
+
+    // ---- the handshake over a real loopback socket ----
+
+    use bytes::BytesMut;
+    use natter_shared::codec::{decode, ConnAck};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::config::{Config, Limits};
+    use crate::hooks::{HookFuture, Hooks, Identity};
+    use crate::router::Router;
+
+    /// Authenticates by user name: `ok`, `admin`; `bad`, `nope`, `slow`, `down` are
+    /// refused for each reason; anyone else gets no answer from it.
+    struct ByName;
+
+    impl crate::hooks::Hook for ByName {
+        fn name(&self) -> &'static str {
+            "by-name"
+        }
+
+        fn authenticate<'a>(&'a self, creds: &'a Credentials) -> HookFuture<'a, AuthDecision> {
+            let d = match creds.username.as_deref() {
+                None | Some("ok") => AuthDecision::Allow(Identity::default()),
+                Some("admin") => AuthDecision::Allow(Identity {
+                    admin: true,
+                    ..Identity::default()
+                }),
+                Some("bad") => AuthDecision::Deny(AuthFailure::BadCredentials),
+                Some("nope") => AuthDecision::Deny(AuthFailure::NotAuthorized),
+                Some("slow") => AuthDecision::Deny(AuthFailure::Throttled),
+                Some("down") => AuthDecision::Deny(AuthFailure::Unavailable),
+                Some(_) => AuthDecision::Abstain,
+            };
+            Box::pin(async move { d })
+        }
+    }
+
+    fn context(tune: impl FnOnce(&mut Limits)) -> Context {
+        let mut limits = Config::default_config().limits;
+        tune(&mut limits);
+        Context {
+            router: Router::new(limits.clone()),
+            hooks: Hooks::new(vec![Arc::new(ByName)]),
+            limits: Arc::new(limits),
+            shutdown: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    /// The broker's end of a fresh loopback connection, and the client's.
+    async fn socket() -> (Connection, SocketAddr, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, addr) = listener.accept().await.unwrap();
+        (Connection::new(server, 1 << 20), addr, client)
+    }
+
+    /// The packets the client receives until the broker closes (or 5 s pass).
+    async fn answer(client: &mut TcpStream, protocol: Protocol) -> Vec<Packet> {
+        let mut buf = BytesMut::new();
+        let mut seen = Vec::new();
+        let read_all = async {
+            loop {
+                while let Ok(Some(p)) = decode(&mut buf, protocol, 1 << 20) {
+                    seen.push(p);
+                }
+                let mut chunk = [0u8; 4096];
+                match client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let closed = tokio::time::timeout(Duration::from_secs(5), read_all).await.is_ok();
+        assert!(closed, "the broker did not close: {seen:?}");
+        seen
+    }
+
+    fn connack(seen: &[Packet]) -> &ConnAck {
+        match seen {
+            [Packet::ConnAck(c)] => c,
+            other => panic!("expected one CONNACK then the close, got {other:?}"),
+        }
+    }
+
+    /// The client's CONNECT, as `user` with `client_id`.
+    fn hello(protocol: Protocol, user: Option<&str>, client_id: &str) -> Connect {
+        let mut c = connect(protocol, true, None);
+        c.username = user.map(str::to_owned);
+        c.client_id = client_id.into();
+        c
+    }
+
+    /// Runs the handshake for `c`; a refusal's CONNACK, or for an accepted client the
+    /// CONNACK its handler sends first.
+    async fn handshake(ctx: &Context, c: Connect) -> ConnAck {
+        let protocol = c.protocol;
+        let (conn, addr, mut client) = socket().await;
+        match accept(conn, addr, c, ctx.clone()).await {
+            None => connack(&answer(&mut client, protocol).await).clone(),
+            Some(handler) => {
+                let task = tokio::spawn(handler.run());
+                let mut buf = BytesMut::new();
+                let first = loop {
+                    if let Ok(Some(p)) = decode(&mut buf, protocol, 1 << 20) {
+                        break p;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
+                        .await
+                        .expect("a CONNACK")
+                        .unwrap();
+                    assert!(n > 0, "closed before the CONNACK");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                drop(client);
+                let _ = task.await;
+                match first {
+                    Packet::ConnAck(c) => c,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unsupported_levels_get_the_code_of_the_nearest_version_and_a_close() {
+        for (level, protocol, code) in [
+            (3, Protocol::V311, reason::v3::UNACCEPTABLE_PROTOCOL_VERSION),
+            (4, Protocol::V311, reason::v3::UNACCEPTABLE_PROTOCOL_VERSION),
+            (5, Protocol::V5, reason::UNSUPPORTED_PROTOCOL_VERSION),
+            (6, Protocol::V5, reason::UNSUPPORTED_PROTOCOL_VERSION),
+        ] {
+            let (conn, _, mut client) = socket().await;
+            refuse_protocol_level(conn, level).await;
+            let seen = answer(&mut client, protocol).await;
+            assert_eq!(connack(&seen).code, code, "level {level}");
+            assert!(!connack(&seen).session_present);
+        }
+    }
+
+    #[tokio::test]
+    async fn client_ids_are_checked_before_authentication() {
+        let ctx = context(|l| l.max_client_id_len = 8.try_into().unwrap());
+        let mut persistent_anonymous = hello(Protocol::V311, Some("ok"), "");
+        persistent_anonymous.clean_start = false;
+        assert_eq!(
+            handshake(&ctx, persistent_anonymous).await.code,
+            reason::v3::IDENTIFIER_REJECTED
+        );
+        for protocol in [Protocol::V311, Protocol::V5] {
+            let too_long = hello(protocol, Some("bad"), "123456789");
+            let code = handshake(&ctx, too_long).await.code;
+            let want = match protocol {
+                Protocol::V5 => reason::CLIENT_IDENTIFIER_NOT_VALID,
+                Protocol::V311 => reason::v3::IDENTIFIER_REJECTED,
+            };
+            assert_eq!(code, want, "{protocol:?}: refused for its id, not its password");
+        }
+        assert_eq!(
+            handshake(&ctx, hello(Protocol::V5, Some("ok"), "12345678")).await.code,
+            reason::SUCCESS
+        );
+    }
+
+    #[tokio::test]
+    async fn each_authentication_failure_has_its_reason_code() {
+        let ctx = context(|_| ());
+        for (user, v3, v5) in [
+            ("bad", reason::v3::NOT_AUTHORIZED, reason::BAD_USERNAME_OR_PASSWORD),
+            ("nope", reason::v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED),
+            ("slow", reason::v3::NOT_AUTHORIZED, reason::CONNECTION_RATE_EXCEEDED),
+            ("down", reason::v3::SERVER_UNAVAILABLE, reason::SERVER_UNAVAILABLE),
+            ("unknown", reason::v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED),
+        ] {
+            assert_eq!(
+                handshake(&ctx, hello(Protocol::V311, Some(user), "c")).await.code,
+                v3,
+                "{user} 3.1.1"
+            );
+            assert_eq!(
+                handshake(&ctx, hello(Protocol::V5, Some(user), "c")).await.code,
+                v5,
+                "{user} 5"
+            );
+        }
+        let mut extended = hello(Protocol::V5, Some("ok"), "c");
+        extended.properties.authentication_method = Some("SCRAM-SHA-1".into());
+        assert_eq!(handshake(&ctx, extended).await.code, reason::BAD_AUTHENTICATION_METHOD);
+    }
+
+    #[tokio::test]
+    async fn a_v5_connack_announces_the_brokers_limits() {
+        let ctx = context(|l| {
+            l.receive_maximum = 9.try_into().unwrap();
+            l.max_packet_size = 5000.try_into().unwrap();
+            l.max_topic_aliases = 7;
+            l.max_keepalive_secs = 20.try_into().unwrap();
+            l.max_session_expiry_secs = 100;
+        });
+        let mut c = hello(Protocol::V5, Some("ok"), "");
+        c.keep_alive = 30;
+        c.properties.session_expiry_interval = Some(500);
+        let ack = handshake(&ctx, c).await;
+        assert_eq!(ack.code, reason::SUCCESS);
+        let p = &ack.properties;
+        assert_eq!(p.receive_maximum, Some(9));
+        assert_eq!(p.maximum_packet_size, Some(5000));
+        assert_eq!(p.topic_alias_maximum, Some(7));
+        assert_eq!(p.server_keep_alive, Some(20), "lowered and told");
+        assert_eq!(p.session_expiry_interval, Some(100), "capped and told");
+        let id = p.assigned_client_identifier.as_deref().expect("an id for an empty one");
+        assert!(id.starts_with("natter-"));
+
+        // Asked within the limits: nothing to tell; no aliases: no alias maximum.
+        let ctx = context(|l| l.max_topic_aliases = 0);
+        let mut c = hello(Protocol::V5, Some("ok"), "mine");
+        c.keep_alive = 10;
+        c.properties.session_expiry_interval = Some(60);
+        let p = handshake(&ctx, c).await.properties;
+        assert_eq!(
+            (p.server_keep_alive, p.session_expiry_interval, p.topic_alias_maximum),
+            (None, None, None)
+        );
+        assert_eq!(p.assigned_client_identifier, None, "the client chose its id");
+
+        // 3.1.1 gets no properties at all, even with an empty id.
+        let ack = handshake(&context(|_| ()), hello(Protocol::V311, Some("ok"), "")).await;
+        assert_eq!((ack.code, ack.properties), (reason::SUCCESS, Properties::default()));
+    }
+
+    #[tokio::test]
+    async fn a_persistent_session_is_present_when_resumed() {
+        let ctx = context(|_| ());
+        let mut c = hello(Protocol::V5, Some("ok"), "dev");
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(60);
+        assert!(!handshake(&ctx, c.clone()).await.session_present, "new");
+        assert!(handshake(&ctx, c.clone()).await.session_present, "resumed");
+        c.clean_start = true;
+        assert!(!handshake(&ctx, c).await.session_present, "clean start discards it");
+    }
 }
