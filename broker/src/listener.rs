@@ -57,3 +57,115 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use natter_shared::codec::{decode, reason, Connect, Packet, Properties, Protocol};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::hooks::{AuthDecision, Credentials, Hook, HookFuture, Hooks, Identity};
+    use crate::router::Router;
+
+    struct Anyone;
+
+    impl Hook for Anyone {
+        fn name(&self) -> &'static str {
+            "anyone"
+        }
+
+        fn authenticate<'a>(&'a self, _: &'a Credentials) -> HookFuture<'a, AuthDecision> {
+            Box::pin(async { AuthDecision::Allow(Identity::default()) })
+        }
+    }
+
+    /// Connects and says CONNECT; the CONNACK's code, or `None` when the broker closed
+    /// the socket without one.
+    async fn hello(addr: std::net::SocketAddr, id: &str) -> (TcpStream, Option<u8>) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = BytesMut::new();
+        Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        }))
+        .encode(&mut buf, Protocol::V5);
+        // The broker may have closed already: a failed write is a refusal too.
+        let _ = s.write_all(&buf).await;
+        let mut got = BytesMut::new();
+        let code = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Ok(Some(Packet::ConnAck(c))) = decode(&mut got, Protocol::V5, 1 << 20) {
+                    return Some(c.code);
+                }
+                let mut chunk = [0u8; 512];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("an answer or a close");
+        (s, code)
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_until_a_permit_frees() {
+        let limits = Config::default_config().limits;
+        let (stop, shutdown) = watch::channel(false);
+        let ctx = Context {
+            router: Router::new(limits.clone()),
+            hooks: Hooks::new(vec![Arc::new(Anyone)]),
+            limits: Arc::new(limits),
+            shutdown: shutdown.clone(),
+        };
+        let (tracker, mut all_done) = mpsc::channel(1);
+        let listener = Listener {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            permits: Arc::new(Semaphore::new(2)),
+            ctx,
+            tracker,
+        };
+        let addr = listener.listener.local_addr().unwrap();
+        let task = tokio::spawn(listener.run(shutdown));
+
+        let (first, code) = hello(addr, "one").await;
+        assert_eq!(code, Some(reason::SUCCESS));
+        let (_second, code) = hello(addr, "two").await;
+        assert_eq!(code, Some(reason::SUCCESS));
+        let (_, code) = hello(addr, "three").await;
+        assert_eq!(code, None, "over the limit: closed without an answer");
+
+        drop(first);
+        // The permit comes back when the first connection's task ends.
+        let mut served = None;
+        for _ in 0..200 {
+            if let (s, Some(code)) = hello(addr, "four").await {
+                served = Some((s, code));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(served.as_ref().map(|s| s.1), Some(reason::SUCCESS));
+
+        // Shutdown ends the loop and, once every connection task is gone, the tracker.
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listening socket is closed"
+        );
+        drop(served);
+        let ended = tokio::time::timeout(Duration::from_secs(5), all_done.recv()).await;
+        assert_eq!(ended.ok(), Some(None), "every connection task ended");
+    }
+}
