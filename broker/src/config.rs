@@ -74,7 +74,10 @@ pub struct ImConfig {
     /// devices that had not received them get a gap event.
     pub mailbox_max_messages: NonZeroU64,
     pub mailbox_max_bytes: NonZeroU64,
-    pub mailbox_max_age_days: NonZeroU32,
+    /// Written in whole days (`mailbox_max_age_days`); held as a duration so tests
+    /// can use seconds.
+    #[serde(rename = "mailbox_max_age_days", deserialize_with = "whole_days")]
+    pub mailbox_max_age: Duration,
     /// Lifetime of a password reset token, in seconds.
     pub reset_token_ttl_secs: NonZeroU32,
     pub max_group_members: NonZeroUsize,
@@ -268,6 +271,12 @@ impl Config {
     }
 }
 
+/// A positive number of days.
+fn whole_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let days = NonZeroU32::deserialize(d)?;
+    Ok(Duration::from_secs(u64::from(days.get()) * 86_400))
+}
+
 fn invalid(key: &'static str, reason: &str) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -303,6 +312,20 @@ mod tests {
         let c = Config::from_toml("[limits]\nmax_connections = 7\n", None).unwrap();
         assert_eq!(c.limits.max_connections.get(), 7);
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:1883");
+    }
+
+    #[test]
+    fn mailbox_age_is_written_in_whole_days() {
+        let c = Config::from_toml("[im]\nmailbox_max_age_days = 3\n", None).unwrap();
+        assert_eq!(c.im.mailbox_max_age, Duration::from_secs(3 * 86_400));
+        assert_eq!(
+            Config::default_config().im.mailbox_max_age,
+            Duration::from_secs(30 * 86_400)
+        );
+        for bad in ["0", "-1", "1.5", "\"30d\""] {
+            let e = Config::from_toml(&format!("[im]\nmailbox_max_age_days = {bad}\n"), None);
+            assert!(e.unwrap_err().to_string().contains("mailbox_max_age_days"), "{bad}");
+        }
     }
 
     #[test]

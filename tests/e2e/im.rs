@@ -580,15 +580,32 @@ async fn retention_by_bytes_drops_the_oldest_too() {
     retention_gap(b).await;
 }
 
+#[tokio::test]
+async fn retention_by_age_counts_back_from_the_newest_entry() {
+    // m0 and m1, then (more than the 1 s bound later) m2..m4: the first two are more
+    // than 1 s older than the newest, so they go.
+    let b = TestBroker::start_default(|c| c.im.mailbox_max_age = Duration::from_secs(1)).await;
+    retention_gap_after(b, Some(Duration::from_millis(1200))).await;
+}
+
 /// bob's device is away while alice sends m0..m4 into a mailbox that keeps three:
 /// it gets a gap event, then m2..m4.
 async fn retention_gap(b: TestBroker) {
+    retention_gap_after(b, None).await;
+}
+
+/// [`retention_gap`], with `pause` between m1 and m2 (a difference in age, not a wait
+/// for something to happen).
+async fn retention_gap_after(b: TestBroker, pause: Option<Duration>) {
     let bob = ImClient::persistent(b.addr, "bob", "bob-tablet").await;
     drop(bob);
     b.wait_offline("bob").await;
     // Each DM acknowledged, hence stored, before the next.
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
     for i in 0..5u16 {
+        if let (2, Some(pause)) = (i, pause) {
+            tokio::time::sleep(pause).await;
+        }
         let p = publish_packet("dm/bob", QoS::AtLeastOnce, i + 1, format!("m{i}"));
         alice.send(&p).await;
         assert!(matches!(alice.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));

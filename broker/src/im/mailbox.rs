@@ -66,7 +66,7 @@ pub fn limits(cfg: &ImConfig) -> WriterLimits {
         retention: Retention {
             max_messages: cfg.mailbox_max_messages.get(),
             max_bytes: cfg.mailbox_max_bytes.get(),
-            max_age: u64::from(cfg.mailbox_max_age_days.get()) * 86_400_000,
+            max_age: u64::try_from(cfg.mailbox_max_age.as_millis()).unwrap_or(u64::MAX),
         },
         batch_max: cfg.write_batch_max.get(),
         store_within: std::time::Duration::from_micros(cfg.write_batch_max_us),
@@ -283,7 +283,7 @@ mod tests {
         let mut cfg = crate::config::Config::default_config().im;
         cfg.mailbox_max_messages = 7.try_into().unwrap();
         cfg.mailbox_max_bytes = 9.try_into().unwrap();
-        cfg.mailbox_max_age_days = 2.try_into().unwrap();
+        cfg.mailbox_max_age = std::time::Duration::from_secs(2 * 86_400);
         cfg.write_batch_max = 3.try_into().unwrap();
         cfg.write_batch_max_us = 250;
         cfg.index_interval_ms = 40.try_into().unwrap();
