@@ -552,20 +552,30 @@ mod tests {
         (dir, store, writer)
     }
 
-    /// Lets the writer run until `done` holds (a bounded number of turns, no sleep).
+    /// Lets the writer run until `done` holds: turn by turn, then (should its work go
+    /// to another thread) in 1 ms steps, for at most 10 s.
     async fn until(done: impl Fn() -> bool) {
-        for _ in 0..1000 {
-            if done() {
-                return;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut turns = 0u32;
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "not reached within 10 s");
+            turns += 1;
+            if turns < 100 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            tokio::task::yield_now().await;
         }
-        panic!("not reached after 1000 turns of the writer");
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn batches_are_in_flight_between_routing_and_storing() {
-        let (_dir, store, writer) = start(|l| l);
+        // No time bound on a group: it ends when the writer finds nothing new, however
+        // slowly this test runs on a loaded machine.
+        let (_dir, store, writer) = start(|l| WriterLimits {
+            store_within: std::time::Duration::from_secs(3600),
+            ..l
+        });
         let first = writer.post(post("bob"), true).unwrap().unwrap();
         // The writer routes the batch, then yields before storing it.
         tokio::task::yield_now().await;
@@ -618,9 +628,9 @@ mod tests {
         let receipts: Vec<_> = (0..3)
             .map(|_| writer.post(post("bob"), true).unwrap().unwrap())
             .collect();
-        // Two routed and full: stored after one turn, while the third waits.
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
+        // Two routed and full: stored together while the third waits (it is routed,
+        // and the writer yields once, before its own group is stored).
+        until(|| !store.mailbox_after("bob", 0, 10).unwrap().is_empty()).await;
         assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 2);
         for r in receipts {
             assert!(r.await.unwrap());
