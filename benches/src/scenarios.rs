@@ -114,7 +114,8 @@ async fn run_traffic(c: &Common, plans: Vec<Plan>, progress: Arc<Progress>) -> R
     }
     let start = Instant::now();
     let stop = start + c.duration;
-    let drain_until = stop + Duration::from_secs(3);
+    // An upper bound only: a run ends as soon as everything owed has arrived.
+    let drain_until = stop + Duration::from_secs(10);
     let tasks: Vec<_> = ready
         .into_iter()
         .map(|(client, sender)| tokio::spawn(traffic::run(client, sender, progress.clone(), start, stop, drain_until)))

@@ -26,6 +26,12 @@ pub const HEADER: usize = 20;
 pub struct Progress {
     delivered: Vec<AtomicU64>,
     wake: Vec<Notify>,
+    /// Deliveries owed for what the broker accepted (acknowledged, or sent at QoS 0),
+    /// and those made (without duplicates): the run is over when they meet and every
+    /// sender is done, not when the receivers merely went quiet.
+    owed: AtomicU64,
+    made: AtomicU64,
+    senders_left: std::sync::atomic::AtomicUsize,
 }
 
 impl Progress {
@@ -33,6 +39,9 @@ impl Progress {
         Arc::new(Progress {
             delivered: (0..senders).map(|_| AtomicU64::new(0)).collect(),
             wake: (0..senders).map(|_| Notify::new()).collect(),
+            owed: AtomicU64::new(0),
+            made: AtomicU64::new(0),
+            senders_left: std::sync::atomic::AtomicUsize::new(senders),
         })
     }
 
@@ -41,6 +50,12 @@ impl Progress {
             d.fetch_add(1, Ordering::Relaxed);
             self.wake[sender as usize].notify_one();
         }
+    }
+
+    /// Every sender is done and everything it was owed has arrived.
+    fn settled(&self) -> bool {
+        self.senders_left.load(Ordering::SeqCst) == 0
+            && self.made.load(Ordering::SeqCst) >= self.owed.load(Ordering::SeqCst)
     }
 }
 
@@ -127,8 +142,11 @@ fn parse(payload: &[u8]) -> Option<(u32, u64, u64)> {
     Some((sender, seq, ts))
 }
 
-/// Runs one connection until `stop` (sending) and then drains until `drain_until` or
-/// until it has been quiet for half a second with nothing in flight.
+/// How long a receiver with nothing owed in sight waits for more before it ends.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Runs one connection until `stop` (sending) and then drains until `drain_until`, or
+/// until every delivery owed has arrived (or nothing came for [`QUIET`]).
 ///
 /// # Errors
 /// Connection failures.
@@ -147,6 +165,7 @@ pub async fn run(
     let mut next_send = Instant::now();
     let mut seen: HashMap<u32, u64> = HashMap::new();
     let mut last_activity = Instant::now();
+    let mut sender_done = false;
     loop {
         let now = Instant::now();
         let sending = now < stop;
@@ -172,6 +191,9 @@ pub async fn run(
                     payload: payload(s.id, seq, ts, s.payload),
                 }));
                 st.sent += 1;
+                if s.qos == QoS::AtMostOnce {
+                    progress.owed.fetch_add(s.fanout, Ordering::SeqCst);
+                }
                 burst += 1;
                 if let Some(iv) = s.interval {
                     next_send += iv;
@@ -183,8 +205,16 @@ pub async fn run(
             }
         }
         c.flush().await?;
-        let quiet = now.duration_since(last_activity) > Duration::from_millis(500);
-        if now >= drain_until || (!sending && inflight == 0 && quiet) {
+        if !sending && inflight == 0 && !sender_done {
+            sender_done = true;
+            if sender.is_some() {
+                progress.senders_left.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        // Quiet for long is the fallback for a lossy run (QoS 0), whose deliveries
+        // never meet what was owed; a stall of the broker under load is not the end.
+        let quiet = now.duration_since(last_activity) > QUIET;
+        if now >= drain_until || (sender_done && (progress.settled() || quiet)) {
             return Ok(st);
         }
         let can_send = sending && sender.as_ref().is_some_and(|s| s.room(inflight, st.sent));
@@ -192,7 +222,9 @@ pub async fn run(
             (Some(s), true) if s.interval.is_some() => next_send.min(stop),
             (Some(_), true) => now,
             _ if sending => stop,
-            _ => (last_activity + Duration::from_millis(510)).min(drain_until),
+            _ => (last_activity + QUIET + Duration::from_millis(10))
+                .min(drain_until)
+                .min(now + Duration::from_millis(20)),
         };
         tokio::select! {
             r = c.fill() => {
@@ -210,6 +242,7 @@ pub async fn run(
                                     st.dups += 1;
                                 } else {
                                     *expected = s;
+                                    progress.made.fetch_add(1, Ordering::SeqCst);
                                     let _ = st.latency_us.record((received_at.saturating_sub(ts) / 1000).max(1));
                                 }
                             }
@@ -223,6 +256,9 @@ pub async fn run(
                         Packet::PubAck(_) | Packet::PubComp(_) => {
                             inflight = inflight.saturating_sub(1);
                             st.acked += 1;
+                            if let Some(s) = &sender {
+                                progress.owed.fetch_add(s.fanout, Ordering::SeqCst);
+                            }
                         }
                         Packet::PubRec(a) => c.queue(&Packet::PubRel(Ack::new(a.pkid))),
                         _ => {}
