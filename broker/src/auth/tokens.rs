@@ -102,6 +102,36 @@ mod tests {
     }
 
     #[test]
+    fn the_index_loads_every_stored_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bob = crate::store::UserRecord {
+            password_hash: String::new(),
+            admin: false,
+            created_at: 0,
+        };
+        store.create_user("bob", &bob).unwrap();
+        let secrets: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|name| {
+                let t = generate();
+                let rec = TokenRecord {
+                    user: "bob".into(),
+                    name: (*name).into(),
+                    created_at: 0,
+                };
+                store.create_token(&digest(t.as_bytes()), &rec).unwrap();
+                t
+            })
+            .collect();
+        let index = TokenIndex::load(&store).unwrap();
+        for (t, name) in secrets.iter().zip(["a", "b"]) {
+            assert_eq!(index.check(t.as_bytes()).unwrap().name, name);
+        }
+        assert!(index.check(generate().as_bytes()).is_none());
+    }
+
+    #[test]
     fn index_checks_and_revokes() {
         let idx = TokenIndex::default();
         let t = generate();
