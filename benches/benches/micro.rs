@@ -8,18 +8,18 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use natter_shared::codec::{self, Packet, Properties, Protocol, Publish, QoS, SubscriptionOptions};
+use natterd::accounts::password::PasswordHasherConfig;
+use natterd::accounts::tokens::{self, TokenIndex};
 use natterd::acl::rules::{Access, Effect, Rule, Who};
-use natterd::auth::password::PasswordHasherConfig;
-use natterd::auth::tokens::{self, TokenIndex};
+use natterd::admin::Admin;
 use natterd::config::AclConfig;
 use natterd::config::Config;
-use natterd::control::ControlState;
 use natterd::hooks::{Hook, PublishDecision};
 use natterd::im::writer::Writer;
 use natterd::im::{mailbox, ImPlugin, PresenceBook};
-use natterd::message::{ClientInfo, Message};
+use natterd::model::{ClientInfo, Message};
+use natterd::model::{SessionKey, Subscription};
 use natterd::router::Router;
-use natterd::session::{SessionKey, Subscription};
 use natterd::store::Store;
 use natterd::store::TokenRecord;
 
@@ -138,13 +138,12 @@ fn auth_benches(c: &mut Criterion) {
         natterd::accounts::add(&store, &hasher, u, b"pw", false).unwrap_or_else(|e| panic!("{e}"));
     }
     let router = Router::new(config.limits.clone());
-    let control = ControlState {
-        store,
+    let admin = Admin {
+        store: store.clone(),
         hasher,
-        router,
         tokens: TokenIndex::default(),
         reset_ttl_secs: 60,
-        owner_uid: 0,
+        connections: Arc::new(router.clone()),
     };
     let acl = AclConfig {
         rules: vec![Rule {
@@ -158,15 +157,15 @@ fn auth_benches(c: &mut Criterion) {
     // The writer is a task: a runtime in the background runs it.
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     let _in_runtime = rt.enter();
-    let presence = Arc::new(PresenceBook::new(control.router.clone()));
+    let presence = Arc::new(PresenceBook::new(router.clone()));
     let writer = Writer::start(
-        control.store.clone(),
-        control.router.clone(),
+        store.clone(),
+        router.clone(),
         presence.clone(),
         mailbox::limits(&config.im),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let im = ImPlugin::new(control, config.im.clone(), acl, writer.clone(), presence);
+    let im = ImPlugin::new(admin, router, config.im.clone(), acl, writer.clone(), presence);
     let client = ClientInfo {
         username: Some("alice".into()),
         client_id: "phone".into(),

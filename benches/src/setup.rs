@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use natterd::auth::password::PasswordHasherConfig;
+use natterd::accounts::password::PasswordHasherConfig;
 use natterd::config::Config;
 use natterd::store::{GroupRecord, Role, Store, UserRecord};
 

@@ -10,18 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::accounts::{self, AccountInfo, TokenInfo};
-use crate::auth::password::PasswordHasherConfig;
-use crate::auth::tokens::TokenIndex;
-use crate::router::Router;
-use crate::session::Kick;
-use crate::store::Store;
+use crate::admin::{Admin, Request, Response};
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_NAME: &str = "natterd.sock";
@@ -29,66 +23,6 @@ pub const SOCKET_NAME: &str = "natterd.sock";
 const MAX_REQUEST: usize = 64 * 1024;
 /// Bound on each exchange, so neither side ever hangs.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    UserAdd {
-        name: String,
-        password: String,
-        admin: bool,
-    },
-    UserPasswd {
-        name: String,
-        password: String,
-    },
-    UserDel {
-        name: String,
-    },
-    UserList,
-    TokenAdd {
-        user: String,
-        name: String,
-    },
-    /// Issue a one-time password reset token.
-    UserReset {
-        name: String,
-    },
-    TokenList {
-        user: Option<String>,
-    },
-    TokenRevoke {
-        user: String,
-        name: String,
-    },
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<Vec<AccountInfo>>,
-    /// A new token's secret (shown once).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<Vec<TokenInfo>>,
-    /// Expiry of a reset token (seconds since the Unix epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<u64>,
-}
-
-impl Response {
-    fn error(e: impl ToString) -> Response {
-        Response {
-            ok: false,
-            error: Some(e.to_string()),
-            ..Response::default()
-        }
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum ControlError {
@@ -102,20 +36,6 @@ pub enum ControlError {
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
-}
-
-/// What the control server needs.
-#[derive(Clone)]
-pub struct ControlState {
-    pub store: Store,
-    pub hasher: PasswordHasherConfig,
-    pub router: Router,
-    /// The live token index, kept in step with the store.
-    pub tokens: TokenIndex,
-    /// Lifetime of password reset tokens, in seconds.
-    pub reset_ttl_secs: u32,
-    /// The broker's user (owner of the socket file): the only one, with root, allowed in.
-    pub owner_uid: u32,
 }
 
 /// Binds the socket, replacing a stale file (the store lock already proved that no
@@ -138,11 +58,13 @@ pub fn bind(data_dir: &Path) -> io::Result<(UnixListener, PathBuf, u32)> {
 }
 
 /// Serves the control socket until shutdown.
-pub async fn serve(listener: UnixListener, state: ControlState, mut shutdown: watch::Receiver<bool>) {
-    let state = Arc::new(state);
+/// Serves the socket until shutdown: `owner_uid` (the socket file's owner) and root
+/// may use it.
+pub async fn serve(listener: UnixListener, admin: Admin, owner_uid: u32, mut shutdown: watch::Receiver<bool>) {
+    let state = Arc::new((admin, owner_uid));
     loop {
         tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     let state = state.clone();
@@ -168,8 +90,9 @@ fn peer_allowed(stream: &UnixStream, owner_uid: u32) -> bool {
     }
 }
 
-async fn handle(stream: UnixStream, state: &ControlState) -> io::Result<()> {
-    if !peer_allowed(&stream, state.owner_uid) {
+async fn handle(stream: UnixStream, state: &(Admin, u32)) -> io::Result<()> {
+    let (admin, owner_uid) = state;
+    if !peer_allowed(&stream, *owner_uid) {
         tracing::warn!("control socket: refused a peer of another user");
         return Ok(());
     }
@@ -182,7 +105,7 @@ async fn handle(stream: UnixStream, state: &ControlState) -> io::Result<()> {
         return Ok(());
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(req) => apply(req, state).await,
+            Ok(req) => apply(req, admin).await,
             Err(e) => Response::error(format!("bad request: {e}")),
         }
     };
@@ -192,86 +115,14 @@ async fn handle(stream: UnixStream, state: &ControlState) -> io::Result<()> {
     write.shutdown().await
 }
 
-async fn apply(req: Request, state: &ControlState) -> Response {
-    let st = state.clone();
-    let result = tokio::task::spawn_blocking(move || apply_blocking(req, &st)).await;
+async fn apply(req: Request, admin: &Admin) -> Response {
+    let admin = admin.clone();
+    let result = tokio::task::spawn_blocking(move || admin.apply(req)).await;
     match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Response::error(e),
         Err(e) => Response::error(format!("internal error: {e}")),
     }
-}
-
-/// Applies a request to the store, then to the live state (token index, connections).
-/// Blocking. `natterd user ...` also calls it directly, with an idle router and index,
-/// when no broker runs.
-///
-/// # Errors
-/// What the account operations refuse.
-pub fn apply_blocking(req: Request, st: &ControlState) -> Result<Response, accounts::AccountError> {
-    let ok = Response {
-        ok: true,
-        ..Response::default()
-    };
-    Ok(match req {
-        Request::UserAdd { name, password, admin } => {
-            tracing::info!(user = %name, admin, "control: add user");
-            accounts::add(&st.store, &st.hasher, &name, password.as_bytes(), admin)?;
-            ok
-        }
-        Request::UserPasswd { name, password } => {
-            tracing::info!(user = %name, "control: change password");
-            accounts::passwd(&st.store, &st.hasher, &name, password.as_bytes())?;
-            ok
-        }
-        Request::UserDel { name } => {
-            tracing::info!(user = %name, "control: delete user");
-            let revoked = accounts::delete(&st.store, &name)?;
-            st.tokens.remove(&revoked);
-            let n = st.router.kick_user(&name, None, Kick::Administrative);
-            tracing::info!(user = %name, connections = n, "closed the deleted user's connections");
-            ok
-        }
-        Request::UserList => Response {
-            users: Some(accounts::list(&st.store)?),
-            ..ok
-        },
-        Request::TokenAdd { user, name } => {
-            tracing::info!(%user, token = %name, "control: add device token");
-            let new = accounts::token_add(&st.store, &user, &name)?;
-            st.tokens.insert(new.digest, new.record);
-            Response {
-                token: Some(new.token),
-                ..ok
-            }
-        }
-        Request::UserReset { name } => {
-            tracing::info!(user = %name, "control: issue a password reset token");
-            if st.store.user(&name)?.is_none() {
-                return Err(accounts::AccountError::Store(crate::store::StoreError::NoSuchUser(
-                    name,
-                )));
-            }
-            let (token, expires_at) = crate::auth::reset::issue(&st.store, &name, st.reset_ttl_secs)?;
-            Response {
-                token: Some(token),
-                expires_at: Some(expires_at),
-                ..ok
-            }
-        }
-        Request::TokenList { user } => Response {
-            tokens: Some(accounts::token_list(&st.store, user.as_deref())?),
-            ..ok
-        },
-        Request::TokenRevoke { user, name } => {
-            tracing::info!(%user, token = %name, "control: revoke device token");
-            let revoked = accounts::token_revoke(&st.store, &user, &name)?;
-            st.tokens.remove(&revoked);
-            let n = st.router.kick_user(&user, Some(&name), Kick::Administrative);
-            tracing::info!(%user, token = %name, connections = n, "closed the revoked token's connections");
-            ok
-        }
-    })
 }
 
 /// Sends one request to a running broker.
@@ -309,7 +160,7 @@ mod tests {
 
     struct Running {
         dir: tempfile::TempDir,
-        state: ControlState,
+        state: Admin,
         stop: watch::Sender<bool>,
         task: tokio::task::JoinHandle<()>,
     }
@@ -324,16 +175,15 @@ mod tests {
         assert_eq!(path, socket_path(dir.path()));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let state = ControlState {
-            store: Store::open(&dir.path().join("store")).unwrap(),
-            hasher: PasswordHasherConfig::new(&cfg.auth).unwrap(),
-            router: Router::new(cfg.limits.clone()),
-            tokens: TokenIndex::default(),
+        let state = Admin {
+            store: crate::store::Store::open(&dir.path().join("store")).unwrap(),
+            hasher: crate::accounts::password::PasswordHasherConfig::new(&cfg.auth).unwrap(),
+            tokens: crate::accounts::tokens::TokenIndex::default(),
             reset_ttl_secs: 120,
-            owner_uid,
+            connections: Arc::new(crate::router::Router::new(cfg.limits.clone())),
         };
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, state.clone(), rx));
+        let task = tokio::spawn(serve(listener, state.clone(), owner_uid, rx));
         Running { dir, state, stop, task }
     }
 
@@ -373,11 +223,11 @@ mod tests {
         };
         assert!(r.ask(passwd).await.ok);
         let hash = r.state.store.user("alice").unwrap().unwrap().password_hash;
-        assert!(crate::auth::password::verify(b"another password", &hash));
+        assert!(crate::accounts::password::verify(b"another password", &hash));
 
         let reset = r.ask(Request::UserReset { name: "alice".into() }).await;
         let token = reset.token.unwrap();
-        assert!(crate::auth::reset::valid(&r.state.store, "alice", token.as_bytes()).unwrap());
+        assert!(crate::accounts::reset::valid(&r.state.store, "alice", token.as_bytes()).unwrap());
         assert!(reset.expires_at.unwrap() >= crate::im::mailbox::now_ms() / 1000 + 119);
         assert!(r
             .refused(Request::UserReset { name: "nobody".into() })

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod acl;
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connection;
@@ -15,10 +16,11 @@ pub mod control;
 pub mod hooks;
 pub mod im;
 pub mod listener;
-pub mod message;
+pub mod model;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod store;
 
 pub use config::Config;

@@ -27,7 +27,7 @@ impl Listener {
         let mut last_limit_warning: Option<Instant> = None;
         loop {
             let accepted = tokio::select! {
-                _ = crate::server::stopped(&mut shutdown) => break,
+                _ = crate::shutdown::stopped(&mut shutdown) => break,
                 r = self.listener.accept() => r,
             };
             match accepted {

@@ -3,14 +3,15 @@
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use natterd::auth::password::PasswordHasherConfig;
-use natterd::auth::tokens::TokenIndex;
+use natterd::accounts::password::PasswordHasherConfig;
+use natterd::accounts::tokens::TokenIndex;
+use natterd::admin::{Admin, NoConnections, Request, Response};
 use natterd::config::Config;
-use natterd::control::{self, ControlError, ControlState, Request};
-use natterd::router::Router;
+use natterd::control::{self, ControlError};
 use natterd::store::{Store, StoreError};
 use tracing_subscriber::EnvFilter;
 
@@ -230,7 +231,7 @@ async fn admin(request: Request, config: &Config) -> Result<()> {
 }
 
 /// No broker answers on the data dir: open the store and apply the request directly.
-fn offline(config: &Config, request: Request) -> Result<control::Response> {
+fn offline(config: &Config, request: Request) -> Result<Response> {
     let data_dir = &config.server.data_dir;
     let store = match Store::open(data_dir) {
         Ok(s) => s,
@@ -240,24 +241,17 @@ fn offline(config: &Config, request: Request) -> Result<control::Response> {
         ),
         Err(e) => return Err(e.into()),
     };
-    let state = ControlState {
+    let admin = Admin {
         store,
         hasher: PasswordHasherConfig::new(&config.auth)?,
-        router: Router::new(config.limits.clone()),
         tokens: TokenIndex::default(),
         reset_ttl_secs: config.im.reset_token_ttl_secs.get(),
-        owner_uid: 0,
+        connections: Arc::new(NoConnections),
     };
-    Ok(
-        control::apply_blocking(request, &state).unwrap_or_else(|e| control::Response {
-            ok: false,
-            error: Some(e.to_string()),
-            ..Default::default()
-        }),
-    )
+    Ok(admin.apply(request).unwrap_or_else(Response::error))
 }
 
-fn report(request: &Request, response: control::Response) {
+fn report(request: &Request, response: Response) {
     match request {
         Request::UserAdd { name, admin, .. } => {
             println!("created {}{name}", if *admin { "admin " } else { "" })

@@ -12,11 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::auth::password::{PasswordError, PasswordHasherConfig};
-use crate::auth::tokens::TokenIndex;
+use crate::accounts::password::{PasswordError, PasswordHasherConfig};
+use crate::accounts::tokens::TokenIndex;
+use crate::admin::Admin;
 use crate::auth::PasswordAuth;
 use crate::config::{Config, Registration};
-use crate::control::{self, ControlState};
+use crate::control;
 use crate::hooks::{Hook, Hooks};
 use crate::im::writer::Writer;
 use crate::im::{mailbox, ImPlugin, PresenceBook};
@@ -39,11 +40,6 @@ pub enum ServerError {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot start the index thread: {0}")]
     Thread(std::io::Error),
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// A running broker.
@@ -108,13 +104,12 @@ pub async fn start_with(
         dir: data_dir.clone(),
         source,
     })?;
-    let control_state = ControlState {
+    let admin = Admin {
         store: store.clone(),
         hasher: PasswordHasherConfig::new(&config.auth)?,
-        router: router.clone(),
         tokens,
         reset_ttl_secs: config.im.reset_token_ttl_secs.get(),
-        owner_uid,
+        connections: Arc::new(router.clone()),
     };
 
     // Plugins in order: the caller's, then authentication, then the IM layer (which
@@ -130,7 +125,8 @@ pub async fn start_with(
     )
     .map_err(ServerError::Thread)?;
     list.push(Arc::new(ImPlugin::new(
-        control_state.clone(),
+        admin.clone(),
+        router.clone(),
         config.im.clone(),
         config.acl.clone(),
         writer.clone(),
@@ -153,7 +149,7 @@ pub async fn start_with(
         tracker,
     };
     let accept_task = tokio::spawn(listener.run(shutdown_rx.clone()));
-    let control_task = tokio::spawn(control::serve(unix, control_state, shutdown_rx));
+    let control_task = tokio::spawn(control::serve(unix, admin, owner_uid, shutdown_rx));
     tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "natterd listening");
     Ok(RunningBroker {
         local_addr,

@@ -132,7 +132,8 @@ async fn extended_authentication_is_refused_cleanly() {
 #[tokio::test]
 async fn device_tokens_log_in_without_admin_rights_and_revocation_closes_them() {
     use natter_shared::codec::{Properties, Subscribe, SubscribeFilter, SubscriptionOptions};
-    use natterd::control::{request, Request};
+    use natterd::admin::Request;
+    use natterd::control::request;
     let b = TestBroker::start().await;
     let data = b.dir.path();
     let created = request(
@@ -218,7 +219,8 @@ async fn device_tokens_log_in_without_admin_rights_and_revocation_closes_them() 
 
 #[tokio::test]
 async fn deleting_a_user_closes_its_connections() {
-    use natterd::control::{request, Request};
+    use natterd::admin::Request;
+    use natterd::control::request;
     let b = TestBroker::start().await;
     let mut carol = Raw::login(b.addr, Protocol::V5, "carol", "phone").await;
     let r = request(b.dir.path(), &Request::UserDel { name: "carol".into() })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use natter_e2e::{connect_packet, v3, Raw, TestBroker};
 use natter_shared::codec::{reason, Protocol};
 use natterd::hooks::{Access, AuthDecision, AuthFailure, Credentials, Hook, HookFuture, PublishDecision};
-use natterd::message::{ClientInfo, Message};
+use natterd::model::{ClientInfo, Message};
 use natterd::router::Router;
 
 struct Probe {
@@ -63,7 +63,7 @@ impl Hook for Probe {
         PublishDecision::Abstain
     }
 
-    fn on_connected(&self, c: &ClientInfo, _s: &Arc<natterd::session::Session>, _present: bool) {
+    fn on_connected(&self, c: &ClientInfo, _s: &Arc<natterd::model::Session>, _present: bool) {
         self.log(format!("connected {}", c.client_id));
     }
 

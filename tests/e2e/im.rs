@@ -472,7 +472,8 @@ async fn registration_when_open_never_overwrites() {
 
 #[tokio::test]
 async fn password_reset_tokens_work_once() {
-    use natterd::control::{request, Request};
+    use natterd::admin::Request;
+    use natterd::control::request;
     let b = TestBroker::start_default(|_| {}).await;
     let issued = request(b.dir.path(), &Request::UserReset { name: "bob".into() })
         .await
@@ -1014,7 +1015,8 @@ async fn acknowledgements_follow_storage_in_publish_order() {
 
 #[tokio::test]
 async fn a_reset_token_expires() {
-    use natterd::control::{request, Request};
+    use natterd::admin::Request;
+    use natterd::control::request;
     let b = TestBroker::start_default(|c| c.im.reset_token_ttl_secs = 2.try_into().unwrap()).await;
     let issued = request(b.dir.path(), &Request::UserReset { name: "bob".into() })
         .await

@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use natter_shared::codec::{
     self, Connect, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
+use natterd::accounts::password::PasswordHasherConfig;
 use natterd::acl::rules::{Access, Effect, Rule, Who};
-use natterd::auth::password::PasswordHasherConfig;
 use natterd::config::Config;
 use natterd::hooks::Hook;
 use natterd::router::Router;

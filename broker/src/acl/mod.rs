@@ -9,7 +9,7 @@ use natter_shared::im::{self, NAMESPACES};
 use natter_shared::names::is_valid_name;
 use natter_shared::topic::parse_shared;
 
-use crate::hooks::Restriction;
+use crate::model::Restriction;
 
 /// What the built-in rules say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

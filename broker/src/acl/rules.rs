@@ -13,60 +13,9 @@
 //! rules are consulted only for topics outside the IM namespaces, after the built-in
 //! IM rules; when none applies the answer is deny.
 
-use natter_shared::im::NAMESPACES;
 use natter_shared::topic::{matches, validate_filter};
-use serde::Deserialize;
 
-/// Which operations a rule covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Read,
-    Write,
-    ReadWrite,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Effect {
-    Allow,
-    Deny,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Who {
-    All,
-    Admins,
-    Anonymous,
-    Users,
-}
-
-/// One rule as written in the config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    pub filter: String,
-    #[serde(default = "readwrite")]
-    pub access: Access,
-    #[serde(default = "allow")]
-    pub effect: Effect,
-    #[serde(default = "all")]
-    pub who: Who,
-    /// For `who = "users"`.
-    #[serde(default)]
-    pub users: Vec<String>,
-}
-
-fn readwrite() -> Access {
-    Access::ReadWrite
-}
-fn allow() -> Effect {
-    Effect::Allow
-}
-fn all() -> Who {
-    Who::All
-}
+pub use crate::config::rule::{Access, Effect, Rule, Who};
 
 /// The operation being authorized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,28 +33,6 @@ pub struct Subject<'a> {
 }
 
 impl Rule {
-    /// Checks a rule at config load: a valid filter (placeholders aside), outside the
-    /// IM namespaces, and a user list exactly when `who = "users"`.
-    ///
-    /// # Errors
-    /// The reason, for the config error message.
-    pub fn validate(&self) -> Result<(), String> {
-        let sample = self.filter.replace("%u", "u").replace("%c", "c");
-        validate_filter(&sample).map_err(|e| format!("filter {:?}: {e}", self.filter))?;
-        let first = sample.split('/').next().unwrap_or("");
-        if NAMESPACES.contains(&first) || first == "+" || first == "#" {
-            return Err(format!(
-                "filter {:?} reaches the IM namespaces ({}), which only the built-in rules govern",
-                self.filter,
-                NAMESPACES.join(", ")
-            ));
-        }
-        if (self.who == Who::Users) == self.users.is_empty() {
-            return Err("`users` must be given exactly when who = \"users\"".into());
-        }
-        Ok(())
-    }
-
     fn applies_to(&self, s: &Subject<'_>, op: Op) -> bool {
         let who = match self.who {
             Who::All => true,

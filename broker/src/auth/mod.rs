@@ -6,21 +6,20 @@
 //! starves message traffic on the async runtime. Device tokens (see [`tokens`]) are
 //! checked in memory with one SHA-256; they never carry admin rights.
 
-pub mod password;
-pub mod reset;
 pub mod throttle;
-pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+use crate::accounts::tokens::{self, TokenIndex};
+use crate::accounts::{password, reset};
 use crate::config::AuthConfig;
-use crate::hooks::{AuthDecision, AuthFailure, Credentials, Hook, HookFuture, Identity, Restriction};
+use crate::hooks::{AuthDecision, AuthFailure, Credentials, Hook, HookFuture, Identity};
+use crate::model::Restriction;
 use crate::store::Store;
 use throttle::Throttle;
-use tokens::TokenIndex;
 
 /// Authenticates CONNECT credentials against stored argon2id hashes.
 pub struct PasswordAuth {

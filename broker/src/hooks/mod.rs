@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::message::{ClientInfo, Message};
-use crate::session::{Session, Subscription};
+use crate::model::{ClientInfo, Message, Restriction};
+use crate::model::{Session, Subscription};
 
 /// A boxed future, so hooks can be stored as trait objects.
 pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,15 +47,6 @@ pub enum AuthFailure {
     Throttled,
     /// The check itself failed (store error); the client may retry.
     Unavailable,
-}
-
-/// A client admitted for one purpose only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restriction {
-    /// No account yet: may only register (when registration is open).
-    Register,
-    /// Logged in with a password reset token: may only set a new password.
-    Reset,
 }
 
 /// Who an authenticated client is, beyond its user name.

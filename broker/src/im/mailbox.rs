@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use super::writer::{Post, Writer, WriterLimits, WriterStopped};
 use crate::config::ImConfig;
 use crate::hooks::Receipt;
-use crate::message::{Message, PropertiesSource};
-use crate::session::{Delivery, Session};
+use crate::model::{Delivery, Session};
+use crate::model::{Message, PropertiesSource};
 use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Route, Store, StoreError, StoredMessage};
 
 /// The sender name of broker events.

@@ -18,15 +18,15 @@ use std::sync::Arc;
 use natter_shared::codec::QoS;
 use natter_shared::im::{self, Publish};
 
+use crate::accounts::password::PasswordHasherConfig;
 use crate::acl::rules::{self, Effect, Op, Subject};
 use crate::acl::{self, Asker, Builtin, PublishClass};
-use crate::auth::password::PasswordHasherConfig;
+use crate::admin::Admin;
 use crate::config::{AclConfig, DmPolicy, ImConfig, PresenceVisibility};
-use crate::control::ControlState;
 use crate::hooks::{Access, Hook, PublishDecision};
-use crate::message::{ClientInfo, Message};
+use crate::model::{ClientInfo, Message};
+use crate::model::{Session, Subscription};
 use crate::router::Router;
-use crate::session::{Session, Subscription};
 use crate::store::{Route, Store, StoreError, StoredMessage};
 
 use mailbox::{now_ms, Mailboxes};
@@ -43,7 +43,7 @@ pub struct ImState {
     pub presence: Arc<PresenceBook>,
     pub hasher: PasswordHasherConfig,
     /// For admin commands: the same handling as the control socket's.
-    pub control: ControlState,
+    pub admin: Admin,
     pub registrations: api::account::RegistrationLimiter,
 }
 
@@ -76,25 +76,25 @@ fn subject(c: &ClientInfo) -> Subject<'_> {
 impl ImPlugin {
     /// `writer` stores and delivers mailbox messages (see [`writer`]).
     pub fn new(
-        control: ControlState,
+        admin: Admin,
+        router: Router,
         config: ImConfig,
         acl: AclConfig,
         writer: Writer,
         presence: Arc<PresenceBook>,
     ) -> ImPlugin {
-        let store = control.store.clone();
-        let router = control.router.clone();
+        let store = admin.store.clone();
         ImPlugin {
             state: Arc::new(ImState {
                 mailboxes: Mailboxes::new(store.clone(), writer),
                 presence,
                 registrations: api::account::RegistrationLimiter::new(config.registrations_per_hour.get()),
-                hasher: control.hasher.clone(),
+                hasher: admin.hasher.clone(),
                 store,
                 router,
                 config,
                 rules: acl.rules,
-                control,
+                admin,
             }),
         }
     }

@@ -10,7 +10,7 @@ use natter_shared::api::{Presence, Status};
 use natter_shared::codec::QoS;
 use natter_shared::im;
 
-use crate::message::Message;
+use crate::model::Message;
 use crate::router::Router;
 
 #[derive(Debug, Clone)]

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use natter_shared::codec::Protocol;
 
 use crate::accounts;
-use crate::auth::password;
-use crate::auth::tokens::TokenIndex;
+use crate::accounts::password;
+use crate::accounts::tokens::TokenIndex;
+use crate::admin::Admin;
 use crate::config::Config;
-use crate::control::ControlState;
 use crate::im::presence::PresenceBook;
 use crate::im::writer::Writer;
 use crate::im::{mailbox, ImPlugin, ImState};
-use crate::message::ClientInfo;
+use crate::model::ClientInfo;
 use crate::router::Router;
 use crate::store::Store;
 
@@ -52,17 +52,16 @@ pub fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
         accounts::add(&store, &hasher, u, format!("pw-{u}").as_bytes(), false).unwrap();
     }
     accounts::add(&store, &hasher, "root", b"pw-root", true).unwrap();
-    let control = ControlState {
+    let admin = Admin {
         store,
         hasher,
-        router,
         tokens: TokenIndex::default(),
         reset_ttl_secs: 60,
-        owner_uid: 0,
+        connections: Arc::new(router.clone()),
     };
     Harness {
         _dir: dir,
-        plugin: ImPlugin::new(control, cfg.im, cfg.acl, writer, presence),
+        plugin: ImPlugin::new(admin, router, cfg.im, cfg.acl, writer, presence),
     }
 }
 

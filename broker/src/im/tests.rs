@@ -12,9 +12,10 @@ use tokio::sync::oneshot;
 use super::testing::{client, harness, Harness};
 use super::{dm_conversation, group_conversation};
 use crate::config::{DmPolicy, PresenceVisibility};
-use crate::hooks::{Access, Hook, PublishDecision, Restriction};
-use crate::message::{ClientInfo, Message};
-use crate::session::{SessionKey, Subscription};
+use crate::hooks::{Access, Hook, PublishDecision};
+use crate::model::Restriction;
+use crate::model::{ClientInfo, Message};
+use crate::model::{SessionKey, Subscription};
 use crate::store::{Contact, GroupRecord, Role};
 
 fn publish(topic: &str, text: &str) -> Message {

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use super::indexer::{IndexWrite, Indexer};
 use super::presence::PresenceBook;
 use crate::hooks::Receipt;
-use crate::message::Message;
+use crate::model::Message;
 use crate::router::Router;
 use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
 use crate::FastMap;

@@ -18,8 +18,8 @@ use natter_shared::topic::parse_shared;
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
-use crate::message::Message;
-use crate::session::{Delivery, Enqueued, Kick, Session, SessionKey, Subscription};
+use crate::model::Message;
+use crate::model::{Delivery, Enqueued, Kick, Session, SessionKey, Subscription};
 pub use retained::RetainedFull;
 use retained::RetainedStore;
 use trie::{Subscriber, Trie};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::message::Message;
+use crate::model::Message;
 
 #[derive(Default)]
 struct Node {

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::session::{Session, Subscription};
+use crate::model::{Session, Subscription};
 
 /// One subscriber of one filter.
 #[derive(Clone)]
@@ -198,7 +198,7 @@ fn match_rec(node: &Node, rest: Option<&str>, first: bool, dollar: bool, visit: 
 mod tests {
     use super::*;
     use crate::config::OverflowPolicy;
-    use crate::session::SessionKey;
+    use crate::model::SessionKey;
     use natter_shared::codec::SubscriptionOptions;
     use natter_shared::topic;
 

@@ -12,12 +12,12 @@ use natter_shared::codec::{
 };
 use tokio::sync::oneshot;
 
-use super::inflight::Stage;
-use super::state::{Delivery, Kick, Session, Subscription};
 use super::{will, Context};
 use crate::connection::{Connection, WRITE_HIGH_WATER};
 use crate::hooks::{PublishDecision, Receipt};
-use crate::message::{ClientInfo, Message};
+use crate::model::Stage;
+use crate::model::{ClientInfo, Message};
+use crate::model::{Delivery, Kick, Session, Subscription};
 use crate::router::{Opened, RetainedFull};
 
 /// An acknowledgement owed to the client, in arrival order (MQTT-4.6.0-2/3).

@@ -10,10 +10,11 @@ use rand_core::RngCore;
 use tokio::sync::oneshot;
 
 use super::handler::Handler;
-use super::{Context, SessionKey};
+use super::Context;
 use crate::connection::Connection;
 use crate::hooks::{AuthDecision, AuthFailure, Credentials};
-use crate::message::ClientInfo;
+use crate::model::ClientInfo;
+use crate::model::SessionKey;
 
 /// Answers a CONNECT with an unsupported protocol level, then closes.
 pub(super) async fn refuse_protocol_level(conn: Connection, level: u8) {

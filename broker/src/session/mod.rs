@@ -4,8 +4,6 @@
 
 mod handler;
 mod handshake;
-pub mod inflight;
-mod state;
 mod will;
 
 use std::net::SocketAddr;
@@ -19,7 +17,6 @@ use crate::config::Limits;
 use crate::connection::{Connection, ConnectionError};
 use crate::hooks::Hooks;
 use crate::router::Router;
-pub use state::{Delivery, Enqueued, Kick, Session, SessionKey, SessionState, Subscription};
 
 /// What every connection task needs; cheap to clone.
 #[derive(Clone)]
@@ -52,7 +49,7 @@ async fn connect_phase(stream: TcpStream, addr: SocketAddr, ctx: Context) -> Opt
     let mut shutdown = ctx.shutdown.clone();
     let first = tokio::select! {
         r = tokio::time::timeout(ctx.limits.connect_timeout(), conn.read_connect()) => r,
-        _ = crate::server::stopped(&mut shutdown) => return None,
+        _ = crate::shutdown::stopped(&mut shutdown) => return None,
     };
     let connect = match first {
         Err(_) => {

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use natter_shared::codec::LastWill;
 
-use super::{Context, Session};
+use super::Context;
 use crate::hooks::PublishDecision;
-use crate::message::{ClientInfo, Message};
+use crate::model::Session;
+use crate::model::{ClientInfo, Message};
 
 /// A connection that just ended.
 pub(super) struct Ended {
@@ -86,7 +87,7 @@ pub(super) fn after_disconnect(e: Ended) {
         };
         tokio::select! {
             () = timers => {}
-            () = crate::server::stopped(&mut shutdown) => {
+            () = crate::shutdown::stopped(&mut shutdown) => {
                 if session.lock().generation == generation {
                     if let Some(w) = take() {
                         publish_will(&ctx, &info, &session, w);
@@ -141,8 +142,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::hooks::{Hook, Hooks};
+    use crate::model::{SessionKey, Subscription};
     use crate::router::Router;
-    use crate::session::{SessionKey, Subscription};
 
     /// Allows every publish but those under `denied/`.
     struct Gate;

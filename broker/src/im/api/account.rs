@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{ApiResult, Call, Fail};
 use crate::accounts::{self, AccountError};
-use crate::auth::{password, reset};
+use crate::accounts::{password, reset};
 use crate::config::Registration;
 use crate::store::StoreError;
 

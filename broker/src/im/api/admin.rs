@@ -7,7 +7,7 @@ use natter_shared::api::{command as cmd, ErrorCode};
 use serde_json::json;
 
 use super::{ApiResult, Call, Fail};
-use crate::control::{self, Request};
+use crate::admin::Request;
 
 pub fn admin(c: &Call<'_>, command: &str) -> ApiResult {
     if !c.client.admin {
@@ -52,7 +52,7 @@ pub fn admin(c: &Call<'_>, command: &str) -> ApiResult {
         command,
         "admin request"
     );
-    let r = control::apply_blocking(request, &c.state.control).map_err(|e| match e {
+    let r = c.state.admin.apply(request).map_err(|e| match e {
         crate::accounts::AccountError::Store(crate::store::StoreError::UserExists(u)) => {
             Fail::new(ErrorCode::AlreadyExists, format!("{u} exists"))
         }

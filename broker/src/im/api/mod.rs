@@ -18,7 +18,7 @@ use natter_shared::im;
 use serde_json::Value;
 
 use super::{ImState, RESPONSE_QOS};
-use crate::message::{ClientInfo, Message};
+use crate::model::{ClientInfo, Message};
 use crate::store::StoreError;
 
 /// A failed request: a stable code and a message for people.

@@ -10,11 +10,11 @@ use natter_shared::codec::QoS;
 use serde_json::{json, Value};
 
 use super::handle_request;
-use crate::auth::password;
+use crate::accounts::password;
 use crate::config::{PresenceVisibility, Registration};
-use crate::hooks::Restriction;
 use crate::im::testing::{client, harness, Harness};
-use crate::message::{ClientInfo, Message};
+use crate::model::Restriction;
+use crate::model::{ClientInfo, Message};
 use crate::store::{NewMessage, StoredMessage};
 
 fn request(command: &str, body: &Value) -> Message {
@@ -256,7 +256,7 @@ async fn registration_is_refused_when_closed_when_logged_in_and_over_the_hourly_
 #[tokio::test]
 async fn a_reset_token_sets_a_new_password_once() {
     let h = harness(|_| ());
-    let (token, _) = crate::auth::reset::issue(&h.state().store, "alice", 60).unwrap();
+    let (token, _) = crate::accounts::reset::issue(&h.state().store, "alice", 60).unwrap();
     let body = json!({ "token": token, "new_password": "reset password" });
     assert_eq!(
         h.err("bob", cmd::ACCOUNT_RESET, body.clone()),
@@ -427,9 +427,9 @@ async fn blocking_ends_the_friendship_and_refuses_requests_both_ways() {
 }
 
 /// alice's session, subscribed to bob's presence.
-fn watching_bob(h: &Harness) -> std::sync::Arc<crate::session::Session> {
+fn watching_bob(h: &Harness) -> std::sync::Arc<crate::model::Session> {
     let alice = client(Some("alice"));
-    let key = crate::session::SessionKey {
+    let key = crate::model::SessionKey {
         username: alice.username.clone(),
         client_id: alice.client_id.clone(),
     };
@@ -438,7 +438,7 @@ fn watching_bob(h: &Harness) -> std::sync::Arc<crate::session::Session> {
         .router
         .open_session(key, true, tokio::sync::oneshot::channel().0)
         .session;
-    let sub = crate::session::Subscription {
+    let sub = crate::model::Subscription {
         options: Default::default(),
         id: None,
     };
@@ -446,7 +446,7 @@ fn watching_bob(h: &Harness) -> std::sync::Arc<crate::session::Session> {
     session
 }
 
-fn subscribed(s: &crate::session::Session, filter: &str) -> bool {
+fn subscribed(s: &crate::model::Session, filter: &str) -> bool {
     s.lock().subscriptions.contains_key(filter)
 }
 
@@ -498,8 +498,8 @@ fn group_of_three(h: &Harness) {
 }
 
 /// `user`'s session, subscribed to their mailbox's events.
-fn events_of(h: &Harness, user: &str) -> std::sync::Arc<crate::session::Session> {
-    let key = crate::session::SessionKey {
+fn events_of(h: &Harness, user: &str) -> std::sync::Arc<crate::model::Session> {
+    let key = crate::model::SessionKey {
         username: Some(user.into()),
         client_id: format!("{user}-events").into(),
     };
@@ -508,7 +508,7 @@ fn events_of(h: &Harness, user: &str) -> std::sync::Arc<crate::session::Session>
         .router
         .open_session(key, true, tokio::sync::oneshot::channel().0)
         .session;
-    let sub = crate::session::Subscription {
+    let sub = crate::model::Subscription {
         options: Default::default(),
         id: None,
     };
@@ -520,7 +520,7 @@ fn events_of(h: &Harness, user: &str) -> std::sync::Arc<crate::session::Session>
 
 /// The kinds of event `user` received, up to a marker sent now: the writer keeps
 /// order, so everything posted before the marker is in.
-async fn received(h: &Harness, user: &str, session: &crate::session::Session) -> Vec<String> {
+async fn received(h: &Harness, user: &str, session: &crate::model::Session) -> Vec<String> {
     h.state().mailboxes.event(user, "marker", json!({}));
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut kinds = Vec::new();
@@ -982,7 +982,7 @@ async fn admin_commands_are_for_admins_and_share_the_control_sockets_handling() 
 
     let reset = h.ok("root", cmd::ADMIN_USERS_RESET, json!({ "user": "bob" }));
     let token = reset["token"].as_str().unwrap();
-    assert!(crate::auth::reset::valid(&h.state().store, "bob", token.as_bytes()).unwrap());
+    assert!(crate::accounts::reset::valid(&h.state().store, "bob", token.as_bytes()).unwrap());
     assert!(reset["expires_at"].as_u64().unwrap() > 0);
 
     h.ok("root", cmd::ADMIN_USERS_DEL, json!({ "user": "erin" }));

@@ -3,6 +3,8 @@
 //! Unknown keys and out-of-range values are refused at load with the key and the reason.
 //! Zero never means "unlimited": bounds that must be positive are `NonZero*`.
 
+pub mod rule;
+
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 /// The embedded default configuration (the repository's `config.toml`).
-pub const DEFAULT_CONFIG: &str = include_str!("../../config.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config.toml");
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -99,7 +101,7 @@ pub struct ImConfig {
 #[serde(deny_unknown_fields)]
 pub struct AclConfig {
     #[serde(default)]
-    pub rules: Vec<crate::acl::rules::Rule>,
+    pub rules: Vec<rule::Rule>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,10 +5,13 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::auth::password::{PasswordError, PasswordHasherConfig};
-use crate::auth::tokens;
+pub mod password;
+pub mod reset;
+pub mod tokens;
+
 use crate::store::{Store, StoreError, TokenRecord, UserRecord};
 use natter_shared::names::is_valid_name;
+use password::{PasswordError, PasswordHasherConfig};
 
 #[derive(Debug, Error)]
 pub enum AccountError {
@@ -196,7 +199,7 @@ mod tests {
         ));
         passwd(&store, &h, "alice", b"new").unwrap();
         let rec = store.user("alice").unwrap().unwrap();
-        assert!(crate::auth::password::verify(b"new", &rec.password_hash));
+        assert!(password::verify(b"new", &rec.password_hash));
         assert_eq!(list(&store).unwrap()[0].name, "alice");
         let t = token_add(&store, "alice", "sensor").unwrap();
         assert!(tokens::looks_like_token(t.token.as_bytes()));

@@ -12,8 +12,8 @@ use natter_shared::codec::{QoS, SubscriptionOptions};
 use tokio::sync::{oneshot, Notify};
 
 use super::inflight::Inflight;
+use super::message::Message;
 use crate::config::OverflowPolicy;
-use crate::message::Message;
 
 /// Sessions are keyed by (user name, client id): two users that pick the same client
 /// id get two sessions and never take over each other's.

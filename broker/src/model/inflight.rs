@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::state::Delivery;
+use super::session::Delivery;
 
 /// Where an outgoing QoS 1/2 delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl Inflight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::model::Message;
     use bytes::Bytes;
     use natter_shared::codec::QoS;
     use std::sync::Arc;

@@ -7,8 +7,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use natter_shared::codec::{Properties, Protocol, QoS};
 
-use crate::hooks::Restriction;
-
 /// A message as routed: shared by every session it is delivered to.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -83,6 +81,15 @@ impl Message {
             u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX)
         })
     }
+}
+
+/// A client admitted for one purpose only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restriction {
+    /// No account yet: may only register (when registration is open).
+    Register,
+    /// Logged in with a password reset token: may only set a new password.
+    Reset,
 }
 
 /// Who a connection is, as hooks see it.

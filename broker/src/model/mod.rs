@@ -1,0 +1,11 @@
+//! What several layers share, below all of them: the message as routed, who a client
+//! is, and a session's state with its handle. Plain data and its invariants; no
+//! policy, no I/O.
+
+pub mod inflight;
+pub mod message;
+pub mod session;
+
+pub use inflight::{Inflight, Stage};
+pub use message::{ClientInfo, Message, PropertiesSource, Restriction};
+pub use session::{Delivery, Enqueued, Kick, Session, SessionKey, SessionState, Subscription};
