@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use natter_shared::codec::Protocol;
+use natter_shared::codec::{Protocol, QoS, SubscriptionOptions};
+use tokio::sync::oneshot;
 
 use crate::accounts;
 use crate::accounts::password;
@@ -13,7 +14,7 @@ use crate::config::Config;
 use crate::im::presence::PresenceBook;
 use crate::im::writer::Writer;
 use crate::im::{mailbox, ImPlugin, ImState};
-use crate::model::ClientInfo;
+use crate::model::{ClientInfo, Session, SessionKey, Subscription};
 use crate::router::Router;
 use crate::store::Store;
 
@@ -25,6 +26,28 @@ pub struct Harness {
 impl Harness {
     pub fn state(&self) -> &ImState {
         &self.plugin.state
+    }
+
+    /// A clean session of `user` on `device`, subscribed to `filter` at `qos` when
+    /// one is given, as a connection's handshake and SUBSCRIBE would leave it.
+    pub fn session(&self, user: &str, device: &str, filter: Option<&str>, qos: QoS) -> Arc<Session> {
+        let key = SessionKey {
+            username: Some(user.into()),
+            client_id: device.into(),
+        };
+        let router = &self.state().router;
+        let session = router.open_session(key, true, oneshot::channel().0).session;
+        if let Some(f) = filter {
+            let sub = Subscription {
+                options: SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                },
+                id: None,
+            };
+            router.subscribe(&session, f, sub);
+        }
+        session
     }
 }
 

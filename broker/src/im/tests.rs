@@ -5,9 +5,8 @@
 
 use bytes::Bytes;
 use natter_shared::api::{command as cmd, Status};
-use natter_shared::codec::{QoS, SubscriptionOptions};
+use natter_shared::codec::QoS;
 use natter_shared::im;
-use tokio::sync::oneshot;
 
 use super::testing::{client, harness, Harness};
 use super::{dm_conversation, group_conversation};
@@ -15,7 +14,6 @@ use crate::config::{DmPolicy, PresenceVisibility};
 use crate::hooks::{Access, Hook, PublishDecision};
 use crate::model::Restriction;
 use crate::model::{ClientInfo, Message};
-use crate::model::{SessionKey, Subscription};
 use crate::store::{Contact, GroupRecord, Role};
 
 fn publish(topic: &str, text: &str) -> Message {
@@ -162,19 +160,7 @@ async fn api_requests_are_taken_and_im_namespaces_are_closed() {
 async fn an_api_request_is_answered_in_the_callers_mailbox() {
     let h = harness(|_| ());
     let alice = client(Some("alice"));
-    let key = SessionKey {
-        username: alice.username.clone(),
-        client_id: alice.client_id.clone(),
-    };
-    let session = h.state().router.open_session(key, true, oneshot::channel().0).session;
-    let sub = Subscription {
-        options: SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..SubscriptionOptions::default()
-        },
-        id: None,
-    };
-    h.state().router.subscribe(&session, &im::inbox_all("alice"), sub);
+    let session = h.session("alice", "alice-dev", Some(&im::inbox_all("alice")), QoS::AtLeastOnce);
     assert!(matches!(
         h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), r#"{"id":3}"#),
         PublishDecision::Handled
@@ -237,11 +223,7 @@ async fn presence_follows_unrestricted_logins() {
     let h = harness(|_| ());
     let presence = |u: &str| h.state().presence.get(u).status;
     let mut alice = client(Some("alice"));
-    let key = SessionKey {
-        username: alice.username.clone(),
-        client_id: alice.client_id.clone(),
-    };
-    let session = h.state().router.open_session(key, true, oneshot::channel().0).session;
+    let session = h.session("alice", "alice-dev", None, QoS::AtMostOnce);
     h.plugin.on_connected(&alice, &session, false);
     assert_eq!(presence("alice"), Status::Online);
     h.plugin.on_disconnected(&alice);

@@ -428,22 +428,12 @@ async fn blocking_ends_the_friendship_and_refuses_requests_both_ways() {
 
 /// alice's session, subscribed to bob's presence.
 fn watching_bob(h: &Harness) -> std::sync::Arc<crate::model::Session> {
-    let alice = client(Some("alice"));
-    let key = crate::model::SessionKey {
-        username: alice.username.clone(),
-        client_id: alice.client_id.clone(),
-    };
-    let session = h
-        .state()
-        .router
-        .open_session(key, true, tokio::sync::oneshot::channel().0)
-        .session;
-    let sub = crate::model::Subscription {
-        options: Default::default(),
-        id: None,
-    };
-    h.state().router.subscribe(&session, "presence/bob", sub);
-    session
+    h.session(
+        "alice",
+        "alice-dev",
+        Some("presence/bob"),
+        natter_shared::codec::QoS::AtMostOnce,
+    )
 }
 
 fn subscribed(s: &crate::model::Session, filter: &str) -> bool {
@@ -499,23 +489,13 @@ fn group_of_three(h: &Harness) {
 
 /// `user`'s session, subscribed to their mailbox's events.
 fn events_of(h: &Harness, user: &str) -> std::sync::Arc<crate::model::Session> {
-    let key = crate::model::SessionKey {
-        username: Some(user.into()),
-        client_id: format!("{user}-events").into(),
-    };
-    let session = h
-        .state()
-        .router
-        .open_session(key, true, tokio::sync::oneshot::channel().0)
-        .session;
-    let sub = crate::model::Subscription {
-        options: Default::default(),
-        id: None,
-    };
-    h.state()
-        .router
-        .subscribe(&session, &format!("inbox/{user}/event/#"), sub);
-    session
+    let filter = format!("inbox/{user}/event/#");
+    h.session(
+        user,
+        &format!("{user}-events"),
+        Some(&filter),
+        natter_shared::codec::QoS::AtMostOnce,
+    )
 }
 
 /// The kinds of event `user` received, up to a marker sent now: the writer keeps
