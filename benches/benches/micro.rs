@@ -165,7 +165,8 @@ fn auth_benches(c: &mut Criterion) {
         mailbox::limits(&config.im),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let im = ImPlugin::new(admin, router, config.im.clone(), acl, writer.clone(), presence);
+    let guard = Arc::new(natterd::accounts::guard::LoginGuard::new(&config.auth));
+    let im = ImPlugin::new(admin, router, config.im.clone(), acl, writer.clone(), presence, guard);
     let client = ClientInfo {
         username: Some("alice".into()),
         client_id: "phone".into(),
@@ -200,7 +201,7 @@ fn auth_benches(c: &mut Criterion) {
     });
     // Until stored: the receipt the PUBACK waits for.
     let stored = |d: PublishDecision| match d {
-        PublishDecision::Pending(r) => assert!(r.blocking_recv().unwrap_or(false), "not stored"),
+        PublishDecision::Pending(r) => assert_eq!(r.blocking_recv(), Ok(Ok(())), "not stored"),
         other => panic!("DM not accepted: {other:?}"),
     };
     g.bench_function("DM alone: authorize, store, append to 2 mailboxes, route", |b| {

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::accounts::guard::LoginGuard;
 use crate::accounts::password::{PasswordError, PasswordHasherConfig};
 use crate::accounts::tokens::TokenIndex;
 use crate::admin::Admin;
@@ -83,10 +84,12 @@ pub async fn start_with(
     let auth_cfg = config.auth.clone();
     let registration_open = config.im.registration == Registration::Open;
     let store2 = store.clone();
+    let guard = Arc::new(LoginGuard::new(&config.auth));
+    let guard2 = guard.clone();
     let (auth, tokens) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
         let tokens = TokenIndex::load(&store2)?;
         Ok((
-            PasswordAuth::new(store2, tokens.clone(), &auth_cfg, registration_open)?,
+            PasswordAuth::new(store2, tokens.clone(), &auth_cfg, guard2, registration_open)?,
             tokens,
         ))
     })
@@ -131,6 +134,7 @@ pub async fn start_with(
         config.acl.clone(),
         writer.clone(),
         presence,
+        guard,
     )));
     let hooks = Hooks::new(list);
 

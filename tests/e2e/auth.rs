@@ -102,9 +102,23 @@ async fn failed_logins_are_throttled_per_user_and_per_address() {
     // ...but not from an address that did not guess.
     let (_, ack) = Raw::connect_from(b.addr, elsewhere, login("alice", Protocol::V5)).await;
     assert_eq!(ack.code, reason::SUCCESS, "other addresses are not throttled");
-    // Per user: the guessed name is held back from every address.
+    // Per user: while carol's name is locked, one wrong guess at it locks the
+    // address it came from, with no free failures...
+    let second = Ipv4Addr::new(127, 0, 0, 4);
+    let mut bad = login("carol", Protocol::V5);
+    bad.password = Some(bytes::Bytes::from_static(b"guess"));
+    let (_, ack) = Raw::connect_from(b.addr, second, bad).await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    let (_, ack) = Raw::connect_from(b.addr, second, login("carol", Protocol::V5)).await;
+    assert_eq!(
+        ack.code,
+        reason::CONNECTION_RATE_EXCEEDED,
+        "one guess per address under lockout"
+    );
+    // ...but the guessing does not lock carol out: her password works from an
+    // address that did not guess.
     let (_, ack) = Raw::connect_from(b.addr, elsewhere, login("carol", Protocol::V5)).await;
-    assert_eq!(ack.code, reason::CONNECTION_RATE_EXCEEDED, "the user name is throttled");
+    assert_eq!(ack.code, reason::SUCCESS, "a locked name still admits its password");
     b.stop().await;
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use natter_e2e::{connect_packet, v3, Raw, TestBroker};
 use natter_shared::codec::{reason, Protocol};
-use natterd::hooks::{Access, AuthDecision, AuthFailure, Credentials, Hook, HookFuture, PublishDecision};
+use natterd::hooks::{
+    Access, AuthDecision, AuthFailure, Credentials, Hook, HookFuture, NotStored, PublishDecision, Stored,
+};
 use natterd::model::{ClientInfo, Message};
 use natterd::router::Router;
 
@@ -166,7 +168,7 @@ impl Hook for Slow {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            let _ = tx.send(ok);
+            let _ = tx.send(if ok { Ok(()) } else { Err(NotStored::Failed) });
         });
         PublishDecision::Pending(rx)
     }
@@ -254,7 +256,7 @@ async fn acknowledgements_wait_for_receipts_in_order() {
 /// waits in `held` until `release` is set.
 #[derive(Default)]
 struct Held {
-    held: Mutex<Vec<tokio::sync::oneshot::Sender<bool>>>,
+    held: Mutex<Vec<tokio::sync::oneshot::Sender<Stored>>>,
     seen: std::sync::atomic::AtomicUsize,
     release: std::sync::atomic::AtomicBool,
 }
@@ -267,7 +269,7 @@ impl Held {
     fn release_all(&self) {
         self.release.store(true, std::sync::atomic::Ordering::SeqCst);
         for tx in self.held.lock().unwrap().drain(..) {
-            let _ = tx.send(true);
+            let _ = tx.send(Ok(()));
         }
     }
 }
@@ -287,7 +289,7 @@ impl Hook for HeldHook {
         let h = &self.0;
         h.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if h.release.load(std::sync::atomic::Ordering::SeqCst) {
-            let _ = tx.send(true);
+            let _ = tx.send(Ok(()));
         } else {
             h.held.lock().unwrap().push(tx);
         }

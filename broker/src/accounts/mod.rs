@@ -5,8 +5,10 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod guard;
 pub mod password;
 pub mod reset;
+pub mod throttle;
 pub mod tokens;
 
 use crate::store::{Store, StoreError, TokenRecord, UserRecord};

@@ -1,25 +1,21 @@
 //! The first plugin: password and device-token authentication against the account
 //! store.
 //!
-//! argon2id verification runs on blocking threads through a bounded pool (a
-//! semaphore of `verify_workers` permits), so a login storm queues here and never
-//! starves message traffic on the async runtime. Device tokens (see [`tokens`]) are
+//! argon2id verification runs on blocking threads through the bounded pool of the
+//! [`LoginGuard`] (`verify_workers` permits, shared with every other password check),
+//! so a login storm queues here and never starves message traffic on the async
+//! runtime; the guard's throttle slows guessing per user name and per address. Device tokens (see [`tokens`]) are
 //! checked in memory with one SHA-256; they never carry admin rights.
 
-pub mod throttle;
-
 use std::sync::Arc;
-use std::time::Instant;
 
-use tokio::sync::Semaphore;
-
+use crate::accounts::guard::{Gate, LoginGuard};
 use crate::accounts::tokens::{self, TokenIndex};
 use crate::accounts::{password, reset};
 use crate::config::AuthConfig;
 use crate::hooks::{AuthDecision, AuthFailure, Credentials, Hook, HookFuture, Identity};
 use crate::model::Restriction;
 use crate::store::Store;
-use throttle::Throttle;
 
 /// Authenticates CONNECT credentials against stored argon2id hashes.
 pub struct PasswordAuth {
@@ -28,8 +24,7 @@ pub struct PasswordAuth {
     allow_anonymous: bool,
     /// Clients without an account are admitted to register (only).
     registration_open: bool,
-    throttle: Throttle,
-    workers: Arc<Semaphore>,
+    guard: Arc<LoginGuard>,
     /// A hash of a random password with the configured parameters, verified against
     /// when the user does not exist.
     dummy_hash: Arc<str>,
@@ -42,6 +37,7 @@ impl PasswordAuth {
         store: Store,
         tokens: TokenIndex,
         cfg: &AuthConfig,
+        guard: Arc<LoginGuard>,
         registration_open: bool,
     ) -> Result<PasswordAuth, password::PasswordError> {
         let mut secret = [0u8; 16];
@@ -52,8 +48,7 @@ impl PasswordAuth {
             tokens,
             registration_open,
             allow_anonymous: cfg.allow_anonymous,
-            throttle: Throttle::new(cfg),
-            workers: Arc::new(Semaphore::new(cfg.verify_workers.get())),
+            guard,
             dummy_hash,
         })
     }
@@ -73,26 +68,26 @@ impl PasswordAuth {
             tracing::info!(addr = %creds.addr, "refused: no credentials");
             return AuthDecision::Deny(AuthFailure::BadCredentials);
         };
-        if let Some(left) = self.throttle.locked(Some(user), ip, Instant::now()) {
+        if let Gate::Locked(left) = self.guard.gate(ip) {
             tracing::warn!(user, addr = %creds.addr, retry_in_ms = left.as_millis() as u64, "login throttled");
             return AuthDecision::Deny(AuthFailure::Throttled);
         }
         let Some(password) = creds.password.clone() else {
-            self.throttle.failure(Some(user), ip, Instant::now());
+            self.guard.failure(Some(user), ip);
             tracing::info!(user, addr = %creds.addr, "refused: no password");
             return AuthDecision::Deny(AuthFailure::BadCredentials);
         };
         if tokens::looks_like_token(&password) {
             return match self.tokens.check(&password) {
                 Some(rec) if rec.user == user => {
-                    self.throttle.success(Some(user));
+                    self.guard.success(user);
                     AuthDecision::Allow(Identity {
                         token: Some(rec.name.into()),
                         ..Identity::default()
                     })
                 }
                 _ => {
-                    self.throttle.failure(Some(user), ip, Instant::now());
+                    self.guard.failure(Some(user), ip);
                     tracing::info!(user, addr = %creds.addr, "refused: unknown or revoked device token");
                     AuthDecision::Deny(AuthFailure::BadCredentials)
                 }
@@ -107,14 +102,14 @@ impl PasswordAuth {
                     ..Identity::default()
                 }),
                 Ok(Ok(false)) => {
-                    self.throttle.failure(Some(user), ip, Instant::now());
+                    self.guard.failure(Some(user), ip);
                     tracing::info!(user, addr = %creds.addr, "refused: invalid, used or expired reset token");
                     AuthDecision::Deny(AuthFailure::BadCredentials)
                 }
                 _ => AuthDecision::Deny(AuthFailure::Unavailable),
             };
         }
-        let Ok(_permit) = self.workers.acquire().await else {
+        let Some(_worker) = self.guard.worker().await else {
             return AuthDecision::Deny(AuthFailure::Unavailable);
         };
         let store = self.store.clone();
@@ -134,14 +129,14 @@ impl PasswordAuth {
         .await;
         match verdict {
             Ok(Ok(Some(admin))) => {
-                self.throttle.success(Some(user));
+                self.guard.success(user);
                 AuthDecision::Allow(Identity {
                     admin,
                     ..Identity::default()
                 })
             }
             Ok(Ok(None)) => {
-                self.throttle.failure(Some(user), ip, Instant::now());
+                self.guard.failure(Some(user), ip);
                 tracing::info!(user, addr = %creds.addr, "refused: bad user name or password");
                 AuthDecision::Deny(AuthFailure::BadCredentials)
             }
@@ -211,7 +206,15 @@ mod tests {
 
     impl Fixture {
         fn auth(&self, registration_open: bool) -> PasswordAuth {
-            PasswordAuth::new(self.store.clone(), self.tokens.clone(), &self.cfg, registration_open).unwrap()
+            let guard = Arc::new(LoginGuard::new(&self.cfg));
+            PasswordAuth::new(
+                self.store.clone(),
+                self.tokens.clone(),
+                &self.cfg,
+                guard,
+                registration_open,
+            )
+            .unwrap()
         }
     }
 
@@ -335,11 +338,7 @@ mod tests {
                     "{i}/{n}"
                 );
             }
-            assert_eq!(
-                auth.check(&creds(Some("alice"), Some("alice-pw"), "10.9.9.9:1")).await,
-                THROTTLED,
-                "locked after three failures of kind {i}, from any address"
-            );
+            assert_locked_out(&auth, &format!("kind {i}")).await;
         }
         let f = fixture(|_| ());
         let auth = f.auth(false);
@@ -349,9 +348,23 @@ mod tests {
                 BAD
             );
         }
+        assert_locked_out(&auth, "no password").await;
+    }
+
+    /// alice's name is under lockout: one more failure at it locks its address at
+    /// once, while her password still admits her from an address that did not fail.
+    async fn assert_locked_out(auth: &PasswordAuth, what: &str) {
+        let guesser = "10.9.9.8:1";
+        assert_eq!(auth.check(&creds(Some("alice"), Some("guess"), guesser)).await, BAD);
+        assert_eq!(
+            auth.check(&creds(Some("alice"), Some("alice-pw"), guesser)).await,
+            THROTTLED,
+            "{what}: a failure at a locked name locks its address at once"
+        );
         assert_eq!(
             auth.check(&creds(Some("alice"), Some("alice-pw"), "10.9.9.9:1")).await,
-            THROTTLED
+            AuthDecision::Allow(Identity::default()),
+            "{what}: the right password from a clean address is not refused"
         );
     }
 

@@ -94,6 +94,10 @@ pub struct ImConfig {
     pub index_interval_ms: NonZeroU64,
     /// ...or sooner, when this many index entries wait in memory.
     pub index_max_pending: NonZeroUsize,
+    /// API requests (`api/...`) handled at once, each on a blocking thread. Others
+    /// wait their turn; a client's waiting requests count against its Receive Maximum,
+    /// so one that floods the API is no longer read from until they are answered.
+    pub api_workers: NonZeroUsize,
 }
 
 /// Operator authorization rules for non-IM topics (see `acl::rules`).

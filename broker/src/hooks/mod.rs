@@ -77,9 +77,23 @@ pub enum Access {
     Abstain,
 }
 
-/// Resolves once a plugin has stored a message it took over: `true` when stored,
-/// `false` (or a dropped sender) when it could not be.
-pub type Receipt = tokio::sync::oneshot::Receiver<bool>;
+/// Why a message a plugin took over was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotStored {
+    /// The store failed (an I/O error, logged where it happened).
+    #[error("the store failed")]
+    Failed,
+    /// The plugin stopped (the broker is shutting down) before storing it; a dropped
+    /// receipt sender means this too.
+    #[error("the plugin stopped before storing it")]
+    Stopped,
+}
+
+/// What a receipt resolves to: stored, or why not.
+pub type Stored = Result<(), NotStored>;
+
+/// Resolves once a plugin has stored (or handled) a message it took over.
+pub type Receipt = tokio::sync::oneshot::Receiver<Stored>;
 
 /// An authorization answer for a publish.
 #[derive(Debug)]

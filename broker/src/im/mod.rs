@@ -18,6 +18,9 @@ use std::sync::Arc;
 use natter_shared::codec::QoS;
 use natter_shared::im::{self, Publish};
 
+use tokio::sync::Semaphore;
+
+use crate::accounts::guard::LoginGuard;
 use crate::accounts::password::PasswordHasherConfig;
 use crate::acl::rules::{self, Effect, Op, Subject};
 use crate::acl::{self, Asker, Builtin, PublishClass};
@@ -45,6 +48,10 @@ pub struct ImState {
     /// For admin commands: the same handling as the control socket's.
     pub admin: Admin,
     pub registrations: api::account::RegistrationLimiter,
+    /// Throttle and argon2 pool, shared with CONNECT's password checks.
+    pub guard: Arc<LoginGuard>,
+    /// API requests handled at once (`im.api_workers`).
+    pub api_slots: Arc<Semaphore>,
 }
 
 /// The IM plugin.
@@ -82,6 +89,7 @@ impl ImPlugin {
         acl: AclConfig,
         writer: Writer,
         presence: Arc<PresenceBook>,
+        guard: Arc<LoginGuard>,
     ) -> ImPlugin {
         let store = admin.store.clone();
         ImPlugin {
@@ -90,6 +98,8 @@ impl ImPlugin {
                 presence,
                 registrations: api::account::RegistrationLimiter::new(config.registrations_per_hour.get()),
                 hasher: admin.hasher.clone(),
+                api_slots: Arc::new(Semaphore::new(config.api_workers.get())),
+                guard,
                 store,
                 router,
                 config,
@@ -217,8 +227,8 @@ impl Hook for ImPlugin {
             PublishClass::Im(Publish::Dm { to }) => self.dm(client, to, msg),
             PublishClass::Im(Publish::Group { group }) => self.group(client, group, msg),
             PublishClass::Im(Publish::Api { command }) => {
-                api::spawn(self.state.clone(), client.clone(), command.to_owned(), msg.clone());
-                Ok(PublishDecision::Handled)
+                let answered = api::spawn(self.state.clone(), client.clone(), command.to_owned(), msg.clone());
+                Ok(PublishDecision::Pending(answered))
             }
             PublishClass::Im(Publish::Reserved | Publish::Other) => Ok(PublishDecision::Deny),
         };

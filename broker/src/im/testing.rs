@@ -7,6 +7,7 @@ use natter_shared::codec::{Protocol, QoS, SubscriptionOptions};
 use tokio::sync::oneshot;
 
 use crate::accounts;
+use crate::accounts::guard::LoginGuard;
 use crate::accounts::password;
 use crate::accounts::tokens::TokenIndex;
 use crate::admin::Admin;
@@ -71,6 +72,7 @@ pub fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
     )
     .unwrap();
     let hasher = password::PasswordHasherConfig::new(&cfg.auth).unwrap();
+    let guard = Arc::new(LoginGuard::new(&cfg.auth));
     for u in ["alice", "bob", "carol", "dave"] {
         accounts::add(&store, &hasher, u, format!("pw-{u}").as_bytes(), false).unwrap();
     }
@@ -84,7 +86,7 @@ pub fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
     };
     Harness {
         _dir: dir,
-        plugin: ImPlugin::new(admin, router, cfg.im, cfg.acl, writer, presence),
+        plugin: ImPlugin::new(admin, router, cfg.im, cfg.acl, writer, presence, guard),
     }
 }
 

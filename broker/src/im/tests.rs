@@ -47,7 +47,7 @@ impl Harness {
     /// Publishes and waits until the message is stored.
     async fn stored(&self, who: &str, topic: &str, text: &str) {
         match self.decide(&client(Some(who)), topic, text) {
-            PublishDecision::Pending(receipt) => assert!(receipt.await.unwrap(), "{who} -> {topic} stored"),
+            PublishDecision::Pending(receipt) => assert_eq!(receipt.await.unwrap(), Ok(()), "{who} -> {topic} stored"),
             other => panic!("{who} -> {topic}: {other:?}"),
         }
     }
@@ -139,7 +139,7 @@ async fn api_requests_are_taken_and_im_namespaces_are_closed() {
     let alice = client(Some("alice"));
     assert!(matches!(
         h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), "{}"),
-        PublishDecision::Handled
+        PublishDecision::Pending(_)
     ));
     for topic in [
         "inbox/alice/x",
@@ -161,22 +161,66 @@ async fn an_api_request_is_answered_in_the_callers_mailbox() {
     let h = harness(|_| ());
     let alice = client(Some("alice"));
     let session = h.session("alice", "alice-dev", Some(&im::inbox_all("alice")), QoS::AtLeastOnce);
-    assert!(matches!(
-        h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), r#"{"id":3}"#),
-        PublishDecision::Handled
-    ));
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let answer = loop {
-        if let Some(d) = session.lock().queue.pop_front() {
-            break d;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no answer");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let PublishDecision::Pending(answered) = h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), r#"{"id":3}"#) else {
+        panic!("an API request is taken over, acknowledged once answered");
     };
+    assert_eq!(answered.await.unwrap(), Ok(()));
+    let answer = session
+        .lock()
+        .queue
+        .pop_front()
+        .expect("answered before the receipt resolves");
     assert_eq!(&*answer.msg.topic, "inbox/alice/api/account.whoami");
     let body: serde_json::Value = serde_json::from_slice(&answer.msg.payload).unwrap();
     assert_eq!((body["id"].as_u64(), body["ok"].as_bool()), (Some(3), Some(true)));
     assert_eq!(body["result"]["user"], "alice");
+}
+
+/// At most `api_workers` requests run at once, and a password change also waits for
+/// one of the argon2 workers CONNECT uses: a flood of requests waits its turn (and,
+/// acknowledged only once answered, stops its client from being read) instead of
+/// taking every thread.
+#[tokio::test]
+async fn api_requests_wait_for_a_free_worker_and_password_checks_for_the_login_pool() {
+    let h = harness(|c| {
+        c.im.api_workers = 1.try_into().unwrap();
+        c.auth.verify_workers = 1.try_into().unwrap();
+    });
+    let alice = client(Some("alice"));
+    let session = h.session("alice", "alice-dev", Some(&im::inbox_all("alice")), QoS::AtLeastOnce);
+    let pending = |topic: &str, body: &str| match h.decide(&alice, topic, body) {
+        PublishDecision::Pending(r) => r,
+        other => panic!("{topic}: {other:?}"),
+    };
+    let settle = || async {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+
+    let busy = h.state().api_slots.clone().acquire_owned().await.unwrap();
+    let mut whoami = pending(&im::api(cmd::ACCOUNT_WHOAMI), "{}");
+    settle().await;
+    assert!(
+        whoami.try_recv().is_err(),
+        "not answered while every API worker is busy"
+    );
+    assert!(session.lock().queue.is_empty());
+    drop(busy);
+    assert_eq!(whoami.await.unwrap(), Ok(()));
+    assert_eq!(session.lock().queue.len(), 1);
+
+    let hashing = h.state().guard.worker().await.unwrap();
+    let body = r#"{"password":"pw-alice","new_password":"another one"}"#;
+    let mut passwd = pending(&im::api(cmd::ACCOUNT_PASSWD), body);
+    settle().await;
+    assert!(passwd.try_recv().is_err(), "waits for an argon2 worker");
+    drop(hashing);
+    assert_eq!(passwd.await.unwrap(), Ok(()));
+    let answer = session.lock().queue.pop_back().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&answer.msg.payload).unwrap();
+    assert_eq!(body["result"]["changed"], true, "{body}");
 }
 
 #[tokio::test]

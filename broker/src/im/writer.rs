@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 
 use super::indexer::{IndexWrite, Indexer};
 use super::presence::PresenceBook;
-use crate::hooks::Receipt;
+use crate::hooks::{NotStored, Receipt, Stored};
 use crate::model::Message;
 use crate::router::Router;
 use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
@@ -77,7 +77,7 @@ pub struct Post {
     /// That connection's client id: the sender's copy is not routed at all when it is
     /// the sender's only connection.
     pub sender: Option<Arc<str>>,
-    pub done: Option<oneshot::Sender<bool>>,
+    pub done: Option<oneshot::Sender<Stored>>,
 }
 
 enum Op {
@@ -278,7 +278,7 @@ impl Writer {
 struct Group {
     batches: Vec<Arc<Vec<NewMessage>>>,
     messages: usize,
-    receipts: Vec<oneshot::Sender<bool>>,
+    receipts: Vec<oneshot::Sender<Stored>>,
     stop: bool,
 }
 
@@ -422,10 +422,10 @@ impl Worker {
         if group.messages > 0 {
             let records = group.batches.iter().flat_map(|b| b.iter());
             let (stored, unindexed) = match self.store.append(records) {
-                Ok(unindexed) => (true, unindexed),
+                Ok(unindexed) => (Ok(()), unindexed),
                 Err(e) => {
                     tracing::error!(error = %e, messages = group.messages, "messages not stored");
-                    (false, 0)
+                    (Err(NotStored::Failed), 0)
                 }
             };
             self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -590,8 +590,8 @@ mod tests {
         let flying = writer.in_flight("bob", 0);
         assert_eq!(flying.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
         assert!(store.mailbox_after("bob", 0, 10).unwrap().is_empty(), "not stored yet");
-        assert!(first.await.unwrap(), "stored");
-        assert!(second.await.unwrap(), "stored");
+        assert_eq!(first.await.unwrap(), Ok(()), "stored");
+        assert_eq!(second.await.unwrap(), Ok(()), "stored");
         assert!(writer.in_flight("bob", 0).is_empty());
         let stored = store.mailbox_after("bob", 0, 10).unwrap();
         assert_eq!(stored.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
@@ -633,7 +633,7 @@ mod tests {
         until(|| !store.mailbox_after("bob", 0, 10).unwrap().is_empty()).await;
         assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 2);
         for r in receipts {
-            assert!(r.await.unwrap());
+            assert_eq!(r.await.unwrap(), Ok(()));
         }
         assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 3);
         writer.stop().await;

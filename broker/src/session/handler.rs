@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::{will, Context};
 use crate::connection::{Connection, WRITE_HIGH_WATER};
-use crate::hooks::{PublishDecision, Receipt};
+use crate::hooks::{NotStored, PublishDecision, Receipt, Stored};
 use crate::model::Stage;
 use crate::model::{ClientInfo, Message};
 use crate::model::{Delivery, Kick, Session, Subscription};
@@ -441,7 +441,7 @@ impl Handler {
                 Outcome::Ready(code) => *code,
                 Outcome::Waiting(receipt) => match receipt.try_recv() {
                     Ok(stored) => stored_code(stored),
-                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => stored_code(false),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => stored_code(Err(NotStored::Stopped)),
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
                 },
             };
@@ -654,21 +654,23 @@ impl Handler {
 }
 
 /// Resolves with the front acknowledgement's receipt (the caller checked it waits).
-async fn next_receipt(owed: &mut VecDeque<OwedAck>) -> bool {
+async fn next_receipt(owed: &mut VecDeque<OwedAck>) -> Stored {
     match owed.front_mut() {
         Some(OwedAck {
             outcome: Outcome::Waiting(receipt),
             ..
-        }) => receipt.await.unwrap_or(false),
+        }) => receipt.await.unwrap_or(Err(NotStored::Stopped)),
         _ => std::future::pending().await,
     }
 }
 
-fn stored_code(stored: bool) -> u8 {
-    if stored {
-        reason::SUCCESS
-    } else {
-        reason::UNSPECIFIED_ERROR
+fn stored_code(stored: Stored) -> u8 {
+    match stored {
+        Ok(()) => reason::SUCCESS,
+        Err(why) => {
+            tracing::warn!(%why, "a message taken over was not stored");
+            reason::UNSPECIFIED_ERROR
+        }
     }
 }
 
@@ -742,8 +744,9 @@ mod tests {
 
     #[test]
     fn a_storage_outcome_is_success_or_unspecified_error() {
-        assert_eq!(stored_code(true), reason::SUCCESS);
-        assert_eq!(stored_code(false), reason::UNSPECIFIED_ERROR);
+        assert_eq!(stored_code(Ok(())), reason::SUCCESS);
+        assert_eq!(stored_code(Err(NotStored::Failed)), reason::UNSPECIFIED_ERROR);
+        assert_eq!(stored_code(Err(NotStored::Stopped)), reason::UNSPECIFIED_ERROR);
     }
 
     #[tokio::test]
@@ -754,13 +757,13 @@ mod tests {
             qos: QoS::AtLeastOnce,
             outcome: Outcome::Waiting(rx),
         }]);
-        tx.send(true).unwrap();
-        assert!(next_receipt(&mut owed).await);
+        tx.send(Ok(())).unwrap();
+        assert_eq!(next_receipt(&mut owed).await, Ok(()));
         // A plugin that drops its receipt without answering: not stored.
-        let (tx, rx) = oneshot::channel::<bool>();
+        let (tx, rx) = oneshot::channel::<Stored>();
         owed[0].outcome = Outcome::Waiting(rx);
         drop(tx);
-        assert!(!next_receipt(&mut owed).await);
+        assert_eq!(next_receipt(&mut owed).await, Err(NotStored::Stopped));
         // Nothing waiting: never resolves.
         owed[0].outcome = Outcome::Ready(0);
         let never = tokio::time::timeout(Duration::from_millis(20), next_receipt(&mut owed)).await;

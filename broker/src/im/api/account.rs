@@ -10,6 +10,7 @@ use natter_shared::api::ErrorCode;
 use serde_json::json;
 
 use super::{ApiResult, Call, Fail};
+use crate::accounts::guard::Gate;
 use crate::accounts::{self, AccountError};
 use crate::accounts::{password, reset};
 use crate::config::Registration;
@@ -84,14 +85,27 @@ pub fn passwd(c: &Call<'_>) -> ApiResult {
     }
     let old = c.field(&c.req.password, "password")?;
     let new = c.field(&c.req.new_password, "new_password")?;
+    // The same door as CONNECT: a device-token holder guessing the account password
+    // here is throttled like a guesser at login (the caller holds an argon2 worker).
+    let (guard, ip) = (&c.state.guard, c.client.addr.ip());
+    if let Gate::Locked(left) = guard.gate(ip) {
+        tracing::warn!(user = me, addr = %c.client.addr, "password change throttled");
+        return Err(Fail::new(
+            ErrorCode::RateLimited,
+            format!("too many wrong passwords; try again in {} s", left.as_secs().max(1)),
+        ));
+    }
     let rec = c
         .state
         .store
         .user(me)?
         .ok_or_else(|| Fail::new(ErrorCode::NotFound, "account gone"))?;
     if !password::verify(old.as_bytes(), &rec.password_hash) {
+        guard.failure(Some(me), ip);
+        tracing::info!(user = me, addr = %c.client.addr, "password change refused: wrong password");
         return Err(Fail::new(ErrorCode::BadCredentials, "wrong password"));
     }
+    guard.success(me);
     accounts::passwd(&c.state.store, &c.state.hasher, me, new.as_bytes()).map_err(account_error)?;
     Ok(json!({ "user": me, "changed": true }))
 }

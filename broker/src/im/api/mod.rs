@@ -1,7 +1,12 @@
 //! The API over MQTT: a JSON request published to `api/{command}`, a JSON response to
 //! `inbox/{me}/api/{command}`, or on MQTT 5 to the request's Response Topic (only
-//! inside the caller's own mailbox) with its Correlation Data. Requests run on a
-//! blocking thread (they touch the store and may hash passwords), one task each.
+//! inside the caller's own mailbox) with its Correlation Data.
+//!
+//! Requests run on blocking threads (they touch the store and may hash passwords),
+//! at most `im.api_workers` at once; those that hash (or check) a password also take
+//! one of the login guard's argon2 workers, the pool CONNECT uses. A request is
+//! acknowledged once answered, so a client's unanswered requests count against its
+//! Receive Maximum and a client flooding the API stops being read from.
 
 pub mod account;
 mod admin;
@@ -17,7 +22,10 @@ use natter_shared::api::{command as cmd, ErrorCode, Request, Response};
 use natter_shared::im;
 use serde_json::Value;
 
+use tokio::sync::oneshot;
+
 use super::{ImState, RESPONSE_QOS};
+use crate::hooks::{NotStored, Receipt};
 use crate::model::{ClientInfo, Message};
 use crate::store::StoreError;
 
@@ -96,29 +104,60 @@ impl Call<'_> {
     }
 }
 
-/// Handles a request in the background and publishes the response.
-pub fn spawn(state: Arc<ImState>, client: ClientInfo, command: String, msg: Message) {
-    let handle = tokio::runtime::Handle::try_current();
-    let job = move || {
-        let (topic, response, corr) = handle_request(&state, &client, &command, &msg);
-        let payload = match serde_json::to_vec(&response) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode an API response");
-                return;
-            }
-        };
-        let mut out = Message::broker(topic, Bytes::from(payload), msg.qos.max(RESPONSE_QOS), false);
-        out.properties.content_type = Some("application/json".into());
-        out.properties.correlation_data = corr;
-        let _ = state.router.publish(Arc::new(out));
+/// Commands that run argon2 (to check the caller's password or hash a new one).
+const HASHING: &[&str] = &[
+    cmd::ACCOUNT_PASSWD,
+    cmd::ACCOUNT_REGISTER,
+    cmd::ACCOUNT_RESET,
+    cmd::ADMIN_USERS_ADD,
+    cmd::ADMIN_USERS_PASSWD,
+];
+
+/// Handles a request in the background and publishes the response; the receipt
+/// resolves once it is answered.
+pub fn spawn(state: Arc<ImState>, client: ClientInfo, command: String, msg: Message) -> Receipt {
+    let (done, receipt) = oneshot::channel();
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        respond(&state, &client, &command, &msg);
+        let _ = done.send(Ok(()));
+        return receipt;
     };
-    match handle {
-        Ok(h) => {
-            h.spawn_blocking(job);
+    rt.spawn(async move {
+        // Both waits are fair (first come, first served) and hold no thread.
+        let Ok(_slot) = state.api_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let worker = match HASHING.contains(&command.as_str()) {
+            true => match state.guard.worker().await {
+                Some(w) => Some(w),
+                None => return,
+            },
+            false => None,
+        };
+        let answered = tokio::task::spawn_blocking(move || {
+            let _worker = worker;
+            respond(&state, &client, &command, &msg);
+        })
+        .await;
+        let _ = done.send(answered.map_err(|_| NotStored::Failed));
+    });
+    receipt
+}
+
+/// Answers one request.
+fn respond(state: &ImState, client: &ClientInfo, command: &str, msg: &Message) {
+    let (topic, response, corr) = handle_request(state, client, command, msg);
+    let payload = match serde_json::to_vec(&response) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an API response");
+            return;
         }
-        Err(_) => job(),
-    }
+    };
+    let mut out = Message::broker(topic, Bytes::from(payload), msg.qos.max(RESPONSE_QOS), false);
+    out.properties.content_type = Some("application/json".into());
+    out.properties.correlation_data = corr;
+    let _ = state.router.publish(Arc::new(out));
 }
 
 fn handle_request(

@@ -159,6 +159,41 @@ async fn whoami_tells_user_admin_flag_and_client_id() {
     assert_eq!(h.ok("root", cmd::ACCOUNT_WHOAMI, json!({}))["admin"], json!(true));
 }
 
+/// account.passwd checks a password: it counts against the same per-user and
+/// per-address throttle as CONNECT and answers `rate_limited` once the address is
+/// locked, so a device-token holder cannot guess the account password at full speed.
+#[tokio::test]
+async fn passwd_guesses_are_throttled_like_logins() {
+    let h = harness(|c| {
+        c.auth.throttle_free_failures = 2;
+        c.auth.throttle_base_delay_ms = 60_000;
+    });
+    let guess = |pw: &str| json!({ "password": pw, "new_password": "a new password" });
+    for n in 0..3 {
+        assert_eq!(
+            h.err("alice", cmd::ACCOUNT_PASSWD, guess(&format!("guess {n}"))),
+            ErrorCode::BadCredentials
+        );
+    }
+    let ip = client(Some("alice")).addr.ip();
+    assert!(
+        matches!(h.state().guard.gate(ip), crate::accounts::guard::Gate::Locked(_)),
+        "CONNECT from this address is held back too"
+    );
+    assert_eq!(
+        h.err("alice", cmd::ACCOUNT_PASSWD, guess("pw-alice")),
+        ErrorCode::RateLimited,
+        "even the right password waits out the lock"
+    );
+    let hash = h.state().store.user("alice").unwrap().unwrap().password_hash;
+    assert!(password::verify(b"pw-alice", &hash), "unchanged");
+    // Another address, not itself locked, may still change it.
+    let mut elsewhere = client(Some("alice"));
+    elsewhere.addr = "10.0.0.2:5000".parse().unwrap();
+    let r = h.answer(&elsewhere, cmd::ACCOUNT_PASSWD, guess("pw-alice"));
+    assert!(r.ok, "{:?}", r.error);
+}
+
 #[tokio::test]
 async fn passwd_needs_the_old_password_and_an_unrestricted_login() {
     let h = harness(|_| ());
