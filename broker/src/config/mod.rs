@@ -98,6 +98,9 @@ pub struct ImConfig {
     /// wait their turn; a client's waiting requests count against its Receive Maximum,
     /// so one that floods the API is no longer read from until they are answered.
     pub api_workers: NonZeroUsize,
+    /// Messages waiting for the writer at most; beyond it (a stalled store) messages
+    /// are refused rather than buffered.
+    pub writer_queue: NonZeroUsize,
 }
 
 /// Operator authorization rules for non-IM topics (see `acl::rules`).

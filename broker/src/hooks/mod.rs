@@ -87,6 +87,9 @@ pub enum NotStored {
     /// receipt sender means this too.
     #[error("the plugin stopped before storing it")]
     Stopped,
+    /// Too much waits to be stored already (the store is stalled).
+    #[error("too many messages wait to be stored")]
+    Busy,
 }
 
 /// What a receipt resolves to: stored, or why not.

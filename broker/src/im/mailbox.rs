@@ -12,9 +12,9 @@ use natter_shared::codec::{Properties, QoS};
 use natter_shared::im;
 use serde_json::{json, Value};
 
-use super::writer::{Post, Writer, WriterLimits, WriterStopped};
+use super::writer::{Post, Writer, WriterLimits};
 use crate::config::ImConfig;
-use crate::hooks::Receipt;
+use crate::hooks::{NotStored, Receipt};
 use crate::model::{Delivery, Session};
 use crate::model::{Message, PropertiesSource};
 use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Route, Store, StoreError, StoredMessage};
@@ -72,6 +72,7 @@ pub fn limits(cfg: &ImConfig) -> WriterLimits {
         store_within: std::time::Duration::from_micros(cfg.write_batch_max_us),
         index_every: std::time::Duration::from_millis(cfg.index_interval_ms.get()),
         index_at: cfg.index_max_pending.get(),
+        queue: cfg.writer_queue.get(),
     }
 }
 
@@ -92,7 +93,7 @@ impl Mailboxes {
         origin: Option<u64>,
         sender: Option<Arc<str>>,
         receipt: bool,
-    ) -> Result<Option<Receipt>, WriterStopped> {
+    ) -> Result<Option<Receipt>, NotStored> {
         let post = Post {
             record: NewMessage {
                 id: 0,
@@ -128,8 +129,8 @@ impl Mailboxes {
                 },
             )],
         };
-        if self.post(m, route, None, None, false).is_err() {
-            tracing::warn!(user, kind, "writer stopped: event not stored");
+        if let Err(why) = self.post(m, route, None, None, false) {
+            tracing::error!(user, kind, %why, "event not stored");
         }
     }
 

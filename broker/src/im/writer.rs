@@ -31,13 +31,20 @@
 //!
 //! Device cursors are written from here too: an acknowledgement updates an in-memory
 //! map at once (read by replays) and is written after the next store, one write per
-//! device; only a device's first acknowledgement since then wakes the writer.
+//! device; an acknowledgement wakes the writer through a [`Notify`] (no queue).
+//!
+//! The channel into the writer holds at most `[im] writer_queue` messages. Every
+//! client's message waits for its receipt (QoS 0 included), so a client has at most
+//! its Receive Maximum of them here and the bound is met only when the store stalls;
+//! then messages are refused ([`NotStored::Busy`]: v5 0x80, a 3.1.1 QoS 1/2
+//! publisher disconnected), never buffered without end.
 
 use std::sync::{Arc, Mutex};
 
 use natter_shared::codec::{Properties, QoS};
 use natter_shared::im;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::indexer::{IndexWrite, Indexer};
@@ -60,12 +67,9 @@ pub struct WriterLimits {
     pub index_every: std::time::Duration,
     /// ...or when this many entries wait in memory.
     pub index_at: usize,
+    /// Most messages waiting in the channel for the writer.
+    pub queue: usize,
 }
-
-/// The writer has stopped (the broker is shutting down): nothing more is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the message writer has stopped")]
-pub struct WriterStopped;
 
 /// A message on its way to mailboxes.
 pub struct Post {
@@ -82,7 +86,7 @@ pub struct Post {
 
 enum Op {
     Post(Post),
-    /// Acknowledged cursors wait in the map.
+    /// Acknowledged cursors wait in the map (the writer's own op, on a wake).
     Cursors,
     Stop,
 }
@@ -104,7 +108,9 @@ type InFlight = Arc<Mutex<Vec<Arc<Vec<NewMessage>>>>>;
 /// A handle on the writer task (cheap to clone).
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::UnboundedSender<Op>,
+    tx: mpsc::Sender<Op>,
+    /// Wakes the writer for acknowledged cursors.
+    wake: Arc<Notify>,
     /// Acknowledged positions not yet written.
     cursors: Cursors,
     in_flight: InFlight,
@@ -114,7 +120,8 @@ pub struct Writer {
 }
 
 struct Worker {
-    rx: mpsc::UnboundedReceiver<Op>,
+    rx: mpsc::Receiver<Op>,
+    wake: Arc<Notify>,
     store: Store,
     router: Router,
     presence: Arc<PresenceBook>,
@@ -138,11 +145,13 @@ impl Writer {
         limits: WriterLimits,
     ) -> std::io::Result<Writer> {
         let indexer = Indexer::start(store.clone(), limits.retention)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(limits.queue.max(1));
+        let wake = Arc::new(Notify::new());
         let cursors = Cursors::default();
         let in_flight = InFlight::default();
         let worker = Worker {
             rx,
+            wake: wake.clone(),
             store: store.clone(),
             router,
             presence,
@@ -162,6 +171,7 @@ impl Writer {
         });
         Ok(Writer {
             tx,
+            wake,
             cursors,
             in_flight,
             store,
@@ -171,8 +181,11 @@ impl Writer {
     }
 
     /// Queues a message; with `receipt`, returns what resolves once it is stored.
-    /// `Err` when the writer has stopped (the broker is shutting down).
-    pub fn post(&self, mut post: Post, receipt: bool) -> Result<Option<Receipt>, WriterStopped> {
+    ///
+    /// # Errors
+    /// [`NotStored::Busy`] when `writer_queue` messages wait already,
+    /// [`NotStored::Stopped`] when the writer has stopped (the broker is shutting down).
+    pub fn post(&self, mut post: Post, receipt: bool) -> Result<Option<Receipt>, NotStored> {
         let rx = if receipt {
             let (tx, rx) = oneshot::channel();
             post.done = Some(tx);
@@ -180,8 +193,11 @@ impl Writer {
         } else {
             None
         };
-        self.tx.send(Op::Post(post)).map_err(|_| WriterStopped)?;
-        Ok(rx)
+        match self.tx.try_send(Op::Post(post)) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(NotStored::Busy),
+            Err(TrySendError::Closed(_)) => Err(NotStored::Stopped),
+        }
     }
 
     /// A device acknowledged mailbox id `id`.
@@ -204,9 +220,7 @@ impl Writer {
                 }
             }
         }
-        if self.tx.send(Op::Cursors).is_err() {
-            tracing::warn!(user, device, "writer stopped: cursor not saved");
-        }
+        self.wake.notify_one();
     }
 
     /// The last id a device acknowledged, written or not.
@@ -264,7 +278,7 @@ impl Writer {
 
     /// Writes what is queued and stops the task.
     pub async fn stop(&self) {
-        let _ = self.tx.send(Op::Stop);
+        let _ = self.tx.send(Op::Stop).await;
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
             // The watcher above reports a failure of the writer itself.
@@ -292,14 +306,15 @@ impl Worker {
         let mut unindexed = false;
         loop {
             let first = tokio::select! {
-                op = self.rx.recv() => op,
+                op = self.rx.recv() => match op {
+                    Some(op) => op,
+                    None => break,
+                },
+                _ = self.wake.notified() => Op::Cursors,
                 _ = tick.tick(), if unindexed => {
                     unindexed = self.on_tick().await;
                     continue;
                 }
-            };
-            let Some(first) = first else {
-                break;
             };
             ops.push(first);
             let mut group = Group::default();
@@ -566,6 +581,25 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
+    }
+
+    /// The channel into the writer is bounded: with `queue` messages waiting, the
+    /// next is refused as busy (nothing is buffered beyond it), and once the writer
+    /// has taken them, messages are accepted again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_refuses_messages_instead_of_buffering_them() {
+        let (_dir, store, writer) = start(|l| WriterLimits { queue: 2, ..l });
+        // The writer task cannot run before this test yields.
+        let waiting: Vec<_> = (0..2).map(|_| writer.post(post("bob"), true).unwrap().unwrap()).collect();
+        assert_eq!(writer.post(post("bob"), true).err(), Some(NotStored::Busy));
+        for r in waiting {
+            assert_eq!(r.await.unwrap(), Ok(()));
+        }
+        let later = writer.post(post("bob"), true).unwrap().unwrap();
+        assert_eq!(later.await.unwrap(), Ok(()));
+        assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 3, "the refused one is not stored");
+        writer.stop().await;
+        assert_eq!(writer.post(post("bob"), true).err(), Some(NotStored::Stopped));
     }
 
     #[tokio::test(flavor = "current_thread")]
