@@ -7,17 +7,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use natter_shared::api::event;
 use natter_shared::codec::{Properties, QoS};
-use natter_shared::im;
 use serde_json::{json, Value};
 
 use super::writer::{Post, Writer, WriterLimits};
 use crate::config::ImConfig;
 use crate::hooks::{NotStored, Receipt};
-use crate::model::{Delivery, Session};
+use crate::model::Session;
 use crate::model::{Message, PropertiesSource};
-use crate::store::{MailboxEntry, NewMessage, Replayed, Retention, Route, Store, StoreError, StoredMessage};
+use crate::store::{MailboxEntry, NewMessage, Retention, Route, Store, StoredMessage};
 
 /// The sender name of broker events.
 pub const BROKER_SENDER: &str = "natter";
@@ -141,86 +139,15 @@ impl Mailboxes {
 
     /// A device's cursor as the writer sees it (what is acknowledged, stored or not).
     #[cfg(test)]
-    pub fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
+    pub fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, crate::store::StoreError> {
         self.writer.cursor(user, device)
     }
 
     /// Replays `user`'s mailbox into one device's session: entries after the device's
-    /// cursor that its subscriptions cover, oldest first. A device seen for the first
-    /// time starts at the mailbox's head (clean history is what `history` is for).
+    /// cursor that its subscriptions cover, oldest first, in pages within the
+    /// session's queue bound (see [`super::replay`]).
     pub fn replay(&self, user: &str, device: &str, session: &Arc<Session>) {
-        if let Err(e) = self.try_replay(user, device, session) {
-            tracing::error!(user, device, error = %e, "mailbox replay failed");
-        }
-    }
-
-    fn try_replay(&self, user: &str, device: &str, session: &Arc<Session>) -> Result<(), StoreError> {
-        // Before the store: a batch routed before this device subscribed may still be
-        // on its way there (see the writer).
-        let in_flight = self.writer.in_flight(user, 0);
-        self.writer.index_now()?;
-        let Some(cursor) = self.writer.cursor(user, device)? else {
-            let (head, _) = self.store.mailbox_head(user)?;
-            self.writer.acked(user, device, head);
-            return Ok(());
-        };
-        // Everything retained after the cursor, at once: a device acknowledging a
-        // newer (live) message would move its cursor past any entry left for later.
-        // Retention bounds it (count and bytes: `index_now` applied it above).
-        let mut entries = self.store.mailbox_after(user, cursor, self.writer.replay_limit())?;
-        // Read after the entries: retention (on the index thread) may have moved on
-        // meanwhile, and what it dropped that the entries do not hold is the gap.
-        let (_, dropped_up_to) = self.store.mailbox_head(user)?;
-        let lost_to = entries.first().map_or(dropped_up_to, |e| dropped_up_to.min(e.id - 1));
-        let mut deliveries = Vec::new();
-        if cursor < lost_to {
-            // Retention removed entries this device never received: say so.
-            let body = json!({ "type": event::GAP, "from": cursor + 1, "to": lost_to });
-            let topic = im::inbox_event(user, event::GAP);
-            if let Some((qos, _, sub_ids)) = session.granted(&topic) {
-                let mut msg = Message::broker(topic, Bytes::from(body.to_string()), QoS::AtLeastOnce, false);
-                msg.properties.content_type = Some("application/json".into());
-                deliveries.push(Delivery {
-                    msg: Arc::new(msg),
-                    qos: qos.min(QoS::AtLeastOnce),
-                    retain: false,
-                    sub_ids,
-                });
-            }
-        }
-        let last = entries.last().map_or(cursor, |r| r.id);
-        entries.extend(in_flight.into_iter().filter(|r| r.id > last));
-        for Replayed { id, entry, message: m } in entries {
-            let topic = format!("{}{}", im::inbox_prefix(user), entry.suffix);
-            let Some((granted, _, sub_ids)) = session.granted(&topic) else {
-                continue;
-            };
-            let msg = Message {
-                topic: topic.into(),
-                payload: m.payload.clone(),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                // As for live deliveries: built for MQTT 5 receivers only.
-                properties: Properties::default(),
-                lazy_properties: Some(Arc::new(m)),
-                expires_at: None,
-                origin: None,
-                exclude_origin: false,
-                tag: Some(id),
-            };
-            let sent = QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce);
-            deliveries.push(Delivery {
-                qos: granted.min(sent),
-                msg: Arc::new(msg),
-                retain: false,
-                sub_ids,
-            });
-        }
-        let n = session.replay(deliveries);
-        if n > 0 {
-            tracing::debug!(user, device, replayed = n, "mailbox replayed");
-        }
-        Ok(())
+        super::replay::start(&self.store, &self.writer, user, device, session);
     }
 }
 

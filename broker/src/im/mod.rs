@@ -6,6 +6,7 @@ pub mod api;
 pub mod indexer;
 pub mod mailbox;
 pub mod presence;
+mod replay;
 pub mod writer;
 
 #[cfg(test)]

@@ -307,3 +307,52 @@ async fn acknowledgements_move_a_persistent_devices_cursor_in_its_own_mailbox() 
     acked(&bob, "inbox/bob/dm/alice", 5);
     assert_eq!(cursor(), Some(5));
 }
+
+/// A device coming back to more than its queue holds is replayed in pages within
+/// `max_queued_messages`, oldest first, nothing skipped; a message arriving during the
+/// replay waits for it and comes last, so no acknowledgement moves the cursor past an
+/// entry still to be replayed.
+#[tokio::test]
+async fn a_replay_pages_within_the_queue_bound_in_order_and_live_messages_wait_for_it() {
+    let h = harness(|c| c.limits.max_queued_messages = 10.try_into().unwrap());
+    let mut bob = client(Some("bob"));
+    bob.persistent = true;
+    h.state().mailboxes.acked("bob", "bob-dev", 0);
+    for n in 0..45 {
+        h.stored("alice", "dm/bob", &format!("m{n}")).await;
+    }
+    let session = h.session("bob", "bob-dev", Some("inbox/bob/#"), QoS::AtLeastOnce);
+    session.set_online(true);
+    h.plugin.on_connected(&bob, &session, true);
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut got, mut most, mut live_sent) = (Vec::new(), 0, false);
+    while got.len() < 46 {
+        assert!(tokio::time::Instant::now() < deadline, "replayed {} of 46", got.len());
+        {
+            let mut st = session.lock();
+            most = most.max(st.queue.len());
+            got.extend(st.queue.drain(..).map(|d| d.msg));
+            session.drained(&st);
+        }
+        if !live_sent && !got.is_empty() {
+            // Mid-replay: stored and routed while older entries are still to come.
+            h.stored("alice", "dm/bob", "live").await;
+            live_sent = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(most <= 10, "at most the queue bound at once, saw {most}");
+    let texts: Vec<_> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let mut expected: Vec<_> = (0..45).map(|n| format!("m{n}")).collect();
+    expected.push("live".into());
+    assert_eq!(texts, expected);
+    let tags: Vec<u64> = got.iter().map(|m| m.tag.unwrap()).collect();
+    assert!(tags.windows(2).all(|w| w[0] < w[1]), "mailbox order: {tags:?}");
+    // Caught up: live delivery queues again.
+    h.stored("alice", "dm/bob", "after").await;
+    assert_eq!(session.lock().queue.len(), 1);
+}

@@ -590,14 +590,20 @@ mod tests {
     async fn a_full_queue_refuses_messages_instead_of_buffering_them() {
         let (_dir, store, writer) = start(|l| WriterLimits { queue: 2, ..l });
         // The writer task cannot run before this test yields.
-        let waiting: Vec<_> = (0..2).map(|_| writer.post(post("bob"), true).unwrap().unwrap()).collect();
+        let waiting: Vec<_> = (0..2)
+            .map(|_| writer.post(post("bob"), true).unwrap().unwrap())
+            .collect();
         assert_eq!(writer.post(post("bob"), true).err(), Some(NotStored::Busy));
         for r in waiting {
             assert_eq!(r.await.unwrap(), Ok(()));
         }
         let later = writer.post(post("bob"), true).unwrap().unwrap();
         assert_eq!(later.await.unwrap(), Ok(()));
-        assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 3, "the refused one is not stored");
+        assert_eq!(
+            store.mailbox_after("bob", 0, 10).unwrap().len(),
+            3,
+            "the refused one is not stored"
+        );
         writer.stop().await;
         assert_eq!(writer.post(post("bob"), true).err(), Some(NotStored::Stopped));
     }

@@ -8,4 +8,4 @@ pub mod session;
 
 pub use inflight::{Inflight, Stage};
 pub use message::{ClientInfo, Message, PropertiesSource, Restriction};
-pub use session::{Delivery, Enqueued, Kick, Session, SessionKey, SessionState, Subscription};
+pub use session::{Delivery, Enqueued, Kick, Offered, Session, SessionKey, SessionState, Subscription};

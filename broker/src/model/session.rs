@@ -65,6 +65,48 @@ pub enum Enqueued {
     Deferred,
 }
 
+/// Merges at most `limit` replayed deliveries (oldest first) into the queue in tag
+/// order, skipping any whose tag is already queued or in flight: what was queued
+/// before a disconnect and what is replayed interleave by mailbox id. Returns how
+/// many were added and the last tag taken from `page`. Tags in `held` are skipped too.
+fn merge(st: &mut SessionState, page: Vec<Delivery>, limit: usize, held: &HashSet<u64>) -> (usize, Option<u64>) {
+    let present = tags(st);
+    let mut last = None;
+    let mut fresh = page
+        .into_iter()
+        .take(limit)
+        .inspect(|d| last = d.msg.tag.or(last))
+        .filter(|d| d.msg.tag.is_none_or(|t| !present.contains(&t) && !held.contains(&t)))
+        .collect::<VecDeque<_>>();
+    if fresh.is_empty() {
+        return (0, last);
+    }
+    let added = fresh.len();
+    let existing = std::mem::take(&mut st.queue);
+    let mut merged = VecDeque::with_capacity(existing.len() + added);
+    for d in existing {
+        if let Some(t) = d.msg.tag {
+            while fresh.front().is_some_and(|r| r.msg.tag.is_none_or(|rt| rt < t)) {
+                merged.extend(fresh.pop_front());
+            }
+        }
+        merged.push_back(d);
+    }
+    merged.extend(fresh);
+    st.queue = merged;
+    (added, last)
+}
+
+/// The tags of the deliveries queued or in flight.
+fn tags(st: &SessionState) -> HashSet<u64> {
+    st.queue
+        .iter()
+        .map(|d| &d.msg)
+        .chain(st.inflight.iter().map(|o| &o.delivery.msg))
+        .filter_map(|m| m.tag)
+        .collect()
+}
+
 /// The mutable part of a session, behind the session's mutex.
 #[derive(Debug, Default)]
 pub struct SessionState {
@@ -84,6 +126,32 @@ pub struct SessionState {
     pub dropped: u64,
     /// Device token the attached connection logged in with, if any.
     pub credential: Option<Arc<str>>,
+    /// The replay under way, if any (see [`Session::begin_replay`]).
+    replay: Option<ReplayState>,
+    /// Numbers replays, so a newer one makes an older one stale.
+    replay_epoch: u64,
+}
+
+/// A replay under way: durable deliveries routed meanwhile are deferred to it.
+#[derive(Debug)]
+struct ReplayState {
+    epoch: u64,
+    /// The highest tag deferred since it began.
+    deferred_up_to: u64,
+    /// Tags the session held (queued or in flight) when it began: the connection may
+    /// deliver them while the replay reads, and they are not replayed again.
+    held: HashSet<u64>,
+}
+
+/// What offering a page of replayed deliveries did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Caught up: the replay is over; live durable deliveries queue again.
+    Done,
+    /// Added up to and including this tag (none: nothing fitted); read on after it.
+    More(Option<u64>),
+    /// A newer replay took over, or the session went offline: stop.
+    Stale,
 }
 
 /// A session: identity, limits and the state behind a mutex.
@@ -97,6 +165,8 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Wakes the attached connection when deliveries arrive.
     wake: Notify,
+    /// Wakes a replay waiting for room in the queue (or to notice it is stale).
+    room: Notify,
 }
 
 impl PartialEq for Session {
@@ -121,6 +191,7 @@ impl Session {
             online: AtomicBool::new(false),
             state: Mutex::new(SessionState::default()),
             wake: Notify::new(),
+            room: Notify::new(),
         }
     }
 
@@ -137,6 +208,9 @@ impl Session {
 
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Release);
+        if !online {
+            self.room.notify_waiters();
+        }
     }
 
     /// Waits until deliveries are queued.
@@ -158,6 +232,11 @@ impl Session {
         let mut st = self.lock();
         if !online && delivery.qos == QoS::AtMostOnce {
             return Enqueued::Dropped;
+        }
+        if let (Some(tag), Some(replay)) = (delivery.msg.tag, st.replay.as_mut()) {
+            // The replay under way delivers it, in mailbox order.
+            replay.deferred_up_to = replay.deferred_up_to.max(tag);
+            return Enqueued::Deferred;
         }
         if st.queue.len() >= self.max_queued {
             st.dropped += 1;
@@ -190,47 +269,94 @@ impl Session {
 }
 
 impl Session {
-    /// Merges replayed deliveries (from durable storage, oldest first) into the queue
-    /// in tag order, skipping any whose tag is already queued or in flight, and wakes
-    /// the connection. Returns how many were added.
-    pub fn replay(&self, deliveries: Vec<Delivery>) -> usize {
+    /// Starts a replay of durable deliveries, page by page ([`Session::offer`]):
+    /// from now until it is caught up, durable deliveries routed to this session are
+    /// deferred to it rather than queued, so none overtakes an older one still to be
+    /// replayed (an acknowledgement would move the device's cursor past it). A replay
+    /// begun earlier becomes stale. Returns this replay's epoch.
+    pub fn begin_replay(&self) -> u64 {
         let mut st = self.lock();
-        let present: HashSet<u64> = st
-            .queue
-            .iter()
-            .map(|d| &d.msg)
-            .chain(st.inflight.iter().map(|o| &o.delivery.msg))
-            .filter_map(|m| m.tag)
-            .collect();
-        let mut fresh = deliveries
-            .into_iter()
-            .filter(|d| d.msg.tag.is_none_or(|t| !present.contains(&t)))
-            .peekable();
-        if fresh.peek().is_none() {
-            return 0;
+        st.replay_epoch += 1;
+        let epoch = st.replay_epoch;
+        let held = tags(&st);
+        st.replay = Some(ReplayState {
+            epoch,
+            deferred_up_to: 0,
+            held,
+        });
+        drop(st);
+        self.room.notify_waiters();
+        epoch
+    }
+
+    /// Ends replay `epoch` with nothing (more) to replay.
+    pub fn end_replay(&self, epoch: u64) {
+        let mut st = self.lock();
+        if st.replay.as_ref().is_some_and(|r| r.epoch == epoch) {
+            st.replay = None;
         }
-        // Queued tagged deliveries are in tag order already: merge, so that what was
-        // queued before a disconnect and what is replayed interleave by mailbox id.
-        let existing: Vec<Delivery> = st.queue.drain(..).collect();
-        let mut merged = VecDeque::with_capacity(existing.len());
-        let mut added = 0;
-        for d in existing {
-            if let Some(t) = d.msg.tag {
-                while let Some(r) = fresh.next_if(|r| r.msg.tag.is_none_or(|rt| rt < t)) {
-                    merged.push_back(r);
-                    added += 1;
+    }
+
+    /// Room left in the queue, within `max_queued_messages`.
+    pub fn room(&self) -> usize {
+        self.max_queued.saturating_sub(self.lock().queue.len())
+    }
+
+    /// Waits until the queue is at most half full, or replay `epoch` is stale (then
+    /// returns false).
+    pub async fn wait_room(&self, epoch: u64) -> bool {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if !self.is_online() || st.replay.as_ref().is_none_or(|r| r.epoch != epoch) {
+                    return false;
+                }
+                if st.queue.len() <= self.max_queued / 2 {
+                    return true;
                 }
             }
-            merged.push_back(d);
+            notified.await;
         }
-        for r in fresh {
-            merged.push_back(r);
-            added += 1;
+    }
+
+    /// Called by the connection after taking deliveries from the queue: wakes a
+    /// replay waiting for room.
+    pub fn drained(&self, st: &SessionState) {
+        if st.replay.is_some() && st.queue.len() <= self.max_queued / 2 {
+            self.room.notify_waiters();
         }
-        st.queue = merged;
+    }
+
+    /// Offers one page of replay `epoch` (durable deliveries, oldest first, after
+    /// what earlier pages added): merges what fits within `max_queued_messages` into
+    /// the queue in tag order, skipping any already queued or in flight, and wakes
+    /// the connection. `read_up_to`: the highest tag the page was read up to;
+    /// `caught_up`: nothing durable is newer than the page. The replay ends when a
+    /// caught-up page fits whole and covers everything deferred meanwhile.
+    pub fn offer(&self, epoch: u64, page: Vec<Delivery>, read_up_to: u64, caught_up: bool) -> Offered {
+        let mut st = self.lock();
+        let Some(replay) = st.replay.take_if(|r| r.epoch == epoch && self.is_online()) else {
+            return Offered::Stale;
+        };
+        let room = self.max_queued.saturating_sub(st.queue.len());
+        let whole = page.len() <= room;
+        let (added, last) = merge(&mut st, page, room, &replay.held);
+        let done = whole && caught_up && replay.deferred_up_to <= read_up_to;
+        if !done {
+            st.replay = Some(replay);
+        }
         drop(st);
-        self.wake();
-        added
+        if added > 0 {
+            self.wake();
+        }
+        match done {
+            true => Offered::Done,
+            false if whole => Offered::More(Some(read_up_to)),
+            false => Offered::More(last),
+        }
     }
 
     /// How `topic` would be delivered to this session by its current subscriptions:

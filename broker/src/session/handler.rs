@@ -17,7 +17,7 @@ use crate::connection::{Connection, WRITE_HIGH_WATER};
 use crate::hooks::{NotStored, PublishDecision, Receipt, Stored};
 use crate::model::Stage;
 use crate::model::{ClientInfo, Message};
-use crate::model::{Delivery, Kick, Session, Subscription};
+use crate::model::{Delivery, Kick, Session, SessionState, Subscription};
 use crate::router::{Opened, RetainedFull};
 
 /// An acknowledgement owed to the client, in arrival order (MQTT-4.6.0-2/3).
@@ -236,10 +236,17 @@ impl Handler {
     /// Returns true when more could be sent right away (the buffer filled up first).
     fn drain(&mut self) -> bool {
         let now = Instant::now();
-        let mut st = self.session.lock();
+        let session = self.session.clone();
+        let mut st = session.lock();
         if st.generation != self.generation {
             return false;
         }
+        let more = self.drain_locked(&mut st, now);
+        session.drained(&st);
+        more
+    }
+
+    fn drain_locked(&mut self, st: &mut SessionState, now: Instant) -> bool {
         while let Some(d) = st.queue.pop_front() {
             if d.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
                 st.queue.push_front(d);

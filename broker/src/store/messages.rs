@@ -112,6 +112,18 @@ pub struct Replayed {
     pub message: StoredMessage,
 }
 
+/// A page of a mailbox (see [`Store::mailbox_page`]).
+#[derive(Debug)]
+pub struct MailboxPage {
+    /// Oldest first.
+    pub entries: Vec<Replayed>,
+    /// The highest id the page covers (entries retention dropped meanwhile are
+    /// skipped, not returned).
+    pub read_through: u64,
+    /// The mailbox may hold entries after `read_through`.
+    pub more: bool,
+}
+
 /// Retention bounds of one mailbox.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -795,9 +807,20 @@ impl Store {
     /// # Errors
     /// I/O errors and undecodable records.
     pub fn mailbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Replayed>, StoreError> {
+        self.mailbox_page(user, after, limit).map(|p| p.entries)
+    }
+
+    /// Like [`Store::mailbox_after`], saying how far it read and whether the mailbox
+    /// holds more: a page of a replay.
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
+    pub fn mailbox_page(&self, user: &str, after: u64, limit: usize) -> Result<MailboxPage, StoreError> {
         let ids = self.mailbox_ids(user, after, limit)?;
+        let read_through = ids.last().copied().unwrap_or(after).max(after);
+        let more = ids.len() >= limit;
         let records = self.records(&ids)?;
-        Ok(ids
+        let entries = ids
             .into_iter()
             .zip(records)
             .filter_map(|(id, r)| {
@@ -809,7 +832,12 @@ impl Store {
                     message: Arc::unwrap_or_clone(r.message),
                 })
             })
-            .collect())
+            .collect();
+        Ok(MailboxPage {
+            entries,
+            read_through,
+            more,
+        })
     }
 
     /// The newest id in `user`'s mailbox (0 when empty), and the highest id retention

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use messages::{MailboxEntry, MailboxMeta, NewMessage, Replayed, Retention, StoredMessage};
+pub use messages::{MailboxEntry, MailboxMeta, MailboxPage, NewMessage, Replayed, Retention, StoredMessage};
 pub use route::{dm_conversation, group_conversation, Dest, Route, Suffix};
 pub use social::{Contact, GroupRecord, Members, ResetRecord, Role};
 pub use tokens::TokenRecord;
@@ -53,6 +53,10 @@ pub enum StoreError {
     GroupExists(String),
     #[error("user {user} already has a token named {name}")]
     TokenExists { user: String, name: String },
+    /// A store call on the blocking pool did not finish (the task panicked or the
+    /// runtime is shutting down).
+    #[error("store task did not finish: {0}")]
+    Task(String),
 }
 
 /// A cheap-to-clone handle on the database.
