@@ -183,7 +183,11 @@ impl ImPlugin {
     fn sees_presence(&self, me: &str, user: &str) -> bool {
         self.state.config.presence_visibility == PresenceVisibility::All
             || me == user
-            || self.state.store.are_friends(me, user).unwrap_or(false)
+            || self.state.store.are_friends(me, user).unwrap_or_else(|e| {
+                // Fails closed, and says why.
+                tracing::error!(me, user, error = %e, "friendship lookup failed: presence refused");
+                false
+            })
     }
 
     /// Mailbox filters cover `inbox/{me}/...`.

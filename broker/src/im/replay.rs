@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::writer::Writer;
 use crate::model::{Delivery, Message, Offered, Session};
-use crate::store::{Replayed, Store, StoreError};
+use crate::store::{self, Replayed, Store, StoreError};
 
 /// Most entries read per page, whatever room the queue has.
 const PAGE_MAX: usize = 256;
@@ -76,7 +76,7 @@ impl Replay {
     /// Returns how many deliveries it offered.
     async fn run(self: Arc<Self>) -> Result<usize, StoreError> {
         let me = self.clone();
-        let Some(mut pos) = blocking(move || me.start()).await? else {
+        let Some(mut pos) = store::blocking(move || me.start()).await? else {
             self.session.end_replay(self.epoch);
             return Ok(0);
         };
@@ -87,7 +87,7 @@ impl Replay {
             }
             let room = self.session.room().clamp(1, PAGE_MAX);
             let me = self.clone();
-            let page = blocking(move || me.page(pos, room)).await?;
+            let page = store::blocking(move || me.page(pos, room)).await?;
             let read_up_to = page.read_up_to;
             if let Some(gap) = page.gap {
                 self.session.enqueue(gap);
@@ -195,13 +195,4 @@ impl Replay {
             })
             .collect()
     }
-}
-
-/// Runs a store read on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
 }

@@ -18,9 +18,9 @@
 //!
 //! It is a task on the runtime rather than a thread: handing a message over and
 //! waking the publisher and subscribers afterwards stay within the runtime (no
-//! thread switch per message, which cost ~200 us of latency on a busy core). Store
-//! calls here never flush; the durability step's flush goes to the blocking pool,
-//! once per batch.
+//! thread switch per message, which cost ~200 us of latency on a busy core). The
+//! store calls themselves (a group's append, cursor writes) go to the blocking pool,
+//! one hand-over per group, since sled may wait for its disk; none of them flushes.
 //!
 //! The mailbox and history indexes are written behind it, by a thread of their own at
 //! the lowest CPU priority (see [`super::indexer`]), every
@@ -52,7 +52,7 @@ use super::presence::PresenceBook;
 use crate::hooks::{NotStored, Receipt, Stored};
 use crate::model::Message;
 use crate::router::Router;
-use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
+use crate::store::{self, NewMessage, Replayed, Retention, Store, StoreError};
 use crate::FastMap;
 
 /// The writer's bounds (from `[im]` in the configuration).
@@ -435,8 +435,9 @@ impl Worker {
     /// Stores a group, then resolves its publishers' receipts and writes its cursors.
     async fn store(&mut self, group: Group) {
         if group.messages > 0 {
-            let records = group.batches.iter().flat_map(|b| b.iter());
-            let (stored, unindexed) = match self.store.append(records) {
+            let (store, batches) = (self.store.clone(), group.batches);
+            let appended = store::blocking(move || store.append(batches.iter().flat_map(|b| b.iter()))).await;
+            let (stored, unindexed) = match appended {
                 Ok(unindexed) => (Ok(()), unindexed),
                 Err(e) => {
                     tracing::error!(error = %e, messages = group.messages, "messages not stored");
@@ -456,37 +457,14 @@ impl Worker {
                 }
             }
         }
-        self.write_cursors();
-    }
-
-    /// Writes the acknowledged cursors waiting in the map. An entry leaves the map
-    /// once written (unless it moved on meanwhile), so a replay reading the map, then
-    /// the store, always finds it.
-    fn write_cursors(&self) {
-        let mut waiting: Vec<(String, String, u64)> = Vec::new();
-        {
-            let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-            for (user, devices) in map.iter_mut() {
-                for (device, acked) in devices.iter_mut().filter(|(_, a)| a.queued) {
-                    acked.queued = false;
-                    waiting.push((user.clone(), device.clone(), acked.id));
-                }
-            }
-        }
-        for (user, device, id) in waiting {
-            if let Err(e) = self.store.advance_cursor(&user, &device, id) {
-                tracing::error!(user, device, error = %e, "cannot move the device cursor");
-                continue;
-            }
-            let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(devices) = map.get_mut(&user) {
-                if devices.get(&device).is_some_and(|a| a.id <= id && !a.queued) {
-                    devices.remove(&device);
-                }
-                if devices.is_empty() {
-                    map.remove(&user);
-                }
-            }
+        let waiting = take_waiting(&self.cursors);
+        if !waiting.is_empty() {
+            let (store, cursors) = (self.store.clone(), self.cursors.clone());
+            let _ = store::blocking(move || {
+                write_cursors(&store, &cursors, waiting);
+                Ok(())
+            })
+            .await;
         }
     }
 
@@ -528,8 +506,43 @@ impl Worker {
     }
 }
 
+/// The acknowledged cursors not yet written, marked as taken.
+fn take_waiting(cursors: &Cursors) -> Vec<(String, String, u64)> {
+    let mut waiting = Vec::new();
+    let mut map = cursors.lock().unwrap_or_else(|p| p.into_inner());
+    for (user, devices) in map.iter_mut() {
+        for (device, acked) in devices.iter_mut().filter(|(_, a)| a.queued) {
+            acked.queued = false;
+            waiting.push((user.clone(), device.clone(), acked.id));
+        }
+    }
+    waiting
+}
+
+/// Writes acknowledged cursors (on the blocking pool). An entry leaves the map once
+/// written (unless it moved on meanwhile), so a replay reading the map, then the
+/// store, always finds it.
+fn write_cursors(store: &Store, cursors: &Cursors, waiting: Vec<(String, String, u64)>) {
+    for (user, device, id) in waiting {
+        if let Err(e) = store.advance_cursor(&user, &device, id) {
+            tracing::error!(user, device, error = %e, "cannot move the device cursor");
+            continue;
+        }
+        let mut map = cursors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(devices) = map.get_mut(&user) {
+            if devices.get(&device).is_some_and(|a| a.id <= id && !a.queued) {
+                devices.remove(&device);
+            }
+            if devices.is_empty() {
+                map.remove(&user);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::config::Config;
     use crate::im::mailbox::limits;

@@ -7,6 +7,10 @@ use std::sync::RwLock;
 
 use super::StoreError;
 
+/// Most names one cache holds; past it, an arbitrary one is forgotten (and read
+/// again when next asked), so memory stays bounded whatever the number of accounts.
+const MAX_ENTRIES: usize = 65_536;
+
 /// Values by name, read from the store on first use and forgotten by writes.
 pub(super) struct Cache<V> {
     map: RwLock<crate::FastMap<String, V>>,
@@ -32,6 +36,11 @@ impl<V: Clone> Cache<V> {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let loaded = load()?;
         if let Some(v) = &loaded {
+            if map.len() >= MAX_ENTRIES {
+                if let Some(k) = map.keys().next().cloned() {
+                    map.remove(&k);
+                }
+            }
             map.insert(key.to_owned(), v.clone());
         }
         Ok(loaded)
@@ -77,5 +86,15 @@ mod tests {
             Some(3),
             "reloaded after a write"
         );
+    }
+
+    #[test]
+    fn a_cache_holds_at_most_its_bound() {
+        let c: Cache<u32> = Cache::default();
+        for n in 0..MAX_ENTRIES + 100 {
+            c.get_or_load(&n.to_string(), || Ok(Some(1))).unwrap();
+        }
+        assert_eq!(c.map.read().unwrap().len(), MAX_ENTRIES);
+        assert_eq!(c.get_or_load("last", || Ok(Some(7))).unwrap(), Some(7));
     }
 }

@@ -1,9 +1,11 @@
 //! Durable state in sled, behind a small interface that knows nothing of MQTT.
 //!
-//! Today it holds accounts; the IM and durability steps add mailboxes, contacts,
-//! groups and sessions as more trees here, so callers never touch sled directly.
-//! Every method is synchronous: callers on the async runtime run writes (which
-//! flush) through [`tokio::task::spawn_blocking`].
+//! It holds accounts, device and reset tokens, contacts, groups, and the message
+//! journal with its mailbox and history indexes (sessions come with the durability
+//! step), so callers never touch sled directly. Every method is synchronous: callers
+//! on the async runtime run writes and scans through [`tokio::task::spawn_blocking`];
+//! the questions asked per message (account exists, blocked, friends, group members)
+//! are answered from [`hot`]'s read-through caches and may stay inline.
 
 mod hot;
 mod journal;
@@ -59,6 +61,19 @@ pub enum StoreError {
     Task(String),
 }
 
+/// Runs store calls on the blocking pool (sled may wait for its disk), for callers on
+/// the async runtime.
+///
+/// # Errors
+/// The call's own, or [`StoreError::Task`] when the task did not finish.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+}
+
 /// A cheap-to-clone handle on the database.
 #[derive(Clone)]
 pub struct Store {
@@ -99,6 +114,8 @@ struct Hot {
     blocks: hot::Cache<Arc<[String]>>,
     /// Each group's members.
     members: hot::Cache<Members>,
+    /// Each user's friends.
+    friends: hot::Cache<Arc<[String]>>,
 }
 
 impl Store {

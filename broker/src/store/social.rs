@@ -74,11 +74,13 @@ impl Store {
     /// I/O errors.
     pub fn set_contact(&self, user: &str, other: &str, c: Option<Contact>) -> Result<(), StoreError> {
         let k = keys::pair(user, other);
-        match c {
-            Some(c) => self.contacts.insert(k, enc("contacts", &c)?)?,
-            None => self.contacts.remove(k)?,
-        };
-        Ok(())
+        self.hot.friends.write(user, || {
+            match c {
+                Some(c) => self.contacts.insert(k, enc("contacts", &c)?)?,
+                None => self.contacts.remove(k)?,
+            };
+            Ok(())
+        })
     }
 
     /// Every relation of `user`.
@@ -98,8 +100,23 @@ impl Store {
             .collect()
     }
 
+    /// True when `a` counts `b` as a friend; answered from memory after the first
+    /// question about `a` (a DM under the friends policy and every presence
+    /// subscription ask it).
+    ///
+    /// # Errors
+    /// I/O errors and undecodable records.
     pub fn are_friends(&self, a: &str, b: &str) -> Result<bool, StoreError> {
-        Ok(self.contact(a, b)? == Some(Contact::Friend))
+        let friends = self.hot.friends.get_or_load(a, || {
+            let list: Vec<String> = self
+                .contacts_of(a)?
+                .into_iter()
+                .filter(|(_, c)| *c == Contact::Friend)
+                .map(|(name, _)| name)
+                .collect();
+            Ok(Some(list.into()))
+        })?;
+        Ok(friends.is_some_and(|l| l.iter().any(|f| f == b)))
     }
 
     /// True when `user` blocked `other`.
@@ -295,6 +312,14 @@ mod tests {
         s.set_contact("alice", "bob", Some(Contact::Friend)).unwrap();
         assert!(s.are_friends("alice", "bob").unwrap());
         assert_eq!(s.contacts_of("alice").unwrap(), vec![("bob".into(), Contact::Friend)]);
+        // Answered from memory: a write behind the cache's back is not seen...
+        s.contacts.remove(keys::pair("alice", "bob")).unwrap();
+        assert!(s.are_friends("alice", "bob").unwrap());
+        // ...and every write through the store is.
+        s.set_contact("alice", "bob", None).unwrap();
+        assert!(!s.are_friends("alice", "bob").unwrap());
+        s.set_contact("alice", "bob", Some(Contact::Friend)).unwrap();
+        assert!(s.are_friends("alice", "bob").unwrap());
         assert!(s.set_blocked("bob", "carol", true).unwrap());
         assert!(!s.set_blocked("bob", "carol", true).unwrap());
         assert!(s.blocked("bob", "carol").unwrap());
