@@ -11,11 +11,15 @@ use std::io;
 use bytes::BytesMut;
 use natter_shared::codec::{self, DecodeError, Packet, Protocol};
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Buffer size above which queued output is written before encoding more.
 pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// How long, and how many bytes, a closing connection reads on for the peer to see
+/// the close (see [`Connection::close`]).
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+const LINGER_BYTES: usize = 1 << 20;
 /// Smallest and largest read buffer reserved at a time.
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
@@ -163,10 +167,34 @@ impl Connection {
         !self.writing
     }
 
-    /// Writes what is buffered, then shuts the write side down.
+    /// Closes: [`Connection::half_close`], then [`Connection::linger`].
     pub async fn close(&mut self) {
+        self.half_close().await;
+        self.linger().await;
+    }
+
+    /// Writes what is buffered, then shuts the write side down (FIN).
+    pub async fn half_close(&mut self) {
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
+    }
+
+    /// After [`Connection::half_close`]: reads and discards what the peer still sends
+    /// until it closes too, for at most [`LINGER`] and [`LINGER_BYTES`]. A socket
+    /// closed with unread input, or written to after it closed, is answered with RST,
+    /// and a peer that gets RST may fail before it reads the packet that said why (a
+    /// DISCONNECT reason, a refusing CONNACK).
+    pub async fn linger(&mut self) {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut left = LINGER_BYTES;
+        let mut sink = [0u8; 1024];
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
+        self.rbuf = BytesMut::new();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use natter_e2e::{connect_packet, publish_packet as publish, v3, Raw, TestBroker};
+use natter_e2e::{connect_packet, publish_packet as publish, v3, Raw, TestBroker, WAIT};
 use natter_shared::codec::{reason, Ack, Packet, Protocol, QoS};
 use tokio::io::AsyncWriteExt;
 
@@ -151,6 +151,45 @@ async fn client_exceeding_our_receive_maximum_is_disconnected() {
         matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == reason::RECEIVE_MAXIMUM_EXCEEDED),
         "{seen:?}"
     );
+    b.stop().await;
+}
+
+/// A client that writes on past the packet that ends its connection is not answered
+/// with a reset: the broker half-closes after its DISCONNECT and reads on briefly, so
+/// the client's writes still succeed and its read ends in a clean end of stream. (A
+/// socket closed outright answers later writes with RST: the client's write fails
+/// with a broken pipe, as the Paho suite's v5 flow-control test saw.)
+#[tokio::test]
+async fn a_client_writing_on_past_a_violation_gets_no_reset() {
+    use tokio::io::AsyncReadExt;
+    let b = TestBroker::start_config(|c| c.limits.receive_maximum = 2.try_into().unwrap()).await;
+    let (mut raw, _) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("alice"), "flood")).await;
+    for pkid in 1..=3 {
+        raw.send(&publish("t", QoS::ExactlyOnce, pkid, b"x".to_vec())).await;
+    }
+    loop {
+        match raw.recv().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, reason::RECEIVE_MAXIMUM_EXCEEDED);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("closed without a DISCONNECT"),
+        }
+    }
+    // Still writing, as a client that has not looked at its input yet would.
+    for pkid in 4..=6 {
+        let mut bytes = bytes::BytesMut::new();
+        publish("t", QoS::ExactlyOnce, pkid, b"x".to_vec()).encode(&mut bytes, Protocol::V5);
+        raw.stream
+            .write_all(&bytes)
+            .await
+            .expect("no reset while the broker drains");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(WAIT, raw.stream.read_to_end(&mut rest)).await;
+    assert!(matches!(end, Ok(Ok(_))), "a clean end of stream, not a reset: {end:?}");
     b.stop().await;
 }
 

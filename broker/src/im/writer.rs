@@ -662,10 +662,12 @@ mod tests {
         assert_eq!(writer.cursor("bob", "phone").unwrap(), Some(9), "never back");
         assert_eq!(store.cursor("bob", "phone").unwrap(), None, "not written yet");
         // No message needed: the first acknowledgement woke the writer.
-        until(|| store.cursor("bob", "phone").unwrap() == Some(9)).await;
-        assert_eq!(store.cursor("bob", "laptop").unwrap(), Some(3));
-        assert!(
-            writer.cursors.lock().unwrap().is_empty(),
+        // Written on the blocking pool, one device after the other.
+        until(|| writer.cursors.lock().unwrap().is_empty()).await;
+        assert_eq!(store.cursor("bob", "phone").unwrap(), Some(9));
+        assert_eq!(
+            store.cursor("bob", "laptop").unwrap(),
+            Some(3),
             "written entries leave the map"
         );
         // Acknowledged again after the writer looked: told again, written again.
@@ -681,14 +683,12 @@ mod tests {
         let receipts: Vec<_> = (0..3)
             .map(|_| writer.post(post("bob"), true).unwrap().unwrap())
             .collect();
-        // Two routed and full: stored together while the third waits (it is routed,
-        // and the writer yields once, before its own group is stored).
-        until(|| !store.mailbox_after("bob", 0, 10).unwrap().is_empty()).await;
-        assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 2);
+        // Two routed and full: stored together, in one write; the third in its own.
         for r in receipts {
             assert_eq!(r.await.unwrap(), Ok(()));
         }
         assert_eq!(store.mailbox_after("bob", 0, 10).unwrap().len(), 3);
+        assert_eq!(store.chunk_starts(), vec![1, 3], "one write for ids 1-2, one for 3");
         writer.stop().await;
     }
 }

@@ -628,8 +628,9 @@ impl Handler {
                     .queue(&Packet::Disconnect(Disconnect::with_reason(code)), self.protocol);
             }
         }
-        if self.conn.is_clean() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.close()).await;
+        let clean = self.conn.is_clean();
+        if clean {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.half_close()).await;
         }
         self.ctx.hooks.on_disconnected(&self.info);
 
@@ -657,6 +658,12 @@ impl Handler {
             session_expiry: self.session_expiry,
             shutting_down: matches!(end, End::Shutdown),
         });
+        // Last: the session is detached and the will is on its way; the socket stays
+        // open a moment so the client reads why it closed (see `Connection::linger`).
+        // Not while the broker stops: that waits for every connection.
+        if clean && !matches!(end, End::Shutdown) {
+            self.conn.linger().await;
+        }
     }
 }
 

@@ -356,8 +356,19 @@ mod tests {
     async fn handshake(ctx: &Context, c: Connect) -> ConnAck {
         let protocol = c.protocol;
         let (conn, addr, mut client) = socket().await;
-        match accept(conn, addr, c, ctx.clone()).await {
-            None => connack(&answer(&mut client, protocol).await).clone(),
+        let mut accepting = tokio::spawn(accept(conn, addr, c, ctx.clone()));
+        // A refusal is answered and half-closed at once, then lingers until the client
+        // closes too; an accepted client's CONNACK comes from its handler.
+        let accepted = tokio::select! {
+            accepted = &mut accepting => accepted.unwrap(),
+            seen = answer(&mut client, protocol) => {
+                drop(client);
+                assert!(accepting.await.unwrap().is_none(), "answered, then accepted: {seen:?}");
+                return connack(&seen).clone();
+            }
+        };
+        match accepted {
+            None => panic!("refused without an answer"),
             Some(handler) => {
                 let task = tokio::spawn(handler.run());
                 let mut buf = BytesMut::new();
@@ -392,8 +403,10 @@ mod tests {
             (6, Protocol::V5, reason::UNSUPPORTED_PROTOCOL_VERSION),
         ] {
             let (conn, _, mut client) = socket().await;
-            refuse_protocol_level(conn, level).await;
+            let refusing = tokio::spawn(refuse_protocol_level(conn, level));
             let seen = answer(&mut client, protocol).await;
+            drop(client);
+            refusing.await.unwrap();
             assert_eq!(connack(&seen).code, code, "level {level}");
             assert!(!connack(&seen).session_present);
         }

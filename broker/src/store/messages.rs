@@ -734,6 +734,17 @@ impl Store {
         Ok(self.messages(&[id])?.pop().flatten())
     }
 
+    /// The first id of every journal chunk: one chunk per store write (of a few
+    /// messages), so tests see how messages were grouped.
+    #[cfg(test)]
+    pub fn chunk_starts(&self) -> Vec<u64> {
+        self.messages
+            .iter()
+            .keys()
+            .filter_map(|k| Some(u64::from_be_bytes(k.ok()?.as_ref().try_into().ok()?)))
+            .collect()
+    }
+
     /// The mailbox's counters, read once per user per process and then kept in memory.
     fn mailbox_meta_in(&self, ix: &mut Index, user: &str) -> Result<MailboxMeta, StoreError> {
         if let Some(m) = ix.meta.get(user) {
