@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod acl;
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod control;

@@ -43,11 +43,7 @@ fn check_name(name: &str) -> Result<(), AccountError> {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_secs as now_secs;
 
 /// Creates an account; an existing one is never overwritten.
 ///

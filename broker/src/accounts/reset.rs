@@ -11,11 +11,7 @@ use crate::store::{ResetRecord, Store, StoreError};
 pub const RESET_PREFIX: &str = "nr_";
 const RESET_LEN: usize = RESET_PREFIX.len() + 64;
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_secs as now_secs;
 
 pub fn looks_like_reset(password: &[u8]) -> bool {
     password.len() == RESET_LEN

@@ -175,9 +175,9 @@ pub struct Limits {
     pub max_queued_messages: NonZeroUsize,
     /// What happens when that queue is full.
     pub queue_overflow: OverflowPolicy,
-    /// Longest keepalive a client may ask for, in seconds; longer ones (and 0) are
-    /// lowered to it and announced with Server Keep Alive on MQTT 5. 3.1.1 clients
-    /// cannot be told, so their own value is kept.
+    /// Longest keepalive a client may ask for, in seconds; longer ones are lowered to
+    /// it and announced with Server Keep Alive on MQTT 5 (3.1.1 clients cannot be
+    /// told, so their own value is kept). 0, no keepalive, is kept as asked.
     pub max_keepalive_secs: NonZeroU16,
     /// A socket that sends no complete CONNECT within this time is closed, in milliseconds.
     pub connect_timeout_ms: NonZeroU32,

@@ -20,11 +20,7 @@ use crate::store::{MailboxEntry, NewMessage, Retention, Route, Store, StoredMess
 /// The sender name of broker events.
 pub const BROKER_SENDER: &str = "natter";
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::unix_ms as now_ms;
 
 /// Properties a subscriber sees on a mailbox delivery: the sender's user properties
 /// (minus any that would impersonate ours), then `id`, `from` and `ts`.

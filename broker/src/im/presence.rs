@@ -28,11 +28,7 @@ pub struct PresenceBook {
     users: Mutex<HashMap<String, UserPresence>>,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_secs as now_secs;
 
 impl PresenceBook {
     pub fn new(router: Router) -> PresenceBook {

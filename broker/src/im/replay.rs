@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use natter_shared::api::event;
-use natter_shared::codec::{Properties, QoS};
+use natter_shared::codec::QoS;
 use natter_shared::im;
 use serde_json::json;
 
@@ -172,19 +172,8 @@ impl Replay {
             .filter_map(|Replayed { id, entry, message }| {
                 let topic = format!("{prefix}{}", entry.suffix);
                 let (granted, _, sub_ids) = self.session.granted(&topic)?;
-                let msg = Message {
-                    topic: topic.into(),
-                    payload: message.payload.clone(),
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    // As for live deliveries: built for MQTT 5 receivers only.
-                    properties: Properties::default(),
-                    lazy_properties: Some(Arc::new(message)),
-                    expires_at: None,
-                    origin: None,
-                    exclude_origin: false,
-                    tag: Some(id),
-                };
+                let payload = message.payload.clone();
+                let msg = Message::stored(topic.into(), payload, QoS::AtLeastOnce, Arc::new(message), id);
                 let sent = QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce);
                 Some(Delivery {
                     qos: granted.min(sent),

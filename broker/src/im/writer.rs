@@ -41,7 +41,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use natter_shared::codec::{Properties, QoS};
+use natter_shared::codec::QoS;
 use natter_shared::im;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -488,19 +488,15 @@ impl Worker {
             topic.push('/');
             dest.suffix.push_to(topic);
             // Built only for a session to receive it.
-            self.router.publish_built(topic, origin, exclude, || Message {
-                topic: topic.as_str().into(),
-                payload: record.message.payload.clone(),
+            self.router.publish_built(topic, origin, exclude, || {
                 // Each mailbox entry keeps the QoS the message was sent with.
-                qos: QoS::from_u8(dest.qos).unwrap_or(QoS::AtLeastOnce),
-                retain: false,
-                properties: Properties::default(),
-                // Built from the stored message for MQTT 5 receivers only.
-                lazy_properties: Some(record.message.clone()),
-                expires_at: None,
-                origin,
-                exclude_origin: exclude,
-                tag: Some(id),
+                let qos = QoS::from_u8(dest.qos).unwrap_or(QoS::AtLeastOnce);
+                let m = &record.message;
+                Message {
+                    origin,
+                    exclude_origin: exclude,
+                    ..Message::stored(topic.as_str().into(), m.payload.clone(), qos, m.clone(), id)
+                }
             });
         }
     }

@@ -52,6 +52,46 @@ impl Message {
         }
     }
 
+    /// A message from a client, a PUBLISH or a will, published by session `origin`:
+    /// its Message Expiry Interval becomes a deadline counted from `now` (the
+    /// remaining interval is recomputed for each delivery).
+    pub fn from_client(
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        mut properties: Properties,
+        origin: u64,
+        now: Instant,
+    ) -> Message {
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|secs| now + std::time::Duration::from_secs(u64::from(secs)));
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            lazy_properties: None,
+            expires_at,
+            origin: Some(origin),
+            exclude_origin: false,
+            tag: None,
+        }
+    }
+
+    /// A message a plugin routes from durable storage: tagged with its id `tag`, its
+    /// MQTT 5 properties built by `source` for v5 receivers only.
+    pub fn stored(topic: Arc<str>, payload: Bytes, qos: QoS, source: Arc<dyn PropertiesSource>, tag: u64) -> Message {
+        Message {
+            lazy_properties: Some(source),
+            tag: Some(tag),
+            ..Message::broker(topic, payload, qos, false)
+        }
+    }
+
     /// The properties an MQTT 5 receiver gets (before per-connection ones).
     pub fn v5_properties(&self) -> Properties {
         match &self.lazy_properties {

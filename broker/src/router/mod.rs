@@ -235,7 +235,7 @@ impl Router {
                 sub,
             },
         );
-        // Retained messages are not sent for shared subscriptions (MQTT-3.8.4-? / 4.8.2).
+        // Retained messages are not sent for shared subscriptions (MQTT 5 section 4.8.2).
         let send_retained = group.is_none()
             && match sub.options.retain_handling {
                 RetainHandling::OnSubscribe => true,

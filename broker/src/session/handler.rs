@@ -13,7 +13,7 @@ use natter_shared::codec::{
 use tokio::sync::oneshot;
 
 use super::{will, Context};
-use crate::connection::{Connection, WRITE_HIGH_WATER};
+use crate::connection::{Connection, ConnectionError, WRITE_HIGH_WATER};
 use crate::hooks::{NotStored, PublishDecision, Receipt, Stored};
 use crate::model::Stage;
 use crate::model::{ClientInfo, Message};
@@ -42,7 +42,7 @@ pub(super) enum End {
         with_will: bool,
     },
     /// The socket closed or failed without DISCONNECT.
-    Abrupt(String),
+    Abrupt(ConnectionError),
     Kicked(Kick),
     Shutdown,
     KeepAliveTimeout,
@@ -164,7 +164,7 @@ impl Handler {
                 // Stay responsive to kicks and shutdown while a slow reader blocks the write.
                 tokio::select! {
                     r = self.conn.flush() => if let Err(e) = r {
-                        return End::Abrupt(e.to_string());
+                        return End::Abrupt(e.into());
                     },
                     k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
                     _ = shutdown.changed() => return End::Shutdown,
@@ -199,7 +199,7 @@ impl Handler {
                 }
                 r = self.conn.fill(), if reading => {
                     if let Err(e) = r {
-                        return End::Abrupt(e.to_string());
+                        return End::Abrupt(e);
                     }
                     self.last_seen = Instant::now();
                     if let Some(end) = self.process_input().await {
@@ -226,7 +226,7 @@ impl Handler {
             }
             if self.conn.pending() >= WRITE_HIGH_WATER {
                 if let Err(e) = self.conn.flush().await {
-                    return Some(End::Abrupt(e.to_string()));
+                    return Some(End::Abrupt(e.into()));
                 }
             }
         }
@@ -366,7 +366,7 @@ impl Handler {
                         None => {
                             return Some(End::Protocol(
                                 reason::PROTOCOL_ERROR,
-                                "unknown topic alias (MQTT-3.3.4-?)",
+                                "unknown topic alias (MQTT 5 section 3.3.2.3.4)",
                             ))
                         }
                     }
@@ -400,24 +400,15 @@ impl Handler {
             && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
         let outcome = if !malformed_utf8 {
-            let now = Instant::now();
-            let mut properties = p.properties;
-            let expires_at = properties
-                .message_expiry_interval
-                .take()
-                .map(|secs| now + Duration::from_secs(u64::from(secs)));
-            let msg = Message {
-                topic: p.topic,
-                payload: p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                properties,
-                expires_at,
-                origin: Some(self.session.id),
-                exclude_origin: false,
-                tag: None,
-                lazy_properties: None,
-            };
+            let msg = Message::from_client(
+                p.topic,
+                p.payload,
+                p.qos,
+                p.retain,
+                p.properties,
+                self.session.id,
+                Instant::now(),
+            );
             self.route(msg)
         } else {
             Outcome::Ready(reason::PAYLOAD_FORMAT_INVALID)

@@ -101,22 +101,15 @@ pub(super) fn after_disconnect(e: Ended) {
 fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill) {
     let mut properties = w.properties;
     properties.will_delay_interval = None;
-    let expires_at = properties
-        .message_expiry_interval
-        .take()
-        .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
-    let msg = Message {
-        topic: w.topic.into(),
-        payload: w.payload,
-        qos: w.qos,
-        retain: w.retain,
+    let msg = Message::from_client(
+        w.topic.into(),
+        w.payload,
+        w.qos,
+        w.retain,
         properties,
-        expires_at,
-        origin: Some(session.id),
-        exclude_origin: false,
-        tag: None,
-        lazy_properties: None,
-    };
+        session.id,
+        Instant::now(),
+    );
     match ctx.hooks.authorize_publish(info, &msg) {
         PublishDecision::Allow => {
             tracing::debug!(client_id = %info.client_id, topic = %msg.topic, "publishing will");

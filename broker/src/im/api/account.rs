@@ -57,7 +57,9 @@ impl RegistrationLimiter {
     }
 }
 
-fn account_error(e: AccountError) -> Fail {
+/// The answer to a failed account operation: the caller's mistakes by kind, and a
+/// store failure as `internal` (logged), never as the caller's fault.
+pub(super) fn account_error(e: AccountError) -> Fail {
     match e {
         AccountError::InvalidName(n) => Fail::new(
             ErrorCode::BadRequest,
@@ -66,6 +68,7 @@ fn account_error(e: AccountError) -> Fail {
         AccountError::Password(p) => Fail::new(ErrorCode::BadRequest, p.to_string()),
         AccountError::Store(StoreError::UserExists(u)) => Fail::new(ErrorCode::AlreadyExists, format!("{u} is taken")),
         AccountError::Store(StoreError::NoSuchUser(u)) => Fail::new(ErrorCode::NotFound, format!("no such user: {u}")),
+        e @ AccountError::NoSuchToken { .. } => Fail::new(ErrorCode::NotFound, e.to_string()),
         other => {
             tracing::error!(error = %other, "account operation failed");
             Fail::new(ErrorCode::Internal, "account operation failed")
@@ -155,6 +158,38 @@ pub fn reset(c: &Call<'_>) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_failure_is_internal_and_the_callers_mistakes_are_theirs() {
+        let corrupt = AccountError::Store(StoreError::Corrupt {
+            tree: "users",
+            reason: "bad".into(),
+        });
+        assert_eq!(account_error(corrupt).code, ErrorCode::Internal);
+        let task = AccountError::Store(StoreError::Task("gone".into()));
+        assert_eq!(account_error(task).code, ErrorCode::Internal);
+        let cases = [
+            (AccountError::InvalidName("A".into()), ErrorCode::BadRequest),
+            (
+                AccountError::Store(StoreError::UserExists("bob".into())),
+                ErrorCode::AlreadyExists,
+            ),
+            (
+                AccountError::Store(StoreError::NoSuchUser("bob".into())),
+                ErrorCode::NotFound,
+            ),
+            (
+                AccountError::NoSuchToken {
+                    user: "bob".into(),
+                    name: "t".into(),
+                },
+                ErrorCode::NotFound,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(account_error(e).code, code);
+        }
+    }
 
     #[test]
     fn limiter_counts_per_address() {

@@ -52,14 +52,6 @@ pub fn admin(c: &Call<'_>, command: &str) -> ApiResult {
         command,
         "admin request"
     );
-    let r = c.state.admin.apply(request).map_err(|e| match e {
-        crate::accounts::AccountError::Store(crate::store::StoreError::UserExists(u)) => {
-            Fail::new(ErrorCode::AlreadyExists, format!("{u} exists"))
-        }
-        crate::accounts::AccountError::Store(crate::store::StoreError::NoSuchUser(u)) => {
-            Fail::new(ErrorCode::NotFound, format!("no such user: {u}"))
-        }
-        other => Fail::new(ErrorCode::BadRequest, other.to_string()),
-    })?;
+    let r = c.state.admin.apply(request).map_err(super::account::account_error)?;
     Ok(json!({ "users": r.users, "token": r.token, "expires_at": r.expires_at }))
 }
