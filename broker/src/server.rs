@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::accounts::guard::LoginGuard;
 use crate::accounts::password::{PasswordError, PasswordHasherConfig};
 use crate::accounts::tokens::TokenIndex;
+use crate::acl::plain::PlainAcl;
 use crate::admin::Admin;
 use crate::auth::PasswordAuth;
 use crate::config::{Config, Registration};
@@ -53,7 +54,8 @@ pub struct RunningBroker {
     connections_done: mpsc::Receiver<()>,
     grace: Duration,
     store: Store,
-    writer: Writer,
+    /// The IM writer, when the IM layer is on.
+    writer: Option<Writer>,
     router: Router,
     socket_path: PathBuf,
 }
@@ -82,7 +84,8 @@ pub async fn start_with(
         tokio::task::spawn_blocking(move || Store::open(&dir)).await??
     };
     let auth_cfg = config.auth.clone();
-    let registration_open = config.im.registration == Registration::Open;
+    // Registration is an IM API command: without the IM layer nobody registers.
+    let registration_open = config.im.enabled && config.im.registration == Registration::Open;
     let store2 = store.clone();
     let guard = Arc::new(LoginGuard::new(&config.auth));
     let guard2 = guard.clone();
@@ -115,27 +118,35 @@ pub async fn start_with(
         connections: Arc::new(router.clone()),
     };
 
-    // Plugins in order: the caller's, then authentication, then the IM layer (which
-    // answers every authorization question, so nothing after it is asked).
+    // Plugins in order: the caller's, then authentication, then the IM layer or,
+    // with it off, the operator's rules alone (either answers every authorization
+    // question, so nothing after it is asked).
     let mut list = plugins(&router, &store);
     list.push(Arc::new(auth));
-    let presence = Arc::new(PresenceBook::new(router.clone()));
-    let writer = Writer::start(
-        store.clone(),
-        router.clone(),
-        presence.clone(),
-        mailbox::limits(&config.im),
-    )
-    .map_err(ServerError::Thread)?;
-    list.push(Arc::new(ImPlugin::new(
-        admin.clone(),
-        router.clone(),
-        config.im.clone(),
-        config.acl.clone(),
-        writer.clone(),
-        presence,
-        guard,
-    )));
+    let writer = if config.im.enabled {
+        let presence = Arc::new(PresenceBook::new(router.clone()));
+        let writer = Writer::start(
+            store.clone(),
+            router.clone(),
+            presence.clone(),
+            mailbox::limits(&config.im),
+        )
+        .map_err(ServerError::Thread)?;
+        list.push(Arc::new(ImPlugin::new(
+            admin.clone(),
+            router.clone(),
+            config.im.clone(),
+            config.acl.clone(),
+            writer.clone(),
+            presence,
+            guard,
+        )));
+        Some(writer)
+    } else {
+        tracing::info!("IM layer off: a plain MQTT broker, the operator rules govern every topic");
+        list.push(Arc::new(PlainAcl::new(config.acl.rules.clone())));
+        None
+    };
     let hooks = Hooks::new(list);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -197,7 +208,9 @@ impl RunningBroker {
             );
         }
         // What connections handed over is written before the store is flushed.
-        self.writer.stop().await;
+        if let Some(writer) = &self.writer {
+            writer.stop().await;
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}

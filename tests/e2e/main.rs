@@ -8,6 +8,7 @@ mod im;
 mod limits;
 mod mailbox;
 mod mqtt5;
+mod plain;
 mod qos;
 mod retained;
 mod scale;

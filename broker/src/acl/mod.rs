@@ -3,6 +3,7 @@
 //! so every case is unit-tested here; the IM plugin calls them with what it knows of
 //! friendships.
 
+pub mod plain;
 pub mod rules;
 
 use natter_shared::im::{self, NAMESPACES};

@@ -238,22 +238,23 @@ mod tests {
 
     #[test]
     fn validation_refuses_bad_rules() {
-        assert!(rule("devices/%u/#", Access::ReadWrite, Effect::Allow, Who::All, &[])
-            .validate()
-            .is_ok());
+        let r = |f: &str| rule(f, Access::ReadWrite, Effect::Allow, Who::All, &[]);
+        assert!(r("devices/%u/#").validate(true).is_ok());
         for bad in ["inbox/%u/#", "dm/#", "#", "+/x", "a/#/b", "presence/x"] {
-            assert!(
-                rule(bad, Access::ReadWrite, Effect::Allow, Who::All, &[])
-                    .validate()
-                    .is_err(),
-                "{bad}"
-            );
+            assert!(r(bad).validate(true).is_err(), "{bad}");
         }
-        assert!(rule("x", Access::Read, Effect::Allow, Who::Users, &[])
-            .validate()
-            .is_err());
-        assert!(rule("x", Access::Read, Effect::Allow, Who::All, &["a"])
-            .validate()
-            .is_err());
+        // With the IM layer off nothing is reserved; filters are still checked.
+        for fine in ["inbox/%u/#", "dm/#", "#", "+/x", "presence/x"] {
+            assert!(r(fine).validate(false).is_ok(), "{fine}");
+        }
+        assert!(r("a/#/b").validate(false).is_err());
+        for im in [true, false] {
+            assert!(rule("x", Access::Read, Effect::Allow, Who::Users, &[])
+                .validate(im)
+                .is_err());
+            assert!(rule("x", Access::Read, Effect::Allow, Who::All, &["a"])
+                .validate(im)
+                .is_err());
+        }
     }
 }

@@ -67,6 +67,9 @@ pub enum PresenceVisibility {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImConfig {
+    /// The IM layer (mailboxes, presence, the API). Off, natterd is a plain
+    /// authenticated MQTT broker whose operator rules cover every topic.
+    pub enabled: bool,
     pub registration: Registration,
     /// Accounts one source address may register per hour.
     pub registrations_per_hour: NonZeroU32,
@@ -267,7 +270,7 @@ impl Config {
             return Err(invalid("auth.throttle_base_delay_ms", "must be positive"));
         }
         for (i, rule) in self.acl.rules.iter().enumerate() {
-            rule.validate().map_err(|reason| ConfigError::Invalid {
+            rule.validate(self.im.enabled).map_err(|reason| ConfigError::Invalid {
                 key: "acl.rules",
                 reason: format!("rule {}: {reason}", i + 1),
             })?;
@@ -355,6 +358,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("acl.rules") && e.contains("IM namespaces"), "{e}");
+        // With the IM layer off, no namespace is reserved: `#` and `inbox/#` are rules.
+        let plain = "[im]\nenabled = false\n[[acl.rules]]\nfilter = \"#\"\n[[acl.rules]]\nfilter = \"inbox/#\"\n";
+        assert_eq!(Config::from_toml(plain, None).unwrap().acl.rules.len(), 2);
+        let e = Config::from_toml("[im]\nenabled = false\n[[acl.rules]]\nfilter = \"a/#/b\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("acl.rules"), "filters are still checked: {e}");
         let e = Config::from_toml("[[acl.rules]]\nfilter = \"x\"\naccess = \"all\"\n", None)
             .unwrap_err()
             .to_string();

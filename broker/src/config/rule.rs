@@ -58,15 +58,16 @@ fn all() -> Who {
 
 impl Rule {
     /// Checks a rule at config load: a valid filter (placeholders aside), outside the
-    /// IM namespaces, and a user list exactly when `who = "users"`.
+    /// IM namespaces when the IM layer is on (`im`), and a user list exactly when
+    /// `who = "users"`. With IM off, a rule may cover any topic, `#` included.
     ///
     /// # Errors
     /// The reason, for the config error message.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self, im: bool) -> Result<(), String> {
         let sample = self.filter.replace("%u", "u").replace("%c", "c");
         validate_filter(&sample).map_err(|e| format!("filter {:?}: {e}", self.filter))?;
         let first = sample.split('/').next().unwrap_or("");
-        if NAMESPACES.contains(&first) || first == "+" || first == "#" {
+        if im && (NAMESPACES.contains(&first) || first == "+" || first == "#") {
             return Err(format!(
                 "filter {:?} reaches the IM namespaces ({}), which only the built-in rules govern",
                 self.filter,
