@@ -176,6 +176,42 @@ async fn inbound_topic_aliases() {
     b.stop().await;
 }
 
+/// A client announcing a Topic Alias Maximum gets aliases: a topic in full with its
+/// alias the first time, then the alias alone; the least recently used alias is
+/// remapped when all are taken. A client that announces none gets topics in full.
+#[tokio::test]
+async fn outbound_topic_aliases_for_clients_that_allow_them() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "small-device");
+    c.properties.topic_alias_maximum = Some(1);
+    let (mut s, _) = Raw::connect(b.addr, c).await;
+    subscribed(&mut s, sub("sensors/#", QoS::AtMostOnce, None, false)).await;
+    let mut plain = Raw::login(b.addr, Protocol::V5, "carol", "no-aliases").await;
+    subscribed(&mut plain, sub("sensors/#", QoS::AtMostOnce, None, false)).await;
+    let mut p = Raw::login(b.addr, Protocol::V5, "alice", "p").await;
+    for topic in ["sensors/a", "sensors/a", "sensors/b", "sensors/a"] {
+        p.send(&publish(topic, QoS::AtMostOnce, 0, Properties::default(), b"x"))
+            .await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let Some(Packet::Publish(got)) = s.recv().await else {
+            panic!("publish")
+        };
+        seen.push((got.topic.to_string(), got.properties.topic_alias));
+    }
+    let want = [("sensors/a", 1), ("", 1), ("sensors/b", 1), ("sensors/a", 1)];
+    let want: Vec<_> = want.iter().map(|(t, a)| (t.to_string(), Some(*a))).collect();
+    assert_eq!(seen, want);
+    for topic in ["sensors/a", "sensors/a", "sensors/b", "sensors/a"] {
+        let Some(Packet::Publish(got)) = plain.recv().await else {
+            panic!("publish")
+        };
+        assert_eq!((&*got.topic, got.properties.topic_alias), (topic, None));
+    }
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn clients_receive_maximum_is_honoured() {
     let b = TestBroker::start().await;

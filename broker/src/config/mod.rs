@@ -189,6 +189,9 @@ pub struct Limits {
     pub max_session_expiry_secs: u32,
     /// Topic aliases a MQTT 5 client may use towards the broker.
     pub max_topic_aliases: u16,
+    /// Topic aliases the broker uses towards a MQTT 5 client that allows them (at
+    /// most the client's Topic Alias Maximum); 0: none.
+    pub max_topic_aliases_out: u16,
     /// Longest client identifier, in bytes.
     pub max_client_id_len: NonZeroU16,
     /// Subscriptions per session.

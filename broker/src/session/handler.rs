@@ -12,6 +12,7 @@ use natter_shared::codec::{
 };
 use tokio::sync::oneshot;
 
+use super::aliases::{Alias, OutAliases};
 use super::{will, Context};
 use crate::connection::{Connection, ConnectionError, WRITE_HIGH_WATER};
 use crate::hooks::{NotStored, PublishDecision, Receipt, Stored};
@@ -73,6 +74,8 @@ pub(super) struct Handler {
     client_max_packet: usize,
     /// Topic aliases set by the client (MQTT 5), index = alias - 1; allocated on first use.
     aliases: Vec<Option<Arc<str>>>,
+    /// Topic aliases toward the client, when it allows them (boxed: most do not).
+    out_aliases: Option<Box<OutAliases>>,
     /// Acknowledgements waiting for a plugin's receipt, and those queued behind them.
     owed: VecDeque<OwedAck>,
 }
@@ -107,6 +110,7 @@ impl Handler {
             window,
             client_max_packet,
             aliases: Vec::new(),
+            out_aliases: OutAliases::new(connect.properties.topic_alias_maximum, limits.max_topic_aliases_out),
             owed: VecDeque::new(),
             ctx,
             info,
@@ -124,7 +128,11 @@ impl Handler {
         let st = self.session.lock();
         for o in st.inflight.iter() {
             let packet = match o.stage {
-                Stage::Published => publish_packet(self.protocol, &o.delivery, o.pkid, true, now),
+                Stage::Published => {
+                    let mut p = publish_packet(self.protocol, &o.delivery, o.pkid, true, now);
+                    alias(&mut self.out_aliases, &mut p);
+                    p
+                }
                 Stage::Released => Packet::PubRel(Ack::new(o.pkid)),
             };
             self.conn.queue(&packet, self.protocol);
@@ -260,13 +268,14 @@ impl Handler {
             } else {
                 st.inflight.next_pkid()
             };
-            let packet = publish_packet(self.protocol, &d, pkid, false, now);
-            if packet.encoded_len(self.protocol) > self.client_max_packet {
+            let mut publish = publish_packet(self.protocol, &d, pkid, false, now);
+            if publish.encoded_len(self.protocol) > self.client_max_packet {
                 // MQTT-3.1.2-25: discard, as if delivered.
                 tracing::warn!(client_id = %self.info.client_id, topic = %d.msg.topic, "message exceeds the client's maximum packet size: dropped");
                 continue;
             }
-            self.conn.queue(&packet, self.protocol);
+            alias(&mut self.out_aliases, &mut publish);
+            self.conn.queue(&publish, self.protocol);
             if d.qos != QoS::AtMostOnce {
                 st.inflight.push(pkid, d);
             } else if d.msg.tag.is_some() {
@@ -676,6 +685,21 @@ fn stored_code(stored: Stored) -> u8 {
             tracing::warn!(%why, "a message taken over was not stored");
             reason::UNSPECIFIED_ERROR
         }
+    }
+}
+
+/// Gives a PUBLISH its topic alias, when the client takes them.
+fn alias(aliases: &mut Option<Box<OutAliases>>, packet: &mut Packet) {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    let (Some(aliases), Packet::Publish(p)) = (aliases, packet) else {
+        return;
+    };
+    match aliases.alias(&p.topic) {
+        Alias::Known(a) => {
+            p.properties.topic_alias = Some(a);
+            p.topic = EMPTY.clone();
+        }
+        Alias::Set(a) => p.properties.topic_alias = Some(a),
     }
 }
 

@@ -2,6 +2,7 @@
 //! subscriptions, keepalive, flow control), and what happens when a connection ends
 //! (will, session expiry).
 
+mod aliases;
 mod handler;
 mod handshake;
 mod will;
