@@ -197,21 +197,21 @@ fn auth_benches(c: &mut Criterion) {
         b.iter(|| im.authorize_subscribe(black_box(&client), "inbox/alice/#"))
     });
     g.bench_function("authorize publish by operator rule", |b| {
-        b.iter(|| im.authorize_publish(black_box(&client), black_box(&device)))
+        b.iter(|| im.on_publish(black_box(&client), black_box(&device)))
     });
     // Until stored: the receipt the PUBACK waits for.
     let stored = |d: PublishDecision| match d {
-        PublishDecision::Pending(r) => assert_eq!(r.blocking_recv(), Ok(Ok(())), "not stored"),
+        PublishDecision::TakenOver(r) => assert_eq!(r.blocking_recv(), Ok(Ok(())), "not stored"),
         other => panic!("DM not accepted: {other:?}"),
     };
     g.bench_function("DM alone: authorize, store, append to 2 mailboxes, route", |b| {
-        b.iter(|| stored(im.authorize_publish(black_box(&client), black_box(&dm))))
+        b.iter(|| stored(im.on_publish(black_box(&client), black_box(&dm))))
     });
     g.throughput(Throughput::Elements(64));
     g.bench_function("DM burst of 64 (one group commit), per DM", |b| {
         b.iter(|| {
             let receipts: Vec<_> = (0..64)
-                .map(|_| im.authorize_publish(black_box(&client), black_box(&dm)))
+                .map(|_| im.on_publish(black_box(&client), black_box(&dm)))
                 .collect();
             receipts.into_iter().for_each(stored);
         })

@@ -50,9 +50,9 @@ impl Hook for Probe {
         }
     }
 
-    fn authorize_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
+    fn on_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
         if msg.topic.starts_with("forbidden") {
-            return PublishDecision::Deny;
+            return PublishDecision::Refuse;
         }
         if let Some(rest) = msg.topic.strip_prefix("dm/") {
             // Take the message over: route it to the recipient's inbox, stamped with the sender.
@@ -60,12 +60,12 @@ impl Hook for Probe {
             let mut m = msg.clone();
             m.topic = format!("inbox/{rest}/from/{from}").into();
             let _ = self.router.publish(Arc::new(m));
-            return PublishDecision::Handled;
+            return PublishDecision::TakenOver(natterd::hooks::receipt(Ok(())));
         }
         PublishDecision::Abstain
     }
 
-    fn on_connected(&self, c: &ClientInfo, _s: &Arc<natterd::model::Session>, _present: bool) {
+    fn on_connected(&self, c: &ClientInfo, _s: &natterd::hooks::SessionView, _present: bool) {
         self.log(format!("connected {}", c.client_id));
     }
 
@@ -158,7 +158,7 @@ impl Hook for Slow {
         "slow"
     }
 
-    fn authorize_publish(&self, _c: &ClientInfo, msg: &Message) -> PublishDecision {
+    fn on_publish(&self, _c: &ClientInfo, msg: &Message) -> PublishDecision {
         let mut parts = msg.topic.split('/');
         if parts.next() != Some("slow") {
             return PublishDecision::Abstain;
@@ -170,7 +170,7 @@ impl Hook for Slow {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             let _ = tx.send(if ok { Ok(()) } else { Err(NotStored::Failed) });
         });
-        PublishDecision::Pending(rx)
+        PublishDecision::TakenOver(rx)
     }
 }
 
@@ -281,7 +281,7 @@ impl Hook for HeldHook {
         "held"
     }
 
-    fn authorize_publish(&self, _c: &ClientInfo, msg: &Message) -> PublishDecision {
+    fn on_publish(&self, _c: &ClientInfo, msg: &Message) -> PublishDecision {
         if !msg.topic.starts_with("held/") {
             return PublishDecision::Abstain;
         }
@@ -293,7 +293,7 @@ impl Hook for HeldHook {
         } else {
             h.held.lock().unwrap().push(tx);
         }
-        PublishDecision::Pending(rx)
+        PublishDecision::TakenOver(rx)
     }
 }
 

@@ -42,11 +42,11 @@ impl Hook for PlainAcl {
         }
     }
 
-    fn authorize_publish(&self, c: &ClientInfo, msg: &Message) -> PublishDecision {
+    fn on_publish(&self, c: &ClientInfo, msg: &Message) -> PublishDecision {
         if !msg.topic.starts_with('$') && self.decide(c, Op::Publish, &msg.topic) {
-            PublishDecision::Allow
+            PublishDecision::Route
         } else {
-            PublishDecision::Deny
+            PublishDecision::Refuse
         }
     }
 }
@@ -83,7 +83,7 @@ mod tests {
 
     fn publish(acl: &PlainAcl, c: &ClientInfo, topic: &str) -> bool {
         let m = Message::broker(topic, Bytes::new(), QoS::AtMostOnce, false);
-        matches!(acl.authorize_publish(c, &m), PublishDecision::Allow)
+        matches!(acl.on_publish(c, &m), PublishDecision::Route)
     }
 
     #[test]

@@ -10,10 +10,21 @@
 //! |---|---|---|
 //! | [`Hook::authenticate`] | on CONNECT, before the session is touched | allow (with role), deny with a reason |
 //! | [`Hook::authorize_subscribe`] | per filter of a SUBSCRIBE | allow, deny (SUBACK failure) |
-//! | [`Hook::authorize_publish`] | per PUBLISH and per will | allow, deny (v5 0x87), or take the message over |
+//! | [`Hook::on_publish`] | per PUBLISH and per will | route it, refuse it (v5 0x87), or take it over with a receipt |
 //! | [`Hook::on_connected`] / [`Hook::on_disconnected`] | after CONNACK / when the connection ends | observe, queue deliveries into the session |
 //! | [`Hook::on_subscribed`] | a subscription was added | observe, queue deliveries into the session |
 //! | [`Hook::on_acked`] | a delivery was acknowledged (QoS 1/2) or written (QoS 0) | observe |
+//!
+//! Plugins see a session through [`SessionView`] (its subscriptions, queuing and
+//! paged replay), never its locks or inflight window. A plugin that takes a message
+//! over says when it is stored through its [`Receipt`]: a typed `Result`, stored or
+//! why not ([`NotStored`]), which the connection turns into the acknowledgement.
+//!
+//! One call goes the other way, on purpose: a message may carry a
+//! [`crate::model::PropertiesSource`] (the IM plugin's stored record), which the
+//! connection asks for the MQTT 5 properties only when it writes the message to an
+//! MQTT 5 client. Stamping `id`, `from`, `ts` on every mailbox delivery would
+//! otherwise cost every 3.1.1 receiver and every message routed to nobody.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +32,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::model::{ClientInfo, Message, Restriction};
+use natter_shared::codec::QoS;
+
+use crate::model::{ClientInfo, Delivery, Enqueued, Message, Offered, Restriction};
 use crate::model::{Session, Subscription};
 
 /// A boxed future, so hooks can be stored as trait objects.
@@ -98,25 +111,86 @@ pub type Stored = Result<(), NotStored>;
 /// Resolves once a plugin has stored (or handled) a message it took over.
 pub type Receipt = tokio::sync::oneshot::Receiver<Stored>;
 
-/// An authorization answer for a publish.
+/// A plugin's answer to a publish (see [`Hook::on_publish`]).
 #[derive(Debug)]
 pub enum PublishDecision {
-    /// Route it through the core router.
-    Allow,
-    /// Refuse it (v5: PUBACK/PUBREC 0x87; 3.1.1: acknowledged and dropped).
-    Deny,
-    /// The plugin has taken the message over (stored and routed it itself); the core
-    /// acknowledges it and does not route it.
-    Handled,
-    /// Like `Handled`, but the plugin stores it in the background: the core
-    /// acknowledges it when the receipt resolves (PUBACK/PUBREC in arrival order), so
-    /// an acknowledgement means stored, and stops reading from a client with too many
-    /// messages waiting.
-    Pending(Receipt),
-    /// The plugin could not take it (a storage failure): v5 PUBACK/PUBREC 0x80; a
-    /// 3.1.1 QoS 1/2 publisher is disconnected rather than falsely acknowledged.
-    Error,
+    /// Authorized: the core routes it ([`crate::router::Router::route`]).
+    Route,
+    /// Refused (v5: PUBACK/PUBREC 0x87; 3.1.1: acknowledged and dropped).
+    Refuse,
+    /// The plugin takes the message over (stores and routes it itself, or answers it)
+    /// and the core does not route it. The core acknowledges it when the receipt
+    /// resolves, in arrival order: `Ok` is PUBACK/PUBREC 0x00, so an acknowledgement
+    /// means stored; `Err` is 0x80 on MQTT 5, and a 3.1.1 QoS 1/2 publisher is
+    /// disconnected rather than falsely acknowledged. Until then the message counts
+    /// against the client's Receive Maximum: a client with that many waiting is not
+    /// read from. A plugin that is done at once answers with [`receipt`].
+    TakenOver(Receipt),
+    /// Let the next plugin decide.
     Abstain,
+}
+
+/// A receipt that has resolved already.
+pub fn receipt(stored: Stored) -> Receipt {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(stored);
+    rx
+}
+
+/// What a plugin may do with a session: read its subscriptions, queue deliveries
+/// (within its bounds) and replay durable ones in pages. Not its locks, queue or
+/// inflight window, which are the connection's. Cheap to clone (a plugin may keep it
+/// for a replay under way).
+#[derive(Clone)]
+pub struct SessionView {
+    session: Arc<Session>,
+}
+
+impl SessionView {
+    pub fn new(session: Arc<Session>) -> SessionView {
+        SessionView { session }
+    }
+
+    /// The session's subscription filters.
+    pub fn filters(&self) -> Vec<String> {
+        self.session.lock().subscriptions.keys().cloned().collect()
+    }
+
+    /// How `topic` would be delivered to this session: the highest granted QoS,
+    /// Retain As Published, every subscription id; `None` when no subscription covers it.
+    pub fn granted(&self, topic: &str) -> Option<(QoS, bool, Vec<u32>)> {
+        self.session.granted(topic)
+    }
+
+    /// Queues a delivery, within the session's bounds.
+    pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
+        self.session.enqueue(delivery)
+    }
+
+    /// See [`Session::begin_replay`].
+    pub fn begin_replay(&self) -> u64 {
+        self.session.begin_replay()
+    }
+
+    /// See [`Session::end_replay`].
+    pub fn end_replay(&self, epoch: u64) {
+        self.session.end_replay(epoch);
+    }
+
+    /// See [`Session::room`].
+    pub fn room(&self) -> usize {
+        self.session.room()
+    }
+
+    /// See [`Session::wait_room`].
+    pub async fn wait_room(&self, epoch: u64) -> bool {
+        self.session.wait_room(epoch).await
+    }
+
+    /// See [`Session::offer`].
+    pub fn offer(&self, epoch: u64, page: Vec<Delivery>, read_up_to: u64, caught_up: bool) -> Offered {
+        self.session.offer(epoch, page, read_up_to, caught_up)
+    }
 }
 
 /// One plugin. Every method has a default that abstains or does nothing, so a plugin
@@ -133,11 +207,13 @@ pub trait Hook: Send + Sync + 'static {
         Access::Abstain
     }
 
-    fn authorize_publish(&self, _client: &ClientInfo, _msg: &Message) -> PublishDecision {
+    /// A client's message (a PUBLISH, or its will): route it through the core,
+    /// refuse it, or take it over ([`PublishDecision::TakenOver`]).
+    fn on_publish(&self, _client: &ClientInfo, _msg: &Message) -> PublishDecision {
         PublishDecision::Abstain
     }
     /// `present`: an existing session was resumed.
-    fn on_connected(&self, _client: &ClientInfo, _session: &Arc<Session>, _present: bool) {}
+    fn on_connected(&self, _client: &ClientInfo, _session: &SessionView, _present: bool) {}
 
     fn on_disconnected(&self, _client: &ClientInfo) {}
 
@@ -145,7 +221,7 @@ pub trait Hook: Send + Sync + 'static {
     fn on_subscribed(
         &self,
         _client: &ClientInfo,
-        _session: &Arc<Session>,
+        _session: &SessionView,
         _filter: &str,
         _sub: Subscription,
         _new: bool,
@@ -191,18 +267,19 @@ impl Hooks {
         false
     }
 
-    /// First non-abstaining answer; deny if none.
-    pub fn authorize_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
+    /// First non-abstaining answer; refuse if none.
+    pub fn on_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
         for h in self.list.iter() {
-            match h.authorize_publish(client, msg) {
+            match h.on_publish(client, msg) {
                 PublishDecision::Abstain => continue,
                 d => return d,
             }
         }
-        PublishDecision::Deny
+        PublishDecision::Refuse
     }
     pub fn on_connected(&self, client: &ClientInfo, session: &Arc<Session>, present: bool) {
-        self.list.iter().for_each(|h| h.on_connected(client, session, present));
+        let view = SessionView::new(session.clone());
+        self.list.iter().for_each(|h| h.on_connected(client, &view, present));
     }
 
     pub fn on_subscribed(
@@ -213,9 +290,10 @@ impl Hooks {
         sub: Subscription,
         new: bool,
     ) {
+        let view = SessionView::new(session.clone());
         self.list
             .iter()
-            .for_each(|h| h.on_subscribed(client, session, filter, sub, new));
+            .for_each(|h| h.on_subscribed(client, &view, filter, sub, new));
     }
 
     pub fn on_disconnected(&self, client: &ClientInfo) {
@@ -240,13 +318,12 @@ mod tests {
         fn authorize_subscribe(&self, _: &ClientInfo, _: &str) -> Access {
             self.1
         }
-        fn authorize_publish(&self, _: &ClientInfo, _: &Message) -> PublishDecision {
+        fn on_publish(&self, _: &ClientInfo, _: &Message) -> PublishDecision {
             match self.2 {
-                PublishDecision::Allow => PublishDecision::Allow,
-                PublishDecision::Deny => PublishDecision::Deny,
-                PublishDecision::Handled => PublishDecision::Handled,
-                PublishDecision::Error => PublishDecision::Error,
-                PublishDecision::Pending(_) | PublishDecision::Abstain => PublishDecision::Abstain,
+                PublishDecision::Route => PublishDecision::Route,
+                PublishDecision::Refuse => PublishDecision::Refuse,
+                PublishDecision::TakenOver(_) => PublishDecision::TakenOver(receipt(Ok(()))),
+                PublishDecision::Abstain => PublishDecision::Abstain,
             }
         }
     }
@@ -282,7 +359,7 @@ mod tests {
     fn empty_registry_denies() {
         let h = Hooks::default();
         assert!(!h.authorize_subscribe(&client(), "a"));
-        assert!(matches!(h.authorize_publish(&client(), &msg()), PublishDecision::Deny));
+        assert!(matches!(h.on_publish(&client(), &msg()), PublishDecision::Refuse));
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let creds = Credentials {
             username: None,
@@ -300,19 +377,16 @@ mod tests {
     fn first_non_abstaining_answer_wins_in_order() {
         let h = Hooks::new(vec![
             Arc::new(Fixed("a", Access::Abstain, PublishDecision::Abstain)),
-            Arc::new(Fixed("b", Access::Deny, PublishDecision::Handled)),
-            Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
+            Arc::new(Fixed("b", Access::Deny, PublishDecision::TakenOver(receipt(Ok(()))))),
+            Arc::new(Fixed("c", Access::Allow, PublishDecision::Route)),
         ]);
         assert!(!h.authorize_subscribe(&client(), "a"));
-        assert!(matches!(
-            h.authorize_publish(&client(), &msg()),
-            PublishDecision::Handled
-        ));
+        assert!(matches!(h.on_publish(&client(), &msg()), PublishDecision::TakenOver(_)));
         let h = Hooks::new(vec![
-            Arc::new(Fixed("c", Access::Allow, PublishDecision::Allow)),
-            Arc::new(Fixed("b", Access::Deny, PublishDecision::Deny)),
+            Arc::new(Fixed("c", Access::Allow, PublishDecision::Route)),
+            Arc::new(Fixed("b", Access::Deny, PublishDecision::Refuse)),
         ]);
         assert!(h.authorize_subscribe(&client(), "a"));
-        assert!(matches!(h.authorize_publish(&client(), &msg()), PublishDecision::Allow));
+        assert!(matches!(h.on_publish(&client(), &msg()), PublishDecision::Route));
     }
 }

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::writer::{Post, Writer, WriterLimits};
 use crate::config::ImConfig;
+use crate::hooks::SessionView;
 use crate::hooks::{NotStored, Receipt};
-use crate::model::Session;
 use crate::model::{Message, PropertiesSource};
 use crate::store::{MailboxEntry, NewMessage, Retention, Route, Store, StoredMessage};
 
@@ -142,7 +142,7 @@ impl Mailboxes {
     /// Replays `user`'s mailbox into one device's session: entries after the device's
     /// cursor that its subscriptions cover, oldest first, in pages within the
     /// session's queue bound (see [`super::replay`]).
-    pub fn replay(&self, user: &str, device: &str, session: &Arc<Session>) {
+    pub fn replay(&self, user: &str, device: &str, session: &SessionView) {
         super::replay::start(&self.store, &self.writer, user, device, session);
     }
 }

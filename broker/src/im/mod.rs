@@ -27,9 +27,9 @@ use crate::acl::rules::{self, Effect, Op, Subject};
 use crate::acl::{self, Asker, Builtin, PublishClass};
 use crate::admin::Admin;
 use crate::config::{AclConfig, DmPolicy, ImConfig, PresenceVisibility};
-use crate::hooks::{Access, Hook, PublishDecision};
+use crate::hooks::{self, Access, Hook, NotStored, PublishDecision, SessionView};
+use crate::model::Subscription;
 use crate::model::{ClientInfo, Message};
-use crate::model::{Session, Subscription};
 use crate::router::Router;
 use crate::store::{Route, Store, StoreError, StoredMessage};
 
@@ -123,19 +123,19 @@ impl ImPlugin {
     fn dm(&self, client: &ClientInfo, to: &str, msg: &Message) -> Result<PublishDecision, StoreError> {
         let s = &self.state;
         let Some(from) = client.username.as_deref() else {
-            return Ok(PublishDecision::Deny);
+            return Ok(PublishDecision::Refuse);
         };
         if !s.store.user_exists(to)? {
             tracing::info!(from, to, "DM refused: no such user");
-            return Ok(PublishDecision::Deny);
+            return Ok(PublishDecision::Refuse);
         }
         if s.store.blocked(to, from)? {
             tracing::info!(from, to, "DM refused: blocked by the recipient");
-            return Ok(PublishDecision::Deny);
+            return Ok(PublishDecision::Refuse);
         }
         if s.config.dm_policy == DmPolicy::Friends && from != to && !s.store.are_friends(from, to)? {
             tracing::info!(from, to, "DM refused: not friends");
-            return Ok(PublishDecision::Deny);
+            return Ok(PublishDecision::Refuse);
         }
         // The recipient's mailbox, and the sender's own for their other devices.
         let route = Route::Direct {
@@ -151,11 +151,11 @@ impl ImPlugin {
         let stored = self.stored(from, msg);
         let sender = Some(client.client_id.clone());
         match self.state.mailboxes.post(stored, route, msg.origin, sender, true) {
-            Ok(Some(receipt)) => PublishDecision::Pending(receipt),
-            Ok(None) => PublishDecision::Handled,
-            Err(e) => {
-                tracing::warn!(from, error = %e, "message not taken");
-                PublishDecision::Error
+            Ok(Some(receipt)) => PublishDecision::TakenOver(receipt),
+            Ok(None) => PublishDecision::TakenOver(hooks::receipt(Ok(()))),
+            Err(why) => {
+                tracing::warn!(from, %why, "message not taken");
+                PublishDecision::TakenOver(hooks::receipt(Err(why)))
             }
         }
     }
@@ -163,12 +163,12 @@ impl ImPlugin {
     fn group(&self, client: &ClientInfo, group: &str, msg: &Message) -> Result<PublishDecision, StoreError> {
         let s = &self.state;
         let Some(from) = client.username.as_deref() else {
-            return Ok(PublishDecision::Deny);
+            return Ok(PublishDecision::Refuse);
         };
         let members = s.store.members_shared(group)?;
         if !members.iter().any(|(m, _)| m == from) {
             tracing::info!(from, group, "group message refused: not a member");
-            return Ok(PublishDecision::Deny);
+            return Ok(PublishDecision::Refuse);
         }
         // Every member's mailbox (the members now: one who joins later gets what
         // follows, one who left gets nothing more).
@@ -220,30 +220,30 @@ impl Hook for ImPlugin {
         }
     }
 
-    fn authorize_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
+    fn on_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
         let result = match acl::publish(&asker(client), &msg.topic) {
-            PublishClass::Deny => Ok(PublishDecision::Deny),
+            PublishClass::Deny => Ok(PublishDecision::Refuse),
             PublishClass::Rules => Ok(
                 match rules::decide(&self.state.rules, &subject(client), Op::Publish, &msg.topic) {
-                    Some(Effect::Allow) => PublishDecision::Allow,
-                    _ => PublishDecision::Deny,
+                    Some(Effect::Allow) => PublishDecision::Route,
+                    _ => PublishDecision::Refuse,
                 },
             ),
             PublishClass::Im(Publish::Dm { to }) => self.dm(client, to, msg),
             PublishClass::Im(Publish::Group { group }) => self.group(client, group, msg),
             PublishClass::Im(Publish::Api { command }) => {
                 let answered = api::spawn(self.state.clone(), client.clone(), command.to_owned(), msg.clone());
-                Ok(PublishDecision::Pending(answered))
+                Ok(PublishDecision::TakenOver(answered))
             }
-            PublishClass::Im(Publish::Reserved | Publish::Other) => Ok(PublishDecision::Deny),
+            PublishClass::Im(Publish::Reserved | Publish::Other) => Ok(PublishDecision::Refuse),
         };
         result.unwrap_or_else(|e| {
             tracing::error!(topic = %msg.topic, error = %e, "message not stored");
-            PublishDecision::Error
+            PublishDecision::TakenOver(hooks::receipt(Err(NotStored::Failed)))
         })
     }
 
-    fn on_connected(&self, client: &ClientInfo, session: &Arc<Session>, present: bool) {
+    fn on_connected(&self, client: &ClientInfo, session: &SessionView, present: bool) {
         let Some(user) = client.username.as_deref() else {
             return;
         };
@@ -256,7 +256,7 @@ impl Hook for ImPlugin {
         }
     }
 
-    fn on_subscribed(&self, client: &ClientInfo, session: &Arc<Session>, filter: &str, _sub: Subscription, new: bool) {
+    fn on_subscribed(&self, client: &ClientInfo, session: &SessionView, filter: &str, _sub: Subscription, new: bool) {
         let Some(user) = client.username.as_deref() else {
             return;
         };
@@ -266,9 +266,8 @@ impl Hook for ImPlugin {
         // Replay only for the session's first mailbox subscription: with another one
         // already in place, what it covers was delivered or queued already.
         let others = session
-            .lock()
-            .subscriptions
-            .keys()
+            .filters()
+            .iter()
             .filter(|f| *f != filter && Self::is_mailbox_filter(user, f))
             .count();
         if others == 0 {

@@ -2,7 +2,7 @@
 //! oldest first, in pages that fit the session's queue (`max_queued_messages`), read
 //! off the async runtime, nothing skipped.
 //!
-//! The replay begins in the hook that asks for it ([`Session::begin_replay`]): from
+//! The replay begins in the hook that asks for it ([`SessionView::begin_replay`]): from
 //! then on, mailbox messages routed to this session are deferred to the replay, so no
 //! newer one reaches the device (and moves its cursor on) before an older one still
 //! to be replayed. A task then reads a page at a time (the writer's in-flight batches
@@ -19,7 +19,8 @@ use natter_shared::im;
 use serde_json::json;
 
 use super::writer::Writer;
-use crate::model::{Delivery, Message, Offered, Session};
+use crate::hooks::SessionView;
+use crate::model::{Delivery, Message, Offered};
 use crate::store::{self, Replayed, Store, StoreError};
 
 /// Most entries read per page, whatever room the queue has.
@@ -31,7 +32,7 @@ struct Replay {
     writer: Writer,
     user: String,
     device: String,
-    session: Arc<Session>,
+    session: SessionView,
     epoch: u64,
 }
 
@@ -45,7 +46,7 @@ struct Page {
 }
 
 /// Starts replaying `user`'s mailbox into `device`'s session (see the module).
-pub fn start(store: &Store, writer: &Writer, user: &str, device: &str, session: &Arc<Session>) {
+pub fn start(store: &Store, writer: &Writer, user: &str, device: &str, session: &SessionView) {
     let epoch = session.begin_replay();
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         tracing::error!(user, device, "mailbox replay needs the runtime: not replayed");

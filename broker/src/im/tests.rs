@@ -11,7 +11,7 @@ use natter_shared::im;
 use super::testing::{client, harness, Harness};
 use super::{dm_conversation, group_conversation};
 use crate::config::{DmPolicy, PresenceVisibility};
-use crate::hooks::{Access, Hook, PublishDecision};
+use crate::hooks::{Access, Hook, PublishDecision, SessionView};
 use crate::model::Restriction;
 use crate::model::{ClientInfo, Message};
 use crate::store::{Contact, GroupRecord, Role};
@@ -41,19 +41,21 @@ impl Harness {
     }
 
     fn decide(&self, who: &ClientInfo, topic: &str, text: &str) -> PublishDecision {
-        self.plugin.authorize_publish(who, &publish(topic, text))
+        self.plugin.on_publish(who, &publish(topic, text))
     }
 
     /// Publishes and waits until the message is stored.
     async fn stored(&self, who: &str, topic: &str, text: &str) {
         match self.decide(&client(Some(who)), topic, text) {
-            PublishDecision::Pending(receipt) => assert_eq!(receipt.await.unwrap(), Ok(()), "{who} -> {topic} stored"),
+            PublishDecision::TakenOver(receipt) => {
+                assert_eq!(receipt.await.unwrap(), Ok(()), "{who} -> {topic} stored")
+            }
             other => panic!("{who} -> {topic}: {other:?}"),
         }
     }
 
     fn refused(&self, who: &ClientInfo, topic: &str) -> bool {
-        matches!(self.decide(who, topic, "x"), PublishDecision::Deny)
+        matches!(self.decide(who, topic, "x"), PublishDecision::Refuse)
     }
 
     fn texts(&self, conversation: &str) -> Vec<(String, String)> {
@@ -139,7 +141,7 @@ async fn api_requests_are_taken_and_im_namespaces_are_closed() {
     let alice = client(Some("alice"));
     assert!(matches!(
         h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), "{}"),
-        PublishDecision::Pending(_)
+        PublishDecision::TakenOver(_)
     ));
     for topic in [
         "inbox/alice/x",
@@ -161,7 +163,7 @@ async fn an_api_request_is_answered_in_the_callers_mailbox() {
     let h = harness(|_| ());
     let alice = client(Some("alice"));
     let session = h.session("alice", "alice-dev", Some(&im::inbox_all("alice")), QoS::AtLeastOnce);
-    let PublishDecision::Pending(answered) = h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), r#"{"id":3}"#) else {
+    let PublishDecision::TakenOver(answered) = h.decide(&alice, &im::api(cmd::ACCOUNT_WHOAMI), r#"{"id":3}"#) else {
         panic!("an API request is taken over, acknowledged once answered");
     };
     assert_eq!(answered.await.unwrap(), Ok(()));
@@ -189,7 +191,7 @@ async fn api_requests_wait_for_a_free_worker_and_password_checks_for_the_login_p
     let alice = client(Some("alice"));
     let session = h.session("alice", "alice-dev", Some(&im::inbox_all("alice")), QoS::AtLeastOnce);
     let pending = |topic: &str, body: &str| match h.decide(&alice, topic, body) {
-        PublishDecision::Pending(r) => r,
+        PublishDecision::TakenOver(r) => r,
         other => panic!("{topic}: {other:?}"),
     };
     let settle = || async {
@@ -231,7 +233,7 @@ async fn operator_rules_open_other_topics() {
     let alice = client(Some("alice"));
     assert!(matches!(
         h.decide(&alice, "sensors/alice/t", "21.5"),
-        PublishDecision::Allow
+        PublishDecision::Route
     ));
     assert!(h.refused(&alice, "sensors/bob/t"));
     assert!(h.may_subscribe(&alice, "sensors/alice/#"));
@@ -268,19 +270,20 @@ async fn presence_follows_unrestricted_logins() {
     let presence = |u: &str| h.state().presence.get(u).status;
     let mut alice = client(Some("alice"));
     let session = h.session("alice", "alice-dev", None, QoS::AtMostOnce);
-    h.plugin.on_connected(&alice, &session, false);
+    h.plugin.on_connected(&alice, &SessionView::new(session.clone()), false);
     assert_eq!(presence("alice"), Status::Online);
     h.plugin.on_disconnected(&alice);
     assert_eq!(presence("alice"), Status::Offline);
 
     alice.restriction = Some(Restriction::Reset);
-    h.plugin.on_connected(&alice, &session, false);
+    h.plugin.on_connected(&alice, &SessionView::new(session.clone()), false);
     assert_eq!(
         presence("alice"),
         Status::Offline,
         "a reset login is not someone online"
     );
-    h.plugin.on_connected(&client(Some("bob")), &session, false);
+    h.plugin
+        .on_connected(&client(Some("bob")), &SessionView::new(session.clone()), false);
     assert_eq!(presence("bob"), Status::Online);
     let mut bob_reset = client(Some("bob"));
     bob_reset.restriction = Some(Restriction::Reset);
@@ -323,7 +326,7 @@ async fn a_replay_pages_within_the_queue_bound_in_order_and_live_messages_wait_f
     }
     let session = h.session("bob", "bob-dev", Some("inbox/bob/#"), QoS::AtLeastOnce);
     session.set_online(true);
-    h.plugin.on_connected(&bob, &session, true);
+    h.plugin.on_connected(&bob, &SessionView::new(session.clone()), true);
 
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let (mut got, mut most, mut live_sent) = (Vec::new(), 0, false);

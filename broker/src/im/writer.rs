@@ -51,7 +51,7 @@ use super::indexer::{IndexWrite, Indexer};
 use super::presence::PresenceBook;
 use crate::hooks::{NotStored, Receipt, Stored};
 use crate::model::Message;
-use crate::router::Router;
+use crate::router::{Head, Router};
 use crate::store::{self, NewMessage, Replayed, Retention, Store, StoreError};
 use crate::FastMap;
 
@@ -488,15 +488,22 @@ impl Worker {
             topic.push('/');
             dest.suffix.push_to(topic);
             // Built only for a session to receive it.
-            self.router.publish_built(topic, origin, exclude, || {
+            let head = Head {
+                topic,
+                origin,
+                exclude_origin: exclude,
+                retain: false,
+            };
+            // Built only for a session to receive it; never retained, so never full.
+            let _ = self.router.route(head, || {
                 // Each mailbox entry keeps the QoS the message was sent with.
                 let qos = QoS::from_u8(dest.qos).unwrap_or(QoS::AtLeastOnce);
                 let m = &record.message;
-                Message {
+                Arc::new(Message {
                     origin,
                     exclude_origin: exclude,
                     ..Message::stored(topic.as_str().into(), m.payload.clone(), qos, m.clone(), id)
-                }
+                })
             });
         }
     }

@@ -74,6 +74,18 @@ fn split_group(filter: &str) -> (Option<&str>, &str) {
 /// A session a message goes to: granted QoS, Retain As Published, subscription ids.
 type Target = (Arc<Session>, QoS, bool, Vec<u32>);
 
+/// What routing needs to know of a message before it is built (see
+/// [`Router::route`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub topic: &'a str,
+    /// The session it came from (`None` for the broker's own).
+    pub origin: Option<u64>,
+    /// Never deliver to `origin` (a copy for the sender's other devices).
+    pub exclude_origin: bool,
+    pub retain: bool,
+}
+
 impl Router {
     pub fn new(limits: Limits) -> Router {
         Router {
@@ -269,43 +281,54 @@ impl Router {
 
     /// Routes a message: stores or clears it as retained when flagged, then queues one
     /// delivery to each matching session. Returns the number of sessions it reached.
+    /// A shorthand for [`Router::route`] with the message already built.
+    ///
+    /// # Errors
+    /// As [`Router::route`].
+    pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RetainedFull> {
+        let head = Head {
+            topic: &msg.topic.clone(),
+            origin: msg.origin,
+            exclude_origin: msg.exclude_origin,
+            retain: msg.retain,
+        };
+        self.route(head, || msg)
+    }
+
+    /// The one routing entry point. Stores or clears the message as retained when
+    /// `head.retain`, then queues one delivery to each session subscribed to
+    /// `head.topic` (minus the origin as `head` says). The message is built by
+    /// `build` only when it is retained or some session receives it, so a plugin
+    /// routing to many mailbox topics builds nothing for nobody. Returns the number
+    /// of sessions it reached.
     ///
     /// # Errors
     /// [`RetainedFull`] when it asks to be retained on a new topic beyond the bound; it
     /// is still routed to current subscribers.
-    pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RetainedFull> {
-        let stats = &self.inner.stats;
-        stats.published.fetch_add(1, Ordering::Relaxed);
-        let retained = if msg.retain {
-            self.inner
+    pub fn route(&self, head: Head<'_>, build: impl FnOnce() -> Arc<Message>) -> Result<usize, RetainedFull> {
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        let mut build = Some(build);
+        let mut built = None;
+        let mut retained = Ok(());
+        if let Some(b) = build.take_if(|_| head.retain) {
+            let msg = b();
+            retained = self
+                .inner
                 .retained
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .set(msg.clone())
-        } else {
-            Ok(())
+                .set(msg.clone());
+            built = Some(msg);
+        }
+        let targets = self.targets(head.topic, head.origin, head.exclude_origin);
+        if targets.is_empty() {
+            return retained.map(|()| 0);
+        }
+        let Some(msg) = built.or_else(|| build.take().map(|b| b())) else {
+            return retained.map(|()| 0);
         };
-        let targets = self.targets(&msg.topic, msg.origin, msg.exclude_origin);
         let reached = self.deliver(&msg, targets);
         retained.map(|()| reached)
-    }
-
-    /// Routes a message that is never retained, building it only when some session is
-    /// to receive it (`origin` and `exclude_origin` as in [`Message`]). Returns the
-    /// number of sessions it reached.
-    pub fn publish_built(
-        &self,
-        topic: &str,
-        origin: Option<u64>,
-        exclude_origin: bool,
-        build: impl FnOnce() -> Message,
-    ) -> usize {
-        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
-        let targets = self.targets(topic, origin, exclude_origin);
-        if targets.is_empty() {
-            return 0;
-        }
-        self.deliver(&Arc::new(build()), targets)
     }
 
     /// The sessions a message on `topic` goes to, each once: highest granted QoS,
@@ -415,6 +438,35 @@ mod tests {
             },
             id,
         }
+    }
+
+    /// `route` builds the message only when it is retained or someone receives it,
+    /// and then once.
+    #[test]
+    fn route_builds_the_message_only_when_needed() {
+        let r = router();
+        let builds = std::cell::Cell::new(0);
+        let head = |topic, retain| Head {
+            topic,
+            origin: None,
+            exclude_origin: false,
+            retain,
+        };
+        let build = |topic: &str, retain| {
+            builds.set(builds.get() + 1);
+            msg(topic, QoS::AtMostOnce, retain, None)
+        };
+        assert_eq!(r.route(head("nobody", false), || build("nobody", false)), Ok(0));
+        assert_eq!(builds.get(), 0, "routed to nobody: never built");
+        assert_eq!(r.route(head("kept", true), || build("kept", true)), Ok(0));
+        assert_eq!(builds.get(), 1, "retained: built though nobody listens");
+        let s = r.open_session(key("a"), true, oneshot::channel().0).session;
+        s.set_online(true);
+        assert_eq!(r.subscribe(&s, "#", sub(QoS::AtMostOnce, None)).retained.len(), 1);
+        assert_eq!(r.route(head("live", false), || build("live", false)), Ok(1));
+        assert_eq!(r.route(head("live", true), || build("live", true)), Ok(1));
+        assert_eq!(builds.get(), 3, "once per message");
+        assert_eq!(s.lock().queue.len(), 2);
     }
 
     #[test]

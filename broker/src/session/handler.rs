@@ -480,11 +480,11 @@ impl Handler {
         None
     }
 
-    /// Authorizes and routes a client's message: the MQTT 5 reason code, or a receipt
-    /// when a plugin stores it in the background.
+    /// Hands a client's message to the plugins, and routes it when they say so: the
+    /// MQTT 5 reason code, or the receipt of a plugin that took it over.
     fn route(&self, msg: Message) -> Outcome {
-        let code = match self.ctx.hooks.authorize_publish(&self.info, &msg) {
-            PublishDecision::Allow => match self.ctx.router.publish(Arc::new(msg)) {
+        let code = match self.ctx.hooks.on_publish(&self.info, &msg) {
+            PublishDecision::Route => match self.ctx.router.publish(Arc::new(msg)) {
                 Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
                 Ok(_) => reason::SUCCESS,
                 Err(RetainedFull) => {
@@ -492,10 +492,8 @@ impl Handler {
                     reason::QUOTA_EXCEEDED
                 }
             },
-            PublishDecision::Handled => reason::SUCCESS,
-            PublishDecision::Pending(receipt) => return Outcome::Waiting(receipt),
-            PublishDecision::Error => reason::UNSPECIFIED_ERROR,
-            PublishDecision::Deny | PublishDecision::Abstain => {
+            PublishDecision::TakenOver(receipt) => return Outcome::Waiting(receipt),
+            PublishDecision::Refuse | PublishDecision::Abstain => {
                 tracing::info!(
                     client_id = %self.info.client_id,
                     user = self.info.username.as_deref().unwrap_or(""),

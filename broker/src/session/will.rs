@@ -110,16 +110,22 @@ fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill
         session.id,
         Instant::now(),
     );
-    match ctx.hooks.authorize_publish(info, &msg) {
-        PublishDecision::Allow => {
+    match ctx.hooks.on_publish(info, &msg) {
+        PublishDecision::Route => {
             tracing::debug!(client_id = %info.client_id, topic = %msg.topic, "publishing will");
             if ctx.router.publish(Arc::new(msg)).is_err() {
                 tracing::warn!(client_id = %info.client_id, "retained store full: will not retained");
             }
         }
-        PublishDecision::Handled | PublishDecision::Pending(_) => {}
-        PublishDecision::Error => tracing::error!(client_id = %info.client_id, "will could not be stored"),
-        PublishDecision::Deny | PublishDecision::Abstain => {
+        PublishDecision::TakenOver(receipt) => {
+            let client_id = info.client_id.clone();
+            tokio::spawn(async move {
+                if let Ok(Err(why)) = receipt.await {
+                    tracing::error!(%client_id, %why, "will could not be stored");
+                }
+            });
+        }
+        PublishDecision::Refuse | PublishDecision::Abstain => {
             tracing::info!(client_id = %info.client_id, topic = %msg.topic, "will refused by authorization")
         }
     }
@@ -146,11 +152,11 @@ mod tests {
             "gate"
         }
 
-        fn authorize_publish(&self, _: &ClientInfo, msg: &Message) -> PublishDecision {
+        fn on_publish(&self, _: &ClientInfo, msg: &Message) -> PublishDecision {
             if msg.topic.starts_with("denied/") {
-                PublishDecision::Deny
+                PublishDecision::Refuse
             } else {
-                PublishDecision::Allow
+                PublishDecision::Route
             }
         }
     }
