@@ -9,7 +9,7 @@ use natter_shared::codec::{reason, ConnAck, Connect, Packet, Properties, Protoco
 use rand_core::RngCore;
 use tokio::sync::oneshot;
 
-use super::handler::Handler;
+use super::connected::Handler;
 use super::Context;
 use crate::connection::Connection;
 use crate::hooks::{AuthDecision, AuthFailure, Credentials};

@@ -3,7 +3,7 @@
 //! (will, session expiry).
 
 mod aliases;
-mod handler;
+mod connected;
 mod handshake;
 mod will;
 
@@ -45,7 +45,7 @@ pub async fn serve<G: Send + 'static>(stream: TcpStream, addr: SocketAddr, ctx: 
 }
 
 /// Reads the CONNECT (within the connect timeout) and runs the handshake.
-async fn connect_phase(stream: TcpStream, addr: SocketAddr, ctx: Context) -> Option<handler::Handler> {
+async fn connect_phase(stream: TcpStream, addr: SocketAddr, ctx: Context) -> Option<connected::Handler> {
     let mut conn = Connection::new(stream, ctx.limits.max_packet_size.get() as usize);
     let mut shutdown = ctx.shutdown.clone();
     let first = tokio::select! {
@@ -85,9 +85,9 @@ mod tests {
     /// keep it small (see docs/benchmarks.md, memory per idle connection).
     #[test]
     fn connected_state_stays_small() {
-        let run = super::handler::Handler::run_future_size();
+        let run = super::connected::Handler::run_future_size();
         assert!(run <= 1536, "connected-state future is {run} bytes");
-        let handler = std::mem::size_of::<super::handler::Handler>();
+        let handler = std::mem::size_of::<super::connected::Handler>();
         assert!(handler <= 512, "Handler is {handler} bytes");
     }
 }

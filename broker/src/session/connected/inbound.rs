@@ -1,0 +1,191 @@
+//! Packets from the client: publishes (and their acknowledgements, in arrival
+//! order, some waiting for a plugin's receipt) and DISCONNECT.
+
+use super::*;
+
+impl Handler {
+    pub(super) fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+        if self.protocol == Protocol::V5 {
+            if let Some(alias) = p.properties.topic_alias.take() {
+                if self.aliases.is_empty() {
+                    self.aliases = vec![None; usize::from(self.ctx.limits.max_topic_aliases)];
+                }
+                let Some(slot) = self.aliases.get_mut(usize::from(alias) - 1) else {
+                    return Some(End::Protocol(
+                        reason::TOPIC_ALIAS_INVALID,
+                        "topic alias above our maximum",
+                    ));
+                };
+                if p.topic.is_empty() {
+                    match slot {
+                        Some(t) => p.topic = t.clone(),
+                        None => {
+                            return Some(End::Protocol(
+                                reason::PROTOCOL_ERROR,
+                                "unknown topic alias (MQTT 5 section 3.3.2.3.4)",
+                            ))
+                        }
+                    }
+                } else {
+                    *slot = Some(p.topic.clone());
+                }
+            }
+            if !p.properties.subscription_identifiers.is_empty() {
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "subscription identifier from a client (MQTT-3.3.4-6)",
+                ));
+            }
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let st = self.session.lock();
+            if st.incoming_qos2.contains(&p.pkid) {
+                // A re-sent QoS 2 publish we already took: acknowledge (in order, behind
+                // any acknowledgement still owed), don't route again.
+                drop(st);
+                return self.answer(p.pkid, p.qos, Outcome::Ready(reason::SUCCESS));
+            }
+            if st.incoming_qos2.len() >= usize::from(self.ctx.limits.receive_maximum.get()) {
+                return Some(End::Protocol(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded",
+                ));
+            }
+        }
+        let malformed_utf8 = self.protocol == Protocol::V5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err();
+        let outcome = if !malformed_utf8 {
+            let msg = Message::from_client(
+                p.topic,
+                p.payload,
+                p.qos,
+                p.retain,
+                p.properties,
+                self.session.id,
+                Instant::now(),
+            );
+            self.route(msg)
+        } else {
+            Outcome::Ready(reason::PAYLOAD_FORMAT_INVALID)
+        };
+        if p.qos == QoS::ExactlyOnce {
+            // Known from now on, so a re-send while it is being stored is not stored twice.
+            self.session.lock().incoming_qos2.insert(p.pkid);
+        }
+        self.answer(p.pkid, p.qos, outcome)
+    }
+
+    /// Acknowledges a publish now when nothing is owed before it, else queues the
+    /// answer behind what is (acknowledgements keep the publishes' order).
+    pub(super) fn answer(&mut self, pkid: u16, qos: QoS, outcome: Outcome) -> Option<End> {
+        match outcome {
+            Outcome::Ready(code) if self.owed.is_empty() => self.acknowledge(pkid, qos, code),
+            outcome => {
+                self.owed.push_back(OwedAck { pkid, qos, outcome });
+                None
+            }
+        }
+    }
+
+    /// Sends the acknowledgements whose outcome is known, in arrival order.
+    pub(super) fn settle(&mut self) -> Option<End> {
+        while let Some(front) = self.owed.front_mut() {
+            let code = match &mut front.outcome {
+                Outcome::Ready(code) => *code,
+                Outcome::Waiting(receipt) => match receipt.try_recv() {
+                    Ok(stored) => stored_code(stored),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => stored_code(Err(NotStored::Stopped)),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                },
+            };
+            let (pkid, qos) = (front.pkid, front.qos);
+            self.owed.pop_front();
+            if let Some(end) = self.acknowledge(pkid, qos, code) {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    pub(super) fn acknowledge(&mut self, pkid: u16, qos: QoS, code: u8) -> Option<End> {
+        if code == reason::UNSPECIFIED_ERROR && self.protocol == Protocol::V311 && qos != QoS::AtMostOnce {
+            // 3.1.1 has no negative acknowledgement: close rather than falsely acknowledge.
+            return Some(End::Protocol(code, "the message could not be stored"));
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(pkid, code))),
+            QoS::ExactlyOnce => {
+                if code >= 0x80 && self.protocol == Protocol::V5 {
+                    // Refused: the flow ends with this PUBREC.
+                    self.session.lock().incoming_qos2.remove(&pkid);
+                }
+                self.send(Packet::PubRec(Ack::with_reason(pkid, code)));
+            }
+        }
+        None
+    }
+
+    /// Hands a client's message to the plugins, and routes it when they say so: the
+    /// MQTT 5 reason code, or the receipt of a plugin that took it over.
+    pub(super) fn route(&self, msg: Message) -> Outcome {
+        let code = match self.ctx.hooks.on_publish(&self.info, &msg) {
+            PublishDecision::Route => match self.ctx.router.publish(Arc::new(msg)) {
+                Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
+                Ok(_) => reason::SUCCESS,
+                Err(RetainedFull) => {
+                    tracing::warn!(client_id = %self.info.client_id, "retained store full: message not retained");
+                    reason::QUOTA_EXCEEDED
+                }
+            },
+            PublishDecision::TakenOver(receipt) => return Outcome::Waiting(receipt),
+            PublishDecision::Refuse | PublishDecision::Abstain => {
+                tracing::info!(
+                    client_id = %self.info.client_id,
+                    user = self.info.username.as_deref().unwrap_or(""),
+                    topic = %msg.topic,
+                    "publish refused by authorization"
+                );
+                reason::NOT_AUTHORIZED
+            }
+        };
+        Outcome::Ready(code)
+    }
+
+    pub(super) fn on_disconnect(&mut self, d: Disconnect) -> Option<End> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session_expiry == 0 && expiry != 0 {
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "session expiry set on DISCONNECT after 0 (MQTT-3.14.2-2)",
+                ));
+            }
+            self.session_expiry = expiry.min(self.ctx.limits.max_session_expiry_secs);
+        }
+        Some(End::ClientDisconnect {
+            with_will: d.reason == reason::DISCONNECT_WITH_WILL,
+        })
+    }
+}
+
+/// Resolves with the front acknowledgement's receipt (the caller checked it waits).
+pub(super) async fn next_receipt(owed: &mut VecDeque<OwedAck>) -> Stored {
+    match owed.front_mut() {
+        Some(OwedAck {
+            outcome: Outcome::Waiting(receipt),
+            ..
+        }) => receipt.await.unwrap_or(Err(NotStored::Stopped)),
+        _ => std::future::pending().await,
+    }
+}
+
+pub(super) fn stored_code(stored: Stored) -> u8 {
+    match stored {
+        Ok(()) => reason::SUCCESS,
+        Err(why) => {
+            tracing::warn!(%why, "a message taken over was not stored");
+            reason::UNSPECIFIED_ERROR
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The connected state: one task per connection reads packets, applies the protocol
+//! to the session, drains the session's queue within the inflight window, and writes
+//! everything it produced in one batch per wake-up.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natter_shared::codec::{
+    reason, Ack, Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol, Publish, QoS, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
+};
+use tokio::sync::oneshot;
+
+use super::aliases::{Alias, OutAliases};
+use super::{will, Context};
+use crate::connection::{Connection, ConnectionError, WRITE_HIGH_WATER};
+use crate::hooks::{NotStored, PublishDecision, Receipt, Stored};
+use crate::model::Stage;
+use crate::model::{ClientInfo, Message};
+use crate::model::{Delivery, Kick, Session, SessionState, Subscription};
+use crate::router::{Opened, RetainedFull};
+use inbound::{next_receipt, stored_code};
+use outbound::{alias, publish_packet};
+
+/// An acknowledgement owed to the client, in arrival order (MQTT-4.6.0-2/3).
+struct OwedAck {
+    pkid: u16,
+    qos: QoS,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// The reason code is known.
+    Ready(u8),
+    /// A plugin is storing the message.
+    Waiting(Receipt),
+}
+
+/// Why the connection ended.
+#[derive(Debug)]
+pub(super) enum End {
+    /// DISCONNECT from the client; `with_will` for MQTT 5 reason 0x04.
+    ClientDisconnect {
+        with_will: bool,
+    },
+    /// The socket closed or failed without DISCONNECT.
+    Abrupt(ConnectionError),
+    Kicked(Kick),
+    Shutdown,
+    KeepAliveTimeout,
+    Malformed(DecodeError),
+    /// A protocol violation, with the MQTT 5 reason code and what was violated.
+    Protocol(u8, &'static str),
+}
+
+pub(super) struct Handler {
+    conn: Connection,
+    ctx: Context,
+    info: ClientInfo,
+    session: Arc<Session>,
+    generation: u64,
+    kick: oneshot::Receiver<Kick>,
+    protocol: Protocol,
+    /// Zero: no keepalive.
+    keep_alive: Duration,
+    last_seen: Instant,
+    /// Boxed: a will with its properties is large and most clients have none.
+    will: Option<Box<LastWill>>,
+    /// The keepalive timer, reset rather than recreated on each wake-up.
+    keepalive_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    session_expiry: u32,
+    /// Outgoing QoS 1/2 window: min(our max_inflight, client's Receive Maximum).
+    window: usize,
+    /// Client's Maximum Packet Size (MQTT 5).
+    client_max_packet: usize,
+    /// Topic aliases set by the client (MQTT 5), index = alias - 1; allocated on first use.
+    aliases: Vec<Option<Arc<str>>>,
+    /// Topic aliases toward the client, when it allows them (boxed: most do not).
+    out_aliases: Option<Box<OutAliases>>,
+    /// Acknowledgements waiting for a plugin's receipt, and those queued behind them.
+    owed: VecDeque<OwedAck>,
+}
+
+impl Handler {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        conn: Connection,
+        ctx: Context,
+        info: ClientInfo,
+        opened: Opened,
+        kick: oneshot::Receiver<Kick>,
+        connect: &Connect,
+        keep_alive: u16,
+        session_expiry: u32,
+    ) -> Handler {
+        let limits = &ctx.limits;
+        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let window = usize::from(limits.max_inflight.get().min(client_receive_max));
+        let client_max_packet = connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize);
+        Handler {
+            conn,
+            protocol: connect.protocol,
+            keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            last_seen: Instant::now(),
+            will: connect.will.clone().map(Box::new),
+            keepalive_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            session_expiry,
+            window,
+            client_max_packet,
+            aliases: Vec::new(),
+            out_aliases: OutAliases::new(connect.properties.topic_alias_maximum, limits.max_topic_aliases_out),
+            owed: VecDeque::new(),
+            ctx,
+            info,
+            session: opened.session,
+            generation: opened.generation,
+            kick,
+        }
+    }
+
+    /// Queues the CONNACK, then re-sends what was in flight when the session's previous
+    /// connection ended (PUBLISH with DUP, or PUBREL), in the original order.
+    pub(super) fn with_connack(mut self, connack: Packet, present: bool) -> Handler {
+        self.conn.queue(&connack, self.protocol);
+        let now = Instant::now();
+        let st = self.session.lock();
+        for o in st.inflight.iter() {
+            let packet = match o.stage {
+                Stage::Published => {
+                    let mut p = publish_packet(self.protocol, &o.delivery, o.pkid, true, now);
+                    alias(&mut self.out_aliases, &mut p);
+                    p
+                }
+                Stage::Released => Packet::PubRel(Ack::new(o.pkid)),
+            };
+            self.conn.queue(&packet, self.protocol);
+        }
+        drop(st);
+        self.ctx.hooks.on_connected(&self.info, &self.session, present);
+        self
+    }
+
+    /// Size of the connected-state future (the long-lived task of each connection).
+    #[cfg(test)]
+    pub(super) fn run_future_size() -> usize {
+        fn future_size<A, F: std::future::Future>(_: &impl Fn(A) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        future_size(&Handler::run)
+    }
+
+    pub(super) async fn run(mut self) {
+        let end = self.event_loop().await;
+        // Boxed: the closing sequence is short-lived and would otherwise enlarge every
+        // idle connection's task.
+        Box::pin(self.finish(end)).await;
+    }
+
+    async fn event_loop(&mut self) -> End {
+        let mut shutdown = self.ctx.shutdown.clone();
+        if *shutdown.borrow() {
+            return End::Shutdown;
+        }
+        loop {
+            if let Some(end) = self.settle() {
+                return end;
+            }
+            let more = self.drain();
+            if self.conn.pending() > 0 {
+                // Stay responsive to kicks and shutdown while a slow reader blocks the write.
+                tokio::select! {
+                    r = self.conn.flush() => if let Err(e) = r {
+                        return End::Abrupt(e.into());
+                    },
+                    k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
+                    _ = shutdown.changed() => return End::Shutdown,
+                }
+            }
+            if more {
+                continue;
+            }
+            let keepalive_on = !self.keep_alive.is_zero();
+            if keepalive_on {
+                let deadline = self.last_seen + self.keep_alive.mul_f32(1.5);
+                self.keepalive_timer.as_mut().reset(deadline.into());
+            }
+            self.conn.release_idle();
+            // Too many messages waiting to be stored: stop reading (TCP pushes back).
+            let reading = self.owed.len() < usize::from(self.ctx.limits.receive_maximum.get());
+            let waiting = matches!(
+                self.owed.front(),
+                Some(OwedAck {
+                    outcome: Outcome::Waiting(_),
+                    ..
+                })
+            );
+            tokio::select! {
+                biased;
+                k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
+                _ = shutdown.changed() => return End::Shutdown,
+                stored = next_receipt(&mut self.owed), if waiting => {
+                    if let Some(front) = self.owed.front_mut() {
+                        front.outcome = Outcome::Ready(stored_code(stored));
+                    }
+                }
+                r = self.conn.fill(), if reading => {
+                    if let Err(e) = r {
+                        return End::Abrupt(e);
+                    }
+                    self.last_seen = Instant::now();
+                    if let Some(end) = self.process_input().await {
+                        return end;
+                    }
+                }
+                _ = self.session.woken() => {}
+                _ = self.keepalive_timer.as_mut(), if keepalive_on => return End::KeepAliveTimeout,
+            }
+        }
+    }
+
+    /// Handles every whole packet buffered.
+    async fn process_input(&mut self) -> Option<End> {
+        loop {
+            match self.conn.next_packet(self.protocol) {
+                Ok(Some(packet)) => {
+                    if let Some(end) = self.handle(packet) {
+                        return Some(end);
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => return Some(End::Malformed(e)),
+            }
+            if self.conn.pending() >= WRITE_HIGH_WATER {
+                if let Err(e) = self.conn.flush().await {
+                    return Some(End::Abrupt(e.into()));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        self.conn.queue(&packet, self.protocol);
+    }
+
+    fn handle(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p),
+            Packet::PubAck(a) => {
+                let done = self.session.lock().inflight.complete(a.pkid, Stage::Published);
+                match done {
+                    Some(o) => self.ctx.hooks.on_acked(&self.info, &o.delivery.msg),
+                    None => {
+                        tracing::debug!(client_id = %self.info.client_id, pkid = a.pkid, "PUBACK for unknown packet id")
+                    }
+                }
+            }
+            Packet::PubRec(a) => {
+                let mut st = self.session.lock();
+                let reply = if a.reason >= 0x80 {
+                    // MQTT 5: the receiver refused it; the flow ends here.
+                    st.inflight.complete(a.pkid, Stage::Published);
+                    None
+                } else if st.inflight.release(a.pkid) || st.inflight.is_released(a.pkid) {
+                    Some(Ack::new(a.pkid))
+                } else {
+                    Some(Ack::with_reason(a.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND))
+                };
+                drop(st);
+                if let Some(ack) = reply {
+                    self.send(Packet::PubRel(ack));
+                }
+            }
+            Packet::PubComp(a) => {
+                let done = self.session.lock().inflight.complete(a.pkid, Stage::Released);
+                if let Some(o) = done {
+                    self.ctx.hooks.on_acked(&self.info, &o.delivery.msg);
+                }
+            }
+            Packet::PubRel(a) => {
+                let known = self.session.lock().incoming_qos2.remove(&a.pkid);
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(Packet::PubComp(Ack::with_reason(a.pkid, code)));
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(Packet::PingResp),
+            Packet::Disconnect(d) => return self.on_disconnect(d),
+            Packet::Connect(_) => return Some(End::Protocol(reason::PROTOCOL_ERROR, "second CONNECT (MQTT-3.1.0-2)")),
+            Packet::Auth(_) => {
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH without extended authentication (MQTT-4.12.0-1)",
+                ))
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(End::Protocol(
+                    reason::PROTOCOL_ERROR,
+                    "server-to-client packet sent by a client",
+                ))
+            }
+        }
+        None
+    }
+}
+
+mod close;
+mod inbound;
+mod outbound;
+mod subscribe;
+#[cfg(test)]
+mod tests;
