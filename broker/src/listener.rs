@@ -129,6 +129,7 @@ mod tests {
             shutdown: shutdown.clone(),
         };
         let (tracker, mut all_done) = mpsc::channel(1);
+        let router = ctx.router.clone();
         let listener = Listener {
             listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             permits: Arc::new(Semaphore::new(2)),
@@ -157,9 +158,11 @@ mod tests {
         }
         assert_eq!(served.as_ref().map(|s| s.1), Some(reason::SUCCESS));
 
-        // Shutdown ends the loop and, once every connection task is gone, the tracker.
+        // Shutdown ends the loop and, once the server has kicked every connection and
+        // their tasks are gone, the tracker.
         stop.send(true).unwrap();
         task.await.unwrap();
+        router.kick_all(crate::model::Kick::Shutdown);
         assert!(
             TcpStream::connect(addr).await.is_err(),
             "the listening socket is closed"

@@ -24,6 +24,7 @@ use crate::hooks::{Hook, Hooks};
 use crate::im::writer::Writer;
 use crate::im::{mailbox, ImPlugin, PresenceBook};
 use crate::listener::Listener;
+use crate::model::Kick;
 use crate::router::Router;
 use crate::session::Context;
 use crate::store::{Store, StoreError};
@@ -197,6 +198,10 @@ impl RunningBroker {
         tracing::info!("shutting down");
         let _ = self.shutdown.send(true);
         let _ = self.accept_task.await;
+        // Every connection waits on its kick channel, not on the shutdown signal
+        // (one future fewer per idle connection); one attaching now sees the signal.
+        let kicked = self.router.kick_all(Kick::Shutdown);
+        tracing::debug!(kicked, "connections told to close");
         let _ = self.control_task.await;
         if tokio::time::timeout(self.grace, self.connections_done.recv())
             .await

@@ -308,7 +308,7 @@ impl Hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_shared::codec::{Properties, Protocol, QoS};
+    use natter_shared::codec::{Protocol, QoS};
 
     struct Fixed(&'static str, Access, PublishDecision);
     impl Hook for Fixed {
@@ -346,7 +346,7 @@ mod tests {
             payload: Bytes::new(),
             qos: QoS::AtMostOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Default::default(),
             expires_at: None,
             origin: None,
             tag: None,

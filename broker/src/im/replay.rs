@@ -156,7 +156,7 @@ impl Replay {
         let (qos, _, sub_ids) = self.session.granted(&topic)?;
         let body = json!({ "type": event::GAP, "from": from, "to": to });
         let mut msg = Message::broker(topic, Bytes::from(body.to_string()), QoS::AtLeastOnce, false);
-        msg.properties.content_type = Some("application/json".into());
+        msg.properties_mut().content_type = Some("application/json".into());
         Some(Delivery {
             msg: Arc::new(msg),
             qos: qos.min(QoS::AtLeastOnce),

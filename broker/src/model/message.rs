@@ -7,6 +7,21 @@ use std::time::Instant;
 use bytes::Bytes;
 use natter_shared::codec::{Properties, Protocol, QoS};
 
+/// The empty property set most messages share.
+pub fn no_properties() -> Arc<Properties> {
+    static NONE: std::sync::LazyLock<Arc<Properties>> = std::sync::LazyLock::new(Arc::default);
+    NONE.clone()
+}
+
+/// `p` as a message's properties: the shared empty set when it is empty.
+pub fn shared(p: Properties) -> Arc<Properties> {
+    if p == Properties::default() {
+        no_properties()
+    } else {
+        Arc::new(p)
+    }
+}
+
 /// A message as routed: shared by every session it is delivered to.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -17,8 +32,10 @@ pub struct Message {
     pub retain: bool,
     /// MQTT 5 properties passed through to subscribers (user properties, content type,
     /// response topic, correlation data, payload format). Topic alias and subscription
-    /// identifiers are per connection and never stored here.
-    pub properties: Properties,
+    /// identifiers are per connection and never stored here. Shared: most messages
+    /// have none and point at one empty set (a message is then ~130 bytes, not ~460);
+    /// change them with [`Message::properties_mut`].
+    pub properties: Arc<Properties>,
     /// Builds the properties when the message is sent to an MQTT 5 client, in place of
     /// `properties`: for properties a plugin stamps on every message, which MQTT
     /// 3.1.1 receivers never see and need not pay for.
@@ -43,13 +60,18 @@ impl Message {
             payload,
             qos,
             retain,
-            properties: Properties::default(),
+            properties: no_properties(),
             lazy_properties: None,
             expires_at: None,
             origin: None,
             exclude_origin: false,
             tag: None,
         }
+    }
+
+    /// The properties, to change (copied first if shared).
+    pub fn properties_mut(&mut self) -> &mut Properties {
+        Arc::make_mut(&mut self.properties)
     }
 
     /// A message from a client, a PUBLISH or a will, published by session `origin`:
@@ -73,7 +95,7 @@ impl Message {
             payload,
             qos,
             retain,
-            properties,
+            properties: shared(properties),
             lazy_properties: None,
             expires_at,
             origin: Some(origin),
@@ -96,7 +118,7 @@ impl Message {
     pub fn v5_properties(&self) -> Properties {
         match &self.lazy_properties {
             Some(source) => source.properties(self),
-            None => self.properties.clone(),
+            None => (*self.properties).clone(),
         }
     }
 }

@@ -44,6 +44,9 @@ pub enum Kick {
     SlowConsumer,
     /// An administrator removed the account (0x98).
     Administrative,
+    /// The broker is shutting down (0x8B). Sent to every connection through its kick
+    /// channel, so an idle connection waits on one future fewer.
+    Shutdown,
 }
 
 /// A subscription as the session remembers it.
@@ -126,8 +129,9 @@ pub struct SessionState {
     pub dropped: u64,
     /// Device token the attached connection logged in with, if any.
     pub credential: Option<Arc<str>>,
-    /// The replay under way, if any (see [`Session::begin_replay`]).
-    replay: Option<ReplayState>,
+    /// The replay under way, if any (see [`Session::begin_replay`]); boxed, as it
+    /// is rare and every session carries the field.
+    replay: Option<Box<ReplayState>>,
     /// Numbers replays, so a newer one makes an older one stale.
     replay_epoch: u64,
 }
@@ -279,11 +283,11 @@ impl Session {
         st.replay_epoch += 1;
         let epoch = st.replay_epoch;
         let held = tags(&st);
-        st.replay = Some(ReplayState {
+        st.replay = Some(Box::new(ReplayState {
             epoch,
             deferred_up_to: 0,
             held,
-        });
+        }));
         drop(st);
         self.room.notify_waiters();
         epoch

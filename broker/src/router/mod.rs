@@ -205,6 +205,18 @@ impl Router {
         n
     }
 
+    /// Kicks every attached connection (the broker is shutting down). Returns how
+    /// many were kicked.
+    pub fn kick_all(&self, why: Kick) -> usize {
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        let mut n = 0;
+        for kick in sessions.iter().filter_map(|s| s.lock().kick.take()) {
+            let _ = kick.send(why);
+            n += 1;
+        }
+        n
+    }
+
     /// Removes `filter` from every session of `username` (for example the presence
     /// of someone who is no longer a friend). Returns how many were removed.
     pub fn unsubscribe_user(&self, username: &str, filter: &str) -> usize {
@@ -402,7 +414,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use bytes::Bytes;
-    use natter_shared::codec::{Properties, SubscriptionOptions};
+    use natter_shared::codec::SubscriptionOptions;
 
     fn router() -> Router {
         Router::new(Config::default_config().limits)
@@ -421,7 +433,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             qos,
             retain,
-            properties: Properties::default(),
+            properties: Default::default(),
             expires_at: None,
             origin,
             exclude_origin: false,

@@ -85,9 +85,16 @@ mod tests {
     /// keep it small (see docs/benchmarks.md, memory per idle connection).
     #[test]
     fn connected_state_stays_small() {
+        // With tokio's task header the task is then at most 1,280 bytes, an
+        // allocator size class below the 1,536 it took before (1,304-byte future).
         let run = super::connected::Handler::run_future_size();
-        assert!(run <= 1536, "connected-state future is {run} bytes");
+        assert!(run <= 1184, "connected-state future is {run} bytes");
         let handler = std::mem::size_of::<super::connected::Handler>();
-        assert!(handler <= 512, "Handler is {handler} bytes");
+        assert!(handler <= 400, "Handler is {handler} bytes");
+        // What every idle session and every queued or retained message costs.
+        let session = std::mem::size_of::<crate::model::Session>();
+        assert!(session <= 368, "Session is {session} bytes");
+        let message = std::mem::size_of::<crate::model::Message>();
+        assert!(message <= 128, "Message is {message} bytes (properties are shared)");
     }
 }

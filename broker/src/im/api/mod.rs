@@ -155,8 +155,9 @@ fn respond(state: &ImState, client: &ClientInfo, command: &str, msg: &Message) {
         }
     };
     let mut out = Message::broker(topic, Bytes::from(payload), msg.qos.max(RESPONSE_QOS), false);
-    out.properties.content_type = Some("application/json".into());
-    out.properties.correlation_data = corr;
+    let p = out.properties_mut();
+    p.content_type = Some("application/json".into());
+    p.correlation_data = corr;
     let _ = state.router.publish(Arc::new(out));
 }
 

@@ -69,20 +69,20 @@ async fn answers_go_to_the_callers_mailbox_or_a_response_topic_inside_it() {
     let h = harness(|_| ());
     let alice = client(Some("alice"));
     let mut msg = request(cmd::ACCOUNT_WHOAMI, &json!({ "id": 1 }));
-    msg.properties.correlation_data = Some(Bytes::from_static(b"c1"));
+    msg.properties_mut().correlation_data = Some(Bytes::from_static(b"c1"));
     let (topic, r, corr) = handle_request(h.state(), &alice, cmd::ACCOUNT_WHOAMI, &msg);
     assert_eq!(topic, "inbox/alice/api/account.whoami");
     assert_eq!(r.id, Some(json!(1)));
     assert_eq!(corr.as_deref(), Some(&b"c1"[..]));
 
-    msg.properties.response_topic = Some("inbox/alice/replies/7".into());
+    msg.properties_mut().response_topic = Some("inbox/alice/replies/7".into());
     assert_eq!(
         handle_request(h.state(), &alice, cmd::ACCOUNT_WHOAMI, &msg).0,
         "inbox/alice/replies/7"
     );
     // A response topic anywhere else (another's mailbox, a prefix lookalike) is ignored.
     for elsewhere in ["inbox/bob/replies", "inbox/alicex/r", "chat/x"] {
-        msg.properties.response_topic = Some(elsewhere.into());
+        msg.properties_mut().response_topic = Some(elsewhere.into());
         let topic = handle_request(h.state(), &alice, cmd::ACCOUNT_WHOAMI, &msg).0;
         assert_eq!(topic, "inbox/alice/api/account.whoami", "{elsewhere}");
     }

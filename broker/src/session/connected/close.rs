@@ -9,7 +9,7 @@ impl Handler {
             End::Kicked(Kick::TakenOver) => Some(reason::SESSION_TAKEN_OVER),
             End::Kicked(Kick::SlowConsumer) => Some(reason::QUOTA_EXCEEDED),
             End::Kicked(Kick::Administrative) => Some(reason::ADMINISTRATIVE_ACTION),
-            End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            End::Kicked(Kick::Shutdown) | End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
             End::KeepAliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
             End::Malformed(e) => Some(e.reason_code()),
             End::Protocol(code, _) => Some(*code),

@@ -161,8 +161,9 @@ impl Handler {
     }
 
     async fn event_loop(&mut self) -> End {
-        let mut shutdown = self.ctx.shutdown.clone();
-        if *shutdown.borrow() {
+        // Set before the broker kicks every session (see `Router::kick_all`): a
+        // connection that attached after the kicks sees it here.
+        if *self.ctx.shutdown.borrow() {
             return End::Shutdown;
         }
         loop {
@@ -171,13 +172,13 @@ impl Handler {
             }
             let more = self.drain();
             if self.conn.pending() > 0 {
-                // Stay responsive to kicks and shutdown while a slow reader blocks the write.
+                // Stay responsive to kicks (shutdown included) while a slow reader
+                // blocks the write.
                 tokio::select! {
                     r = self.conn.flush() => if let Err(e) = r {
                         return End::Abrupt(e.into());
                     },
-                    k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
-                    _ = shutdown.changed() => return End::Shutdown,
+                    k = &mut self.kick => return kicked(k),
                 }
             }
             if more {
@@ -200,8 +201,7 @@ impl Handler {
             );
             tokio::select! {
                 biased;
-                k = &mut self.kick => return End::Kicked(k.unwrap_or(Kick::TakenOver)),
-                _ = shutdown.changed() => return End::Shutdown,
+                k = &mut self.kick => return kicked(k),
                 stored = next_receipt(&mut self.owed), if waiting => {
                     if let Some(front) = self.owed.front_mut() {
                         front.outcome = Outcome::Ready(stored_code(stored));
@@ -308,6 +308,14 @@ impl Handler {
             }
         }
         None
+    }
+}
+
+/// How a kick ends the connection (a dropped sender: the session was taken over).
+fn kicked(k: Result<Kick, oneshot::error::RecvError>) -> End {
+    match k.unwrap_or(Kick::TakenOver) {
+        Kick::Shutdown => End::Shutdown,
+        other => End::Kicked(other),
     }
 }
 

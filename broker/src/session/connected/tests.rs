@@ -4,8 +4,8 @@ use super::*;
 
 fn delivery() -> Delivery {
     let mut msg = Message::broker("t/1", Bytes::from_static(b"hi"), QoS::ExactlyOnce, false);
-    msg.properties.content_type = Some("text/plain".into());
-    msg.properties.user_properties = vec![("from".into(), "alice".into())];
+    msg.properties_mut().content_type = Some("text/plain".into());
+    msg.properties_mut().user_properties = vec![("from".into(), "alice".into())];
     Delivery {
         msg: Arc::new(msg),
         qos: QoS::AtLeastOnce,
