@@ -117,6 +117,7 @@ SCENARIOS=(
     "im:pairs-qos1-unpaced|--im --qos 1 --window 64 pairs --pairs 10"
     "im:pairs-qos1-1k|--im --qos 1 --rate 1000 pairs --pairs 10"
     "im:group-100|--im --qos 1 --window 8 group --members 100 --publishers 1"
+    "im:connections|--im connections --count $CONNS"
     "storm|storm --count $CONNS --deadline 60"
 )
 

@@ -27,6 +27,13 @@ TARGETS = [
     ("storm", "all_connected_secs", "reconnect storm: all connected after (s)", "lower", "abs_max", 5.0),
 ]
 
+# natterd in one scenario against Mosquitto in another: (natterd scenario, mosquitto scenario, ...)
+CROSS_TARGETS = [
+    ("im:connections", "connections", "rss_per_1000_kib",
+     "RSS per 1,000 connected IM users (natterd: own account, inbox subscribed, presence online; "
+     "Mosquitto: a plain subscribed connection) (KiB)", "lower", "abs_max", 2048),
+]
+
 # IM path vs natterd's plain MQTT path: (IM scenario, plain scenario, metric, label, kind, target)
 IM_TARGETS = [
     ("im:pairs-qos1-unpaced", "pairs-qos1-unpaced", "msgs_per_sec", "DM throughput (msg/s)", "cost_max", 2.0),
@@ -195,6 +202,12 @@ def main():
         ratio = f"{nat / mos:.2f}x" if nat is not None and mos else "-"
         t, v = verdict(kind, target, nat, mos)
         lines.append(f"| {scen} | {label} | {fmt(nat)} | {fmt(mos)} | {ratio} | {t} | {v} |")
+    for nat_s, mos_s, metric, label, better, kind, target in CROSS_TARGETS:
+        nat = median_of(groups.get((nat_s, "natterd"), []), metric)
+        mos = median_of(groups.get((mos_s, "mosquitto"), []), metric)
+        ratio = f"{nat / mos:.2f}x" if nat is not None and mos else "-"
+        t, v = verdict(kind, target, nat, mos)
+        lines.append(f"| {nat_s} | {label} | {fmt(nat)} | {fmt(mos)} | {ratio} | {t} | {v} |")
     lines += [
         "",
         "Ratios are natterd divided by Mosquitto: above 1 is better for throughput, below 1 is better for latency and memory.",
