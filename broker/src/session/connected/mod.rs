@@ -199,25 +199,32 @@ impl Handler {
                     ..
                 })
             );
-            tokio::select! {
+            // The packets are handled after the wait, not in its arm: the futures
+            // waited on are gone by then, so the task needs room for one or the other,
+            // not both (the connected-state future is every idle connection's memory).
+            let filled = tokio::select! {
                 biased;
                 k = &mut self.kick => return kicked(k),
                 stored = next_receipt(&mut self.owed), if waiting => {
                     if let Some(front) = self.owed.front_mut() {
                         front.outcome = Outcome::Ready(stored_code(stored));
                     }
+                    false
                 }
                 r = self.conn.fill(), if reading => {
                     if let Err(e) = r {
                         return End::Abrupt(e);
                     }
-                    self.last_seen = Instant::now();
-                    if let Some(end) = self.process_input().await {
-                        return end;
-                    }
+                    true
                 }
-                _ = self.session.woken() => {}
+                _ = self.session.woken() => false,
                 _ = self.keepalive_timer.as_mut(), if keepalive_on => return End::KeepAliveTimeout,
+            };
+            if filled {
+                self.last_seen = Instant::now();
+                if let Some(end) = self.process_input().await {
+                    return end;
+                }
             }
         }
     }
