@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use natter_e2e::im::{befriend, ImClient};
-use natter_e2e::{connect_packet, publish_packet, subscribe_packet, v3, Raw, TestBroker};
+use natter_e2e::{connect_packet, publish_packet, subscribe_packet, v3, Raw, TestBroker, WAIT};
 use natter_shared::codec::{reason, Packet, Protocol, QoS};
 use serde_json::json;
 
@@ -330,6 +330,20 @@ async fn groups_roles_and_a_kicked_member_loses_rights_at_once() {
     b.stop().await;
 }
 
+/// `with`'s history as `c` sees it, once it holds `n` messages. A message is
+/// delivered live as soon as the broker accepts it and is in history once stored
+/// (what its PUBACK says); a test that did not wait for the PUBACK asks until then.
+async fn history_of(c: &mut ImClient, with: &str, n: usize) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = c.ok("history", json!({ "with": with })).await["messages"].clone();
+        if all.as_array().map_or(0, Vec::len) >= n || tokio::time::Instant::now() > deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn history_is_paged_in_order() {
     let b = TestBroker::start_default(|_| {}).await;
@@ -344,7 +358,7 @@ async fn history_is_paged_in_order() {
     bob.publish("dm/alice", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, "from bob")
         .await;
     alice.next_on("inbox/alice/dm/bob").await;
-    let all = bob.ok("history", json!({ "with": "alice" })).await["messages"].clone();
+    let all = history_of(&mut bob, "alice", 6).await;
     assert_eq!(texts(&all), vec!["a0", "a1", "a2", "a3", "a4", "from bob"]);
     let ids: Vec<u64> = all
         .as_array()
@@ -809,8 +823,8 @@ async fn binary_messages_come_back_as_base64_in_history() {
         .await
         .unwrap();
     assert_eq!(&bob.next().await.payload[..], &[0xff, 0x00, 0x10]);
-    let h = bob.ok("history", json!({ "with": "alice" })).await;
-    assert_eq!(h["messages"][0]["data"], "/wAQ");
+    let h = history_of(&mut bob, "alice", 1).await;
+    assert_eq!(h[0]["data"], "/wAQ");
     assert!(h["messages"][0].get("text").is_none());
     b.stop().await;
 }

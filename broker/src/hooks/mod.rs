@@ -172,6 +172,11 @@ impl SessionView {
         self.session.begin_replay()
     }
 
+    /// See [`Session::deferred_from`].
+    pub fn deferred_from(&self, epoch: u64) -> Option<u64> {
+        self.session.deferred_from(epoch)
+    }
+
     /// See [`Session::end_replay`].
     pub fn end_replay(&self, epoch: u64) {
         self.session.end_replay(epoch);

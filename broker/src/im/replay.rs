@@ -104,18 +104,25 @@ impl Replay {
     }
 
     /// Off the runtime: applies retention to the index (so the device is replayed
-    /// its mailbox within bounds), then reads the device's cursor. A device seen for
-    /// the first time starts at the mailbox's head (clean history is what `history`
-    /// is for): `None`, nothing to replay.
+    /// its mailbox within bounds), then reads the device's cursor: where the replay
+    /// starts. A device seen for the first time starts at the mailbox's head (clean
+    /// history is what `history` is for), or before the first message deferred to
+    /// this replay, which was routed to it after it subscribed.
     fn start(&self) -> Result<Option<u64>, StoreError> {
         self.writer.index_now()?;
         let (user, device) = (self.user.as_str(), self.device.as_str());
-        let Some(cursor) = self.writer.cursor(user, device)? else {
-            let (head, _) = self.store.mailbox_head(user)?;
-            self.writer.acked(user, device, head);
-            return Ok(None);
+        if let Some(cursor) = self.writer.cursor(user, device)? {
+            return Ok(Some(cursor));
+        }
+        // The head first: a message deferred after this read is stored after it too,
+        // so its id is above the head.
+        let (head, _) = self.store.mailbox_head(user)?;
+        let from = match self.session.deferred_from(self.epoch) {
+            Some(first) => head.min(first - 1),
+            None => head,
         };
-        Ok(Some(cursor))
+        self.writer.acked(user, device, from);
+        Ok(Some(from))
     }
 
     /// Off the runtime: at most `limit` entries after `pos`, the writer's in-flight

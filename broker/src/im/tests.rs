@@ -359,3 +359,34 @@ async fn a_replay_pages_within_the_queue_bound_in_order_and_live_messages_wait_f
     h.stored("alice", "dm/bob", "after").await;
     assert_eq!(session.lock().queue.len(), 1);
 }
+
+/// A device seen for the first time starts at the present, and what is routed to it
+/// while its (empty) replay is being set up is delivered, not lost to the replay.
+#[tokio::test]
+async fn a_new_device_gets_what_arrives_while_its_replay_starts() {
+    let h = harness(|_| ());
+    let mut bob = client(Some("bob"));
+    bob.persistent = true;
+    h.stored("alice", "dm/bob", "before").await;
+    let session = h.session("bob", "bob-dev", Some("inbox/bob/#"), QoS::AtLeastOnce);
+    session.set_online(true);
+    let view = SessionView::new(session.clone());
+    let sub = session.lock().subscriptions["inbox/bob/#"];
+    // The replay task is spawned here and runs only once this test awaits.
+    h.plugin.on_subscribed(&bob, &view, "inbox/bob/#", sub, true);
+    h.stored("alice", "dm/bob", "after").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let texts = loop {
+        let texts: Vec<String> = session
+            .lock()
+            .queue
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.msg.payload).into_owned())
+            .collect();
+        if !texts.is_empty() || tokio::time::Instant::now() > deadline {
+            break texts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(texts, ["after"], "the present, not the past, and nothing lost");
+}

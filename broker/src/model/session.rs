@@ -140,7 +140,8 @@ pub struct SessionState {
 #[derive(Debug)]
 struct ReplayState {
     epoch: u64,
-    /// The highest tag deferred since it began.
+    /// The lowest and highest tags deferred since it began (0: none).
+    deferred_from: u64,
     deferred_up_to: u64,
     /// Tags the session held (queued or in flight) when it began: the connection may
     /// deliver them while the replay reads, and they are not replayed again.
@@ -239,6 +240,9 @@ impl Session {
         }
         if let (Some(tag), Some(replay)) = (delivery.msg.tag, st.replay.as_mut()) {
             // The replay under way delivers it, in mailbox order.
+            if replay.deferred_from == 0 {
+                replay.deferred_from = tag;
+            }
             replay.deferred_up_to = replay.deferred_up_to.max(tag);
             return Enqueued::Deferred;
         }
@@ -285,12 +289,24 @@ impl Session {
         let held = tags(&st);
         st.replay = Some(Box::new(ReplayState {
             epoch,
+            deferred_from: 0,
             deferred_up_to: 0,
             held,
         }));
         drop(st);
         self.room.notify_waiters();
         epoch
+    }
+
+    /// The first tag deferred to replay `epoch`, if any: a device seen for the first
+    /// time replays from there, so what was routed to it since it subscribed is not
+    /// lost to the replay that found nothing to replay.
+    pub fn deferred_from(&self, epoch: u64) -> Option<u64> {
+        let st = self.lock();
+        st.replay
+            .as_ref()
+            .filter(|r| r.epoch == epoch && r.deferred_from > 0)
+            .map(|r| r.deferred_from)
     }
 
     /// Ends replay `epoch` with nothing (more) to replay.
