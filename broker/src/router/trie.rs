@@ -42,8 +42,81 @@ struct Node {
     /// then looks up one key per level instead of three.
     has_plus: bool,
     has_hash: bool,
-    subscribers: Map<u64, Subscriber>,
+    subscribers: Subscribers,
     shared: Map<Box<str>, SharedGroup>,
+}
+
+/// A filter's subscribers, by session id: a short vector while there are few (most
+/// filters, a user's own mailbox among them, have one: a map would allocate four
+/// buckets for it), a map past [`FEW`].
+enum Subscribers {
+    Few(Vec<Subscriber>),
+    Many(Map<u64, Subscriber>),
+}
+
+/// Most subscribers kept in a vector (searched linearly).
+const FEW: usize = 16;
+
+impl Default for Subscribers {
+    fn default() -> Self {
+        Subscribers::Few(Vec::new())
+    }
+}
+
+impl Subscribers {
+    /// Adds or replaces; true when `s`'s session was not subscribed.
+    fn insert(&mut self, s: Subscriber) -> bool {
+        let id = s.session.id;
+        match self {
+            Subscribers::Many(map) => map.insert(id, s).is_none(),
+            Subscribers::Few(v) => {
+                if let Some(old) = v.iter_mut().find(|o| o.session.id == id) {
+                    *old = s;
+                    return false;
+                }
+                if v.len() < FEW {
+                    v.reserve_exact(1);
+                    v.push(s);
+                } else {
+                    let mut map: Map<u64, Subscriber> = v.drain(..).map(|o| (o.session.id, o)).collect();
+                    map.insert(id, s);
+                    *self = Subscribers::Many(map);
+                }
+                true
+            }
+        }
+    }
+
+    /// True when `id` was subscribed.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Subscribers::Many(map) => map.remove(&id).is_some(),
+            Subscribers::Few(v) => match v.iter().position(|o| o.session.id == id) {
+                Some(i) => {
+                    v.swap_remove(i);
+                    if v.is_empty() {
+                        *v = Vec::new();
+                    }
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Subscribers::Many(map) => map.is_empty(),
+            Subscribers::Few(v) => v.is_empty(),
+        }
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(&Subscriber)) {
+        match self {
+            Subscribers::Many(map) => map.values().for_each(visit),
+            Subscribers::Few(v) => v.iter().for_each(visit),
+        }
+    }
 }
 
 impl Node {
@@ -70,7 +143,7 @@ impl Node {
     }
 
     fn visit_here(&self, visit: &mut dyn FnMut(&Subscriber)) {
-        self.subscribers.values().for_each(&mut *visit);
+        self.subscribers.for_each(&mut *visit);
         self.shared.values().filter_map(SharedGroup::pick).for_each(visit);
     }
 }
@@ -97,7 +170,7 @@ impl Trie {
         }
         let id = subscriber.session.id;
         let new = match group {
-            None => node.subscribers.insert(id, subscriber).is_none(),
+            None => node.subscribers.insert(subscriber),
             Some(g) => {
                 let group = node.shared.entry(g.into()).or_default();
                 match group.members.iter_mut().find(|m| m.session.id == id) {
@@ -141,7 +214,7 @@ impl Trie {
 fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, id: u64) -> bool {
     let Some((first, rest)) = levels.split_first() else {
         return match group {
-            None => node.subscribers.remove(&id).is_some(),
+            None => node.subscribers.remove(id),
             Some(g) => {
                 let Some(grp) = node.shared.get_mut(g) else {
                     return false;
@@ -225,6 +298,27 @@ mod tests {
         t.for_each_match(topic, |s| v.push(s.session.id));
         v.sort_unstable();
         v
+    }
+
+    /// Past [`FEW`] subscribers a filter keeps them in a map: inserting, replacing,
+    /// matching and removing agree on both sides of the change.
+    #[test]
+    fn many_subscribers_on_one_filter_move_to_a_map_and_back_to_empty() {
+        let mut t = Trie::default();
+        let n = (FEW * 2 + 3) as u64;
+        for id in 0..n {
+            assert!(t.insert("a/b", None, sub(id)), "{id}");
+            assert!(!t.insert("a/b", None, sub(id)), "{id} again replaces");
+            assert_eq!(ids(&t, "a/b"), (0..=id).collect::<Vec<_>>());
+        }
+        assert_eq!(t.len(), n as usize);
+        for id in (0..n).rev() {
+            assert!(t.remove("a/b", None, id), "{id}");
+            assert!(!t.remove("a/b", None, id), "{id} is gone");
+        }
+        assert_eq!(t.len(), 0);
+        assert!(ids(&t, "a/b").is_empty());
+        assert!(t.root.is_empty(), "emptied nodes are pruned");
     }
 
     #[test]
