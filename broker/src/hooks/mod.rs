@@ -153,7 +153,12 @@ impl SessionView {
 
     /// The session's subscription filters.
     pub fn filters(&self) -> Vec<String> {
-        self.session.lock().subscriptions.keys().cloned().collect()
+        self.session
+            .lock()
+            .subscriptions
+            .iter()
+            .map(|(f, _)| f.to_owned())
+            .collect()
     }
 
     /// How `topic` would be delivered to this session: the highest granted QoS,

@@ -371,7 +371,7 @@ async fn a_new_device_gets_what_arrives_while_its_replay_starts() {
     let session = h.session("bob", "bob-dev", Some("inbox/bob/#"), QoS::AtLeastOnce);
     session.set_online(true);
     let view = SessionView::new(session.clone());
-    let sub = session.lock().subscriptions["inbox/bob/#"];
+    let sub = session.lock().subscriptions.get("inbox/bob/#").unwrap();
     // The replay task is spawned here and runs only once this test awaits.
     h.plugin.on_subscribed(&bob, &view, "inbox/bob/#", sub, true);
     h.stored("alice", "dm/bob", "after").await;

@@ -3,7 +3,7 @@
 //! acknowledgements). It outlives connections: a persistent session keeps its queue,
 //! inflight messages and subscriptions while its client is away.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,6 +100,64 @@ fn merge(st: &mut SessionState, page: Vec<Delivery>, limit: usize, held: &HashSe
     (added, last)
 }
 
+/// A session's subscriptions by filter: a vector, as a session holds a few (an IM
+/// device one or two) and a map would allocate four buckets for one; bounded by
+/// `max_subscriptions_per_session`, searched linearly.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    list: Vec<(Box<str>, Subscription)>,
+}
+
+impl Subscriptions {
+    /// Adds or replaces; the subscription it replaced, if any.
+    pub fn insert(&mut self, filter: &str, sub: Subscription) -> Option<Subscription> {
+        if let Some((_, old)) = self.list.iter_mut().find(|(f, _)| &**f == filter) {
+            return Some(std::mem::replace(old, sub));
+        }
+        self.list.reserve_exact(1);
+        self.list.push((filter.into(), sub));
+        None
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<Subscription> {
+        let i = self.list.iter().position(|(f, _)| &**f == filter)?;
+        let (_, sub) = self.list.swap_remove(i);
+        if self.list.is_empty() {
+            self.list = Vec::new();
+        }
+        Some(sub)
+    }
+
+    pub fn get(&self, filter: &str) -> Option<Subscription> {
+        self.list.iter().find(|(f, _)| &**f == filter).map(|(_, s)| *s)
+    }
+
+    pub fn contains_key(&self, filter: &str) -> bool {
+        self.get(filter).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Every (filter, subscription).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Subscription)> {
+        self.list.iter().map(|(f, s)| (&**f, s))
+    }
+
+    /// Removes them all; their filters.
+    pub fn drain(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.list)
+            .into_iter()
+            .map(|(f, _)| f.into())
+            .collect()
+    }
+}
+
 /// The tags of the deliveries queued or in flight.
 fn tags(st: &SessionState) -> HashSet<u64> {
     st.queue
@@ -119,7 +177,7 @@ pub struct SessionState {
     pub inflight: Inflight,
     /// Packet ids of QoS 2 publishes received and not yet released (PUBREL).
     pub incoming_qos2: HashSet<u16>,
-    pub subscriptions: HashMap<String, Subscription>,
+    pub subscriptions: Subscriptions,
     /// Bumped by each connection that attaches; a connection acts on the session only
     /// while its generation is current, so a taken-over connection cannot steal work.
     pub generation: u64,
@@ -384,10 +442,10 @@ impl Session {
     pub fn granted(&self, topic: &str) -> Option<(QoS, bool, Vec<u32>)> {
         let st = self.lock();
         let mut out: Option<(QoS, bool, Vec<u32>)> = None;
-        for (filter, sub) in &st.subscriptions {
+        for (filter, sub) in st.subscriptions.iter() {
             let inner = match natter_shared::topic::parse_shared(filter) {
                 Some(Ok((_, inner))) => inner,
-                _ => filter.as_str(),
+                _ => filter,
             };
             if natter_shared::topic::matches(inner, topic) {
                 let o = out.get_or_insert((QoS::AtMostOnce, false, Vec::new()));
@@ -424,6 +482,31 @@ mod tests {
             2,
             policy,
         )
+    }
+
+    #[test]
+    fn subscriptions_insert_replace_remove_and_drain_by_filter() {
+        let sub = |qos| Subscription {
+            options: SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            },
+            id: None,
+        };
+        let mut s = Subscriptions::default();
+        assert_eq!(s.insert("a/#", sub(QoS::AtMostOnce)), None);
+        assert_eq!(s.insert("b", sub(QoS::AtLeastOnce)), None);
+        assert_eq!(
+            s.insert("a/#", sub(QoS::ExactlyOnce)),
+            Some(sub(QoS::AtMostOnce)),
+            "replaced"
+        );
+        assert_eq!((s.len(), s.get("a/#")), (2, Some(sub(QoS::ExactlyOnce))));
+        assert!(s.contains_key("b") && !s.contains_key("a"));
+        assert_eq!(s.remove("b"), Some(sub(QoS::AtLeastOnce)));
+        assert_eq!(s.remove("b"), None);
+        assert_eq!(s.drain(), vec!["a/#".to_string()]);
+        assert!(s.is_empty());
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Router {
     }
 
     fn drop_subscriptions(&self, session: &Arc<Session>) {
-        let filters: Vec<String> = session.lock().subscriptions.drain().map(|(f, _)| f).collect();
+        let filters: Vec<String> = session.lock().subscriptions.drain();
         if filters.is_empty() {
             return;
         }
@@ -250,7 +250,7 @@ impl Router {
     /// Adds or replaces a subscription of `session`.
     pub fn subscribe(&self, session: &Arc<Session>, filter: &str, sub: Subscription) -> Subscribed {
         let (group, inner) = split_group(filter);
-        let existed = session.lock().subscriptions.insert(filter.to_owned(), sub).is_some();
+        let existed = session.lock().subscriptions.insert(filter, sub).is_some();
         self.inner.trie.write().unwrap_or_else(|p| p.into_inner()).insert(
             inner,
             group,
