@@ -67,6 +67,8 @@ impl PresenceBook {
             since: 0,
             last_seen: None,
         });
+        // Most users have one or two devices: grow one at a time.
+        p.clients.reserve_exact(1);
         p.clients.push(client.clone());
         if p.clients.len() == 1 {
             p.status = Status::Online;

@@ -1,7 +1,6 @@
 //! Retained messages, in a trie of topic levels so a subscription finds its retained
 //! messages by walking its filter rather than scanning every retained topic.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,7 +8,9 @@ use crate::model::Message;
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// The fast hasher, as in the subscription trie; one retained presence per
+    /// online user makes this map as large as the user count.
+    children: crate::FastMap<Box<str>, Node>,
     msg: Option<Arc<Message>>,
 }
 
