@@ -38,12 +38,74 @@ type Map<K, V> = crate::FastMap<K, V>;
 struct Node {
     /// Boxed children keep the maps' buckets small: most nodes have one child.
     children: Map<Box<str>, Box<Node>>,
-    /// Whether `children` has a `+` / `#` child: most nodes have neither, and a walk
-    /// then looks up one key per level instead of three.
+    /// Whether `children` has a `+` child: most nodes have none, and a walk then
+    /// looks up one key per level instead of two.
     has_plus: bool,
-    has_hash: bool,
+    /// The subscribers of this node's filter.
+    here: Here,
+    /// The subscribers of this node's filter followed by `/#` (or of `#` at the
+    /// root). `#` is always a filter's last level, so it needs no node of its own:
+    /// a user's `inbox/{me}/#` costs one small allocation here, not a child map and
+    /// a node.
+    hash: Option<Box<Here>>,
+}
+
+/// The subscribers of one filter: plain ones and shared groups.
+#[derive(Default)]
+struct Here {
     subscribers: Subscribers,
     shared: Map<Box<str>, SharedGroup>,
+}
+
+impl Here {
+    /// Adds or replaces; true when new.
+    fn insert(&mut self, group: Option<&str>, subscriber: Subscriber) -> bool {
+        let id = subscriber.session.id;
+        match group {
+            None => self.subscribers.insert(subscriber),
+            Some(g) => {
+                let group = self.shared.entry(g.into()).or_default();
+                match group.members.iter_mut().find(|m| m.session.id == id) {
+                    Some(m) => {
+                        *m = subscriber;
+                        false
+                    }
+                    None => {
+                        group.members.push(subscriber);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when it was there.
+    fn remove(&mut self, group: Option<&str>, id: u64) -> bool {
+        match group {
+            None => self.subscribers.remove(id),
+            Some(g) => {
+                let Some(grp) = self.shared.get_mut(g) else {
+                    return false;
+                };
+                let before = grp.members.len();
+                grp.members.retain(|m| m.session.id != id);
+                let removed = grp.members.len() != before;
+                if grp.members.is_empty() {
+                    self.shared.remove(g);
+                }
+                removed
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.shared.is_empty()
+    }
+
+    fn visit(&self, visit: &mut dyn FnMut(&Subscriber)) {
+        self.subscribers.for_each(&mut *visit);
+        self.shared.values().filter_map(SharedGroup::pick).for_each(visit);
+    }
 }
 
 /// A filter's subscribers, by session id: a short vector while there are few (most
@@ -121,30 +183,21 @@ impl Subscribers {
 
 impl Node {
     fn child_mut(&mut self, level: &str) -> &mut Node {
-        match level {
-            "+" => self.has_plus = true,
-            "#" => self.has_hash = true,
-            _ => {}
+        if level == "+" {
+            self.has_plus = true;
         }
         self.children.entry(level.into()).or_default()
     }
 
     fn prune(&mut self, level: &str) {
         self.children.remove(level);
-        match level {
-            "+" => self.has_plus = false,
-            "#" => self.has_hash = false,
-            _ => {}
+        if level == "+" {
+            self.has_plus = false;
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
-    }
-
-    fn visit_here(&self, visit: &mut dyn FnMut(&Subscriber)) {
-        self.subscribers.for_each(&mut *visit);
-        self.shared.values().filter_map(SharedGroup::pick).for_each(visit);
+        self.children.is_empty() && self.here.is_empty() && self.hash.is_none()
     }
 }
 
@@ -164,27 +217,19 @@ impl Trie {
     /// Adds or replaces `subscriber` on `filter` (within `group` for a shared
     /// subscription). Returns true when it did not exist before.
     pub fn insert(&mut self, filter: &str, group: Option<&str>, subscriber: Subscriber) -> bool {
+        let (path, hash) = match filter.strip_suffix('#') {
+            Some(p) if p.is_empty() || p.ends_with('/') => (p.strip_suffix('/'), true),
+            _ => (Some(filter), false),
+        };
         let mut node = &mut self.root;
-        for level in filter.split('/') {
+        for level in path.into_iter().flat_map(|p| p.split('/')) {
             node = node.child_mut(level);
         }
-        let id = subscriber.session.id;
-        let new = match group {
-            None => node.subscribers.insert(subscriber),
-            Some(g) => {
-                let group = node.shared.entry(g.into()).or_default();
-                match group.members.iter_mut().find(|m| m.session.id == id) {
-                    Some(m) => {
-                        *m = subscriber;
-                        false
-                    }
-                    None => {
-                        group.members.push(subscriber);
-                        true
-                    }
-                }
-            }
+        let here = match hash {
+            true => node.hash.get_or_insert_with(Box::default),
+            false => &mut node.here,
         };
+        let new = here.insert(group, subscriber);
         if new {
             self.count += 1;
         }
@@ -213,22 +258,18 @@ impl Trie {
 
 fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, id: u64) -> bool {
     let Some((first, rest)) = levels.split_first() else {
-        return match group {
-            None => node.subscribers.remove(id),
-            Some(g) => {
-                let Some(grp) = node.shared.get_mut(g) else {
-                    return false;
-                };
-                let before = grp.members.len();
-                grp.members.retain(|m| m.session.id != id);
-                let removed = grp.members.len() != before;
-                if grp.members.is_empty() {
-                    node.shared.remove(g);
-                }
-                removed
-            }
-        };
+        return node.here.remove(group, id);
     };
+    if *first == "#" && rest.is_empty() {
+        let Some(hash) = node.hash.as_mut() else {
+            return false;
+        };
+        let removed = hash.remove(group, id);
+        if hash.is_empty() {
+            node.hash = None;
+        }
+        return removed;
+    }
     let Some(child) = node.children.get_mut(*first) else {
         return false;
     };
@@ -244,13 +285,11 @@ fn remove_rec(node: &mut Node, levels: &[&str], group: Option<&str>, id: u64) ->
 fn match_rec(node: &Node, rest: Option<&str>, first: bool, dollar: bool, visit: &mut dyn FnMut(&Subscriber)) {
     // Wildcards at the first level never match topics starting with '$' (MQTT-4.7.2-1).
     let wildcards = !(first && dollar);
-    if wildcards && node.has_hash {
-        if let Some(hash) = node.children.get("#") {
-            hash.visit_here(visit);
-        }
+    if let (true, Some(hash)) = (wildcards, &node.hash) {
+        hash.visit(visit);
     }
     let Some(rest) = rest else {
-        node.visit_here(visit);
+        node.here.visit(visit);
         return;
     };
     let (level, tail) = match rest.split_once('/') {
@@ -371,7 +410,7 @@ mod tests {
         assert_eq!(ids(&t, "a/b"), vec![4]);
         assert_eq!(ids(&t, "a"), Vec::<u64>::new());
         assert!(t.remove("a/+", None, 4));
-        assert!(t.root.children.is_empty() && !t.root.has_hash && !t.root.has_plus);
+        assert!(t.root.children.is_empty() && t.root.hash.is_none() && !t.root.has_plus);
     }
 
     #[test]
@@ -425,9 +464,9 @@ mod tests {
         let mut t = Trie::default();
         t.insert("#", None, sub(1));
         t.insert("+", None, sub(2));
-        assert!(t.root.has_hash && t.root.has_plus);
+        assert!(t.root.hash.is_some() && t.root.has_plus);
         assert!(t.remove("#", None, 1));
-        assert!(!t.root.has_hash && t.root.has_plus);
+        assert!(t.root.hash.is_none() && t.root.has_plus);
         assert!(t.remove("+", None, 2));
         assert!(!t.root.has_plus);
     }
