@@ -6,19 +6,13 @@
 use rand_core::RngCore;
 
 use super::tokens::digest;
+use crate::clock::unix_secs as now_secs;
 use crate::store::{ResetRecord, Store, StoreError};
 
 pub const RESET_PREFIX: &str = "nr_";
-const RESET_LEN: usize = RESET_PREFIX.len() + 64;
-
-use crate::clock::unix_secs as now_secs;
 
 pub fn looks_like_reset(password: &[u8]) -> bool {
-    password.len() == RESET_LEN
-        && password.starts_with(RESET_PREFIX.as_bytes())
-        && password[RESET_PREFIX.len()..]
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    super::tokens::is_secret(password, RESET_PREFIX)
 }
 
 /// Issues a token for `user`, valid `ttl_secs`. Returns it and its expiry.
@@ -107,7 +101,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let (t, _) = issue(&s, "bob", 60).unwrap();
-        assert!(t.starts_with(RESET_PREFIX) && t.len() == RESET_LEN);
+        assert!(t.starts_with(RESET_PREFIX) && t.len() == RESET_PREFIX.len() + 64);
         let hex = &t[RESET_PREFIX.len()..];
         for not_reset in [
             format!("nt_{hex}"),         // a device token's prefix

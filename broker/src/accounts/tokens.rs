@@ -15,13 +15,18 @@ use crate::store::{Store, StoreError, TokenRecord};
 
 /// Prefix that marks a password as a device token.
 pub const TOKEN_PREFIX: &str = "nt_";
-const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 64;
 
 /// True when `password` has the shape of a device token.
 pub fn looks_like_token(password: &[u8]) -> bool {
-    password.len() == TOKEN_LEN
-        && password.starts_with(TOKEN_PREFIX.as_bytes())
-        && password[TOKEN_PREFIX.len()..]
+    is_secret(password, TOKEN_PREFIX)
+}
+
+/// `prefix` then 64 lowercase hex digits: the shape of the secrets the broker
+/// issues (device tokens, reset tokens).
+pub(super) fn is_secret(password: &[u8], prefix: &str) -> bool {
+    password.len() == prefix.len() + 64
+        && password.starts_with(prefix.as_bytes())
+        && password[prefix.len()..]
             .iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }

@@ -20,8 +20,6 @@ use crate::store::{MailboxEntry, NewMessage, Retention, Route, Store, StoredMess
 /// The sender name of broker events.
 pub const BROKER_SENDER: &str = "natter";
 
-pub use crate::clock::unix_ms as now_ms;
-
 /// Properties a subscriber sees on a mailbox delivery: the sender's user properties
 /// (minus any that would impersonate ours), then `id`, `from` and `ts`.
 fn properties(id: u64, m: &StoredMessage) -> Properties {
@@ -108,7 +106,7 @@ impl Mailboxes {
         }
         let m = StoredMessage {
             from: BROKER_SENDER.into(),
-            ts: now_ms(),
+            ts: crate::clock::unix_ms(),
             payload: Bytes::from(body.to_string()),
             user_properties: Vec::new(),
             content_type: Some("application/json".into()),

@@ -33,7 +33,7 @@ use crate::model::{ClientInfo, Message};
 use crate::router::Router;
 use crate::store::{Route, Store, StoreError, StoredMessage};
 
-use mailbox::{now_ms, Mailboxes};
+use mailbox::Mailboxes;
 pub use presence::PresenceBook;
 use writer::Writer;
 
@@ -113,7 +113,7 @@ impl ImPlugin {
     fn stored(&self, from: &str, msg: &Message) -> StoredMessage {
         StoredMessage {
             from: from.to_owned(),
-            ts: now_ms(),
+            ts: crate::clock::unix_ms(),
             payload: msg.payload.clone(),
             user_properties: msg.properties.user_properties.clone(),
             content_type: msg.properties.content_type.clone(),

@@ -77,10 +77,7 @@ impl Replay {
     /// Returns how many deliveries it offered.
     async fn run(self: Arc<Self>) -> Result<usize, StoreError> {
         let me = self.clone();
-        let Some(mut pos) = store::blocking(move || me.start()).await? else {
-            self.session.end_replay(self.epoch);
-            return Ok(0);
-        };
+        let mut pos = store::blocking(move || me.start()).await?;
         let mut offered = 0;
         loop {
             if !self.session.wait_room(self.epoch).await {
@@ -108,11 +105,11 @@ impl Replay {
     /// starts. A device seen for the first time starts at the mailbox's head (clean
     /// history is what `history` is for), or before the first message deferred to
     /// this replay, which was routed to it after it subscribed.
-    fn start(&self) -> Result<Option<u64>, StoreError> {
+    fn start(&self) -> Result<u64, StoreError> {
         self.writer.index_now()?;
         let (user, device) = (self.user.as_str(), self.device.as_str());
         if let Some(cursor) = self.writer.cursor(user, device)? {
-            return Ok(Some(cursor));
+            return Ok(cursor);
         }
         // The head first: a message deferred after this read is stored after it too,
         // so its id is above the head.
@@ -122,7 +119,7 @@ impl Replay {
             None => head,
         };
         self.writer.acked(user, device, from);
-        Ok(Some(from))
+        Ok(from)
     }
 
     /// Off the runtime: at most `limit` entries after `pos`, the writer's in-flight

@@ -63,7 +63,7 @@ pub fn create(c: &Call<'_>) -> ApiResult {
     let rec = GroupRecord {
         owner: me.to_owned(),
         open: c.req.open.unwrap_or(false),
-        created_at: super::super::mailbox::now_ms() / 1000,
+        created_at: crate::clock::unix_secs(),
     };
     match c.state.store.create_group(g, &rec) {
         Ok(()) => Ok(json!({ "group": g, "owner": me, "open": rec.open })),
