@@ -7,6 +7,7 @@
 //! of idle devices cost a few hundred bytes each here.
 
 use std::io;
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use natter_shared::codec::{self, DecodeError, Packet, Protocol};
@@ -71,16 +72,25 @@ impl Connection {
     /// Reads more bytes from the socket. Cancel-safe.
     ///
     /// # Errors
-    /// [`ConnectionError::Closed`] on end of stream, I/O errors.
+    /// As [`Connection::poll_fill`].
     pub async fn fill(&mut self) -> Result<(), ConnectionError> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Reads more bytes from the socket once it is readable; the waiting keeps no
+    /// state but the socket's own (an idle connection's task stays small).
+    ///
+    /// # Errors
+    /// [`ConnectionError::Closed`] on end of stream, I/O errors.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
         loop {
-            self.stream.readable().await?;
+            ready!(self.stream.poll_read_ready(cx))?;
             if self.rbuf.capacity() - self.rbuf.len() < MIN_READ / 2 {
                 self.rbuf.reserve(self.read_hint);
             }
             let spare = self.rbuf.capacity() - self.rbuf.len();
             match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => return Err(ConnectionError::Closed),
+                Ok(0) => return Poll::Ready(Err(ConnectionError::Closed)),
                 Ok(n) => {
                     // Read sizes follow the traffic: a full buffer doubles the next one,
                     // small reads shrink it, so chatty connections make few syscalls and
@@ -90,10 +100,14 @@ impl Connection {
                     } else if n < self.read_hint / 4 {
                         self.read_hint = (self.read_hint / 2).max(MIN_READ);
                     }
-                    return Ok(());
+                    return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The readiness was stale (it is cleared only by a read that
+                    // would block): do not keep a buffer reserved while waiting.
+                    self.release_idle();
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }
@@ -218,6 +232,18 @@ mod tests {
             p.encode(&mut out, protocol);
         }
         out.to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_input_holds_no_read_buffer() {
+        let (mut conn, mut peer) = pair(1024).await;
+        peer.write_all(&bytes(&[Packet::PingReq], Protocol::V5)).await.unwrap();
+        assert_eq!(conn.read_packet(Protocol::V5).await.unwrap(), Packet::PingReq);
+        // The socket still looks readable after that read; the next wait finds out it
+        // is not, and must not keep the buffer it reserved for it.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(conn.poll_fill(&mut cx).is_pending());
+        assert_eq!(conn.rbuf.capacity(), 0, "a waiting connection holds no read buffer");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 pub mod inflight;
 pub mod message;
 pub mod session;
+pub mod wake;
 
 pub use inflight::{Inflight, Stage};
 pub use message::{ClientInfo, Message, PropertiesSource, Restriction};

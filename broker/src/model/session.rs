@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::inflight::Inflight;
 use super::message::Message;
+use super::wake::WakeSlot;
 use crate::config::OverflowPolicy;
 
 /// Sessions are keyed by (user name, client id): two users that pick the same client
@@ -227,7 +228,7 @@ pub struct Session {
     online: AtomicBool,
     state: Mutex<SessionState>,
     /// Wakes the attached connection when deliveries arrive.
-    wake: Notify,
+    wake: WakeSlot,
     /// Wakes a replay waiting for room in the queue (or to notice it is stale).
     room: Notify,
 }
@@ -253,7 +254,7 @@ impl Session {
             overflow,
             online: AtomicBool::new(false),
             state: Mutex::new(SessionState::default()),
-            wake: Notify::new(),
+            wake: WakeSlot::default(),
             room: Notify::new(),
         }
     }
@@ -276,14 +277,14 @@ impl Session {
         }
     }
 
-    /// Waits until deliveries are queued.
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Ready when deliveries were queued since the last Ready (see [`WakeSlot`]).
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.wake.poll_woken(cx)
     }
 
     /// Wakes the attached connection.
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// Queues a delivery, applying the queue bound and the overflow policy.

@@ -370,7 +370,7 @@ mod tests {
         match accepted {
             None => panic!("refused without an answer"),
             Some(handler) => {
-                let task = tokio::spawn(handler.run());
+                let task = tokio::spawn(handler.run(()));
                 let mut buf = BytesMut::new();
                 let first = loop {
                     if let Ok(Some(p)) = decode(&mut buf, protocol, 1 << 20) {

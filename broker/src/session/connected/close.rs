@@ -4,7 +4,7 @@
 use super::*;
 
 impl Handler {
-    pub(super) async fn finish(mut self, end: End) {
+    pub(super) async fn finish(&mut self, end: End) {
         let code = match &end {
             End::Kicked(Kick::TakenOver) => Some(reason::SESSION_TAKEN_OVER),
             End::Kicked(Kick::SlowConsumer) => Some(reason::QUOTA_EXCEEDED),

@@ -169,14 +169,15 @@ impl Handler {
     }
 }
 
-/// Resolves with the front acknowledgement's receipt (the caller checked it waits).
-pub(super) async fn next_receipt(owed: &mut VecDeque<OwedAck>) -> Stored {
+/// Polls the front acknowledgement's receipt; Pending, with nothing registered, when
+/// the front one waits for none (the caller checks that first).
+pub(super) fn poll_front_receipt(owed: &mut VecDeque<OwedAck>, cx: &mut TaskContext<'_>) -> Poll<Stored> {
     match owed.front_mut() {
         Some(OwedAck {
             outcome: Outcome::Waiting(receipt),
             ..
-        }) => receipt.await.unwrap_or(Err(NotStored::Stopped)),
-        _ => std::future::pending().await,
+        }) => Pin::new(receipt).poll(cx).map(|r| r.unwrap_or(Err(NotStored::Stopped))),
+        _ => Poll::Pending,
     }
 }
 

@@ -3,7 +3,10 @@
 //! everything it produced in one batch per wake-up.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use natter_shared::codec::{
@@ -20,7 +23,7 @@ use crate::model::Stage;
 use crate::model::{ClientInfo, Message};
 use crate::model::{Delivery, Kick, Session, SessionState, Subscription};
 use crate::router::{Opened, RetainedFull};
-use inbound::{next_receipt, stored_code};
+use inbound::{poll_front_receipt, stored_code};
 use outbound::{alias, publish_packet};
 
 /// An acknowledgement owed to the client, in arrival order (MQTT-4.6.0-2/3).
@@ -35,6 +38,15 @@ enum Outcome {
     Ready(u8),
     /// A plugin is storing the message.
     Waiting(Receipt),
+}
+
+/// What ended a wait of the event loop (see [`Handler::poll_wait`]).
+enum Woke {
+    Kicked(Result<Kick, oneshot::error::RecvError>),
+    Stored(Stored),
+    Filled(Result<(), ConnectionError>),
+    Delivery,
+    KeepAliveExpired,
 }
 
 /// Why the connection ended.
@@ -150,14 +162,24 @@ impl Handler {
         fn future_size<A, F: std::future::Future>(_: &impl Fn(A) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        future_size(&Handler::run)
+        future_size(&|h: Handler| h.run(()))
     }
 
-    pub(super) async fn run(mut self) {
-        let end = self.event_loop().await;
-        // Boxed: the closing sequence is short-lived and would otherwise enlarge every
-        // idle connection's task.
-        Box::pin(self.finish(end)).await;
+    /// Runs the connected state to its end; `guard` (the connection's permit, the
+    /// shutdown tracker) is dropped last. Spawned as it is (not inside another async
+    /// block, which would hold a second copy of the Handler it moved from).
+    ///
+    /// Not an `async fn`: that would move the Handler from its argument into a local
+    /// of its body, and the future would hold both (the block uses it in place).
+    #[allow(clippy::manual_async_fn, reason = "an async fn holds the Handler twice")]
+    pub(super) fn run<G>(mut self, guard: G) -> impl Future<Output = ()> {
+        async move {
+            let end = self.event_loop().await;
+            // Boxed: the closing sequence is short-lived and would otherwise enlarge
+            // every idle connection's task.
+            Box::pin(self.finish(end)).await;
+            drop(guard);
+        }
     }
 
     async fn event_loop(&mut self) -> End {
@@ -199,26 +221,18 @@ impl Handler {
                     ..
                 })
             );
-            // The packets are handled after the wait, not in its arm: the futures
-            // waited on are gone by then, so the task needs room for one or the other,
-            // not both (the connected-state future is every idle connection's memory).
-            let filled = tokio::select! {
-                biased;
-                k = &mut self.kick => return kicked(k),
-                stored = next_receipt(&mut self.owed), if waiting => {
+            let filled = match std::future::poll_fn(|cx| self.poll_wait(cx, reading, waiting, keepalive_on)).await {
+                Woke::Kicked(k) => return kicked(k),
+                Woke::Stored(stored) => {
                     if let Some(front) = self.owed.front_mut() {
                         front.outcome = Outcome::Ready(stored_code(stored));
                     }
                     false
                 }
-                r = self.conn.fill(), if reading => {
-                    if let Err(e) = r {
-                        return End::Abrupt(e);
-                    }
-                    true
-                }
-                _ = self.session.woken() => false,
-                _ = self.keepalive_timer.as_mut(), if keepalive_on => return End::KeepAliveTimeout,
+                Woke::Filled(Err(e)) => return End::Abrupt(e),
+                Woke::Filled(Ok(())) => true,
+                Woke::Delivery => false,
+                Woke::KeepAliveExpired => return End::KeepAliveTimeout,
             };
             if filled {
                 self.last_seen = Instant::now();
@@ -227,6 +241,34 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// Waits for the next thing to do, in this order: a kick, the receipt of the
+    /// oldest message being stored (if `waiting`), input (if `reading`), deliveries,
+    /// the keepalive deadline. Polled by hand rather than with `select!`: the wait
+    /// then holds no futures, only wakers registered with what it polls, and an idle
+    /// connection's task is as small as its `Handler`.
+    fn poll_wait(&mut self, cx: &mut TaskContext<'_>, reading: bool, waiting: bool, keepalive: bool) -> Poll<Woke> {
+        if let Poll::Ready(k) = Pin::new(&mut self.kick).poll(cx) {
+            return Poll::Ready(Woke::Kicked(k));
+        }
+        if waiting {
+            if let Poll::Ready(stored) = poll_front_receipt(&mut self.owed, cx) {
+                return Poll::Ready(Woke::Stored(stored));
+            }
+        }
+        if reading {
+            if let Poll::Ready(r) = self.conn.poll_fill(cx) {
+                return Poll::Ready(Woke::Filled(r));
+            }
+        }
+        if self.session.poll_woken(cx).is_ready() {
+            return Poll::Ready(Woke::Delivery);
+        }
+        if keepalive && self.keepalive_timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Woke::KeepAliveExpired);
+        }
+        Poll::Pending
     }
 
     /// Handles every whole packet buffered.
