@@ -9,7 +9,7 @@
 use std::io;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use natter_shared::codec::{self, DecodeError, Packet, Protocol};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +22,8 @@ pub const WRITE_HIGH_WATER: usize = 64 * 1024;
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 const LINGER_BYTES: usize = 1 << 20;
 /// Smallest and largest read buffer reserved at a time.
-const MIN_READ: usize = 512;
-const MAX_READ: usize = 64 * 1024;
+const MIN_READ: u32 = 512;
+const MAX_READ: u32 = 64 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ConnectionError {
@@ -40,13 +40,10 @@ pub struct Connection {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    /// Largest packet accepted from the peer.
-    max_packet_size: usize,
+    /// Largest packet accepted from the peer (MQTT's own bound is below 2^28).
+    max_packet_size: u32,
     /// Bytes to reserve for the next read; adapts to the traffic.
-    read_hint: usize,
-    /// Set while a write is in progress: if that write is cancelled, part of a packet
-    /// may be on the wire and nothing more can be written.
-    writing: bool,
+    read_hint: u32,
 }
 
 impl Connection {
@@ -55,9 +52,8 @@ impl Connection {
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
-            max_packet_size,
+            max_packet_size: u32::try_from(max_packet_size).unwrap_or(u32::MAX),
             read_hint: MIN_READ,
-            writing: false,
         }
     }
 
@@ -66,7 +62,7 @@ impl Connection {
     /// # Errors
     /// Malformed input, or a packet over the size limit (seen from its fixed header).
     pub fn next_packet(&mut self, protocol: Protocol) -> Result<Option<Packet>, DecodeError> {
-        codec::decode(&mut self.rbuf, protocol, self.max_packet_size)
+        codec::decode(&mut self.rbuf, protocol, self.max_packet_size as usize)
     }
 
     /// Reads more bytes from the socket. Cancel-safe.
@@ -85,8 +81,8 @@ impl Connection {
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
-            if self.rbuf.capacity() - self.rbuf.len() < MIN_READ / 2 {
-                self.rbuf.reserve(self.read_hint);
+            if self.rbuf.capacity() - self.rbuf.len() < MIN_READ as usize / 2 {
+                self.rbuf.reserve(self.read_hint as usize);
             }
             let spare = self.rbuf.capacity() - self.rbuf.len();
             match self.stream.try_read_buf(&mut self.rbuf) {
@@ -97,7 +93,7 @@ impl Connection {
                     // quiet ones never hold large buffers.
                     if n == spare {
                         self.read_hint = (self.read_hint * 2).min(MAX_READ);
-                    } else if n < self.read_hint / 4 {
+                    } else if n < self.read_hint as usize / 4 {
                         self.read_hint = (self.read_hint / 2).max(MIN_READ);
                     }
                     return Poll::Ready(Ok(()));
@@ -161,24 +157,34 @@ impl Connection {
         self.wbuf.len()
     }
 
-    /// Writes the buffer out. Not cancel-safe: on cancellation the connection must be
-    /// dropped.
+    /// Writes the buffer out. Cancel-safe: what was not written stays queued, so the
+    /// packets on the wire are always whole ones followed by what comes next.
     ///
     /// # Errors
     /// I/O errors.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.writing = true;
-            self.stream.write_all(&self.wbuf).await?;
-            self.writing = false;
-            self.wbuf = BytesMut::new();
-        }
-        Ok(())
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// False when a write was interrupted midway: the stream is then unusable.
-    pub fn is_clean(&self) -> bool {
-        !self.writing
+    /// Writes as much of the buffer as the socket takes, and frees the buffer once it
+    /// is all written; the waiting keeps no state but the socket's own.
+    ///
+    /// # Errors
+    /// I/O errors; a socket that accepts nothing is [`io::ErrorKind::WriteZero`].
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Closes: [`Connection::half_close`], then [`Connection::linger`].
@@ -307,7 +313,6 @@ mod tests {
         conn.flush().await.unwrap();
         assert_eq!(conn.pending(), 0);
         assert_eq!(conn.wbuf.capacity(), 0, "released once written");
-        assert!(conn.is_clean());
         conn.close().await;
         let mut got = Vec::new();
         peer.read_to_end(&mut got).await.unwrap();

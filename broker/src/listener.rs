@@ -14,7 +14,7 @@ pub struct Listener {
     pub listener: TcpListener,
     /// One permit per open connection (limits.max_connections).
     pub permits: Arc<Semaphore>,
-    pub ctx: Context,
+    pub ctx: Arc<Context>,
     /// Each connection task holds a clone; when the last is dropped the receiver
     /// learns that every connection has ended.
     pub tracker: mpsc::Sender<()>,
@@ -122,12 +122,12 @@ mod tests {
     async fn connections_over_the_limit_are_closed_until_a_permit_frees() {
         let limits = Config::default_config().limits;
         let (stop, shutdown) = watch::channel(false);
-        let ctx = Context {
+        let ctx = Arc::new(Context {
             router: Router::new(limits.clone()),
             hooks: Hooks::new(vec![Arc::new(Anyone)]),
             limits: Arc::new(limits),
             shutdown: shutdown.clone(),
-        };
+        });
         let (tracker, mut all_done) = mpsc::channel(1);
         let router = ctx.router.clone();
         let listener = Listener {

@@ -2,7 +2,6 @@
 //! at least one of their connections is up, and offline (with `last_seen`) when the
 //! last one ends, whatever the reason.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,19 +12,36 @@ use natter_shared::im;
 use crate::model::Message;
 use crate::router::Router;
 
+/// One user's presence, kept for every user seen since the broker started: compact,
+/// since that is every online user and more.
 #[derive(Debug, Clone)]
 struct UserPresence {
     /// The client ids of the user's connections up now (one entry per connection).
     clients: Vec<Arc<str>>,
     status: Status,
-    text: Option<String>,
+    text: Option<Box<str>>,
+    /// When `status` began; for an offline user who was seen, also when last seen.
     since: u64,
-    last_seen: Option<u64>,
+}
+
+impl UserPresence {
+    fn to_api(&self, user: &str) -> Presence {
+        let seen = self.status == Status::Offline && self.since != 0;
+        Presence {
+            user: user.to_owned(),
+            status: self.status,
+            text: self.text.as_deref().map(str::to_owned),
+            since: self.since,
+            last_seen: seen.then_some(self.since),
+        }
+    }
 }
 
 pub struct PresenceBook {
     router: Router,
-    users: Mutex<HashMap<String, UserPresence>>,
+    /// Boxed entries: at the map's usual load the empty buckets then cost a pointer,
+    /// not a whole entry.
+    users: Mutex<crate::FastMap<Box<str>, Box<UserPresence>>>,
 }
 
 use crate::clock::unix_secs as now_secs;
@@ -34,20 +50,17 @@ impl PresenceBook {
     pub fn new(router: Router) -> PresenceBook {
         PresenceBook {
             router,
-            users: Mutex::new(HashMap::new()),
+            users: Mutex::new(crate::FastMap::default()),
         }
     }
 
-    fn publish(&self, user: &str, p: &UserPresence) {
-        let body = Presence {
-            user: user.to_owned(),
-            status: p.status,
-            text: p.text.clone(),
-            since: p.since,
-            last_seen: p.last_seen,
-        };
-        match serde_json::to_vec(&body) {
-            Ok(json) => {
+    fn publish(&self, body: &Presence) {
+        let user = body.user.as_str();
+        match serde_json::to_vec(body) {
+            Ok(mut json) => {
+                // Retained for as long as the user's status holds: no spare capacity
+                // (an exact Vec also becomes Bytes without a second allocation).
+                json.shrink_to_fit();
                 let msg = Message::broker(im::presence(user), Bytes::from(json), QoS::AtLeastOnce, true);
                 if self.router.publish(Arc::new(msg)).is_err() {
                     tracing::warn!(user, "retained store full: presence not retained");
@@ -60,12 +73,13 @@ impl PresenceBook {
     /// A connection of `user` is up (before it may subscribe).
     pub fn connected(&self, user: &str, client: &Arc<str>) {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        let p = users.entry(user.to_owned()).or_insert(UserPresence {
-            clients: Vec::new(),
-            status: Status::Offline,
-            text: None,
-            since: 0,
-            last_seen: None,
+        let p = users.entry(user.into()).or_insert_with(|| {
+            Box::new(UserPresence {
+                clients: Vec::new(),
+                status: Status::Offline,
+                text: None,
+                since: 0,
+            })
         });
         // Most users have one or two devices: grow one at a time.
         p.clients.reserve_exact(1);
@@ -73,10 +87,9 @@ impl PresenceBook {
         if p.clients.len() == 1 {
             p.status = Status::Online;
             p.since = now_secs();
-            p.last_seen = None;
-            let snapshot = p.clone();
+            let snapshot = p.to_api(user);
             drop(users);
-            self.publish(user, &snapshot);
+            self.publish(&snapshot);
         }
     }
 
@@ -91,13 +104,11 @@ impl PresenceBook {
         };
         p.clients.swap_remove(i);
         if p.clients.is_empty() {
-            let now = now_secs();
             p.status = Status::Offline;
-            p.since = now;
-            p.last_seen = Some(now);
-            let snapshot = p.clone();
+            p.since = now_secs();
+            let snapshot = p.to_api(user);
             drop(users);
-            self.publish(user, &snapshot);
+            self.publish(&snapshot);
         }
     }
 
@@ -112,10 +123,10 @@ impl PresenceBook {
             p.since = now_secs();
         }
         p.status = status;
-        p.text = text;
-        let snapshot = p.clone();
+        p.text = text.map(String::into_boxed_str);
+        let snapshot = p.to_api(user);
         drop(users);
-        self.publish(user, &snapshot);
+        self.publish(&snapshot);
         true
     }
 
@@ -133,13 +144,7 @@ impl PresenceBook {
     pub fn get(&self, user: &str) -> Presence {
         let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         match users.get(user) {
-            Some(p) => Presence {
-                user: user.to_owned(),
-                status: p.status,
-                text: p.text.clone(),
-                since: p.since,
-                last_seen: p.last_seen,
-            },
+            Some(p) => p.to_api(user),
             None => Presence {
                 user: user.to_owned(),
                 status: Status::Offline,

@@ -6,6 +6,7 @@
 //! bounded queue takes its delivery. The router holds sessions, never connections.
 
 mod retained;
+mod sparse;
 mod trie;
 
 use std::collections::HashMap;

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::sparse::SparseMap;
 use crate::model::Message;
 
 #[derive(Default)]
 struct Node {
-    /// The fast hasher, as in the subscription trie; one retained presence per
-    /// online user makes this map as large as the user count.
-    children: crate::FastMap<Box<str>, Node>,
+    /// One retained presence per online user makes the `presence` node's map as
+    /// large as the user count, and its children leaves.
+    children: SparseMap<Box<str>, Node>,
     msg: Option<Arc<Message>>,
 }
 
@@ -62,7 +63,7 @@ impl RetainedStore {
             if !node.children.contains_key(*level) && self.count >= self.max {
                 return Err(RetainedFull);
             }
-            node = node.children.entry((*level).into()).or_default();
+            node = node.children.get_or_default((*level).into());
         }
         if node.msg.is_none() {
             if self.count >= self.max {
@@ -123,14 +124,14 @@ fn walk(node: &Node, levels: &[&str], root: bool, now: Instant, out: &mut Vec<Ar
             if !root {
                 push(node, now, out);
             }
-            for (name, child) in &node.children {
+            for (name, child) in node.children.iter() {
                 if visible(name) {
                     push_all(child, now, out);
                 }
             }
         }
         "+" => {
-            for (name, child) in &node.children {
+            for (name, child) in node.children.iter() {
                 if visible(name) {
                     walk(child, rest, false, now, out);
                 }

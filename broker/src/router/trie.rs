@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::sparse::SparseMap;
 use crate::model::{Session, Subscription};
 
 /// One subscriber of one filter.
@@ -37,7 +38,7 @@ type Map<K, V> = crate::FastMap<K, V>;
 #[derive(Default)]
 struct Node {
     /// Boxed children keep the maps' buckets small: most nodes have one child.
-    children: Map<Box<str>, Box<Node>>,
+    children: SparseMap<Box<str>, Box<Node>>,
     /// Whether `children` has a `+` child: most nodes have none, and a walk then
     /// looks up one key per level instead of two.
     has_plus: bool,
@@ -54,7 +55,7 @@ struct Node {
 #[derive(Default)]
 struct Here {
     subscribers: Subscribers,
-    shared: Map<Box<str>, SharedGroup>,
+    shared: SparseMap<Box<str>, SharedGroup>,
 }
 
 impl Here {
@@ -64,7 +65,7 @@ impl Here {
         match group {
             None => self.subscribers.insert(subscriber),
             Some(g) => {
-                let group = self.shared.entry(g.into()).or_default();
+                let group = self.shared.get_or_default(g.into());
                 match group.members.iter_mut().find(|m| m.session.id == id) {
                     Some(m) => {
                         *m = subscriber;
@@ -113,7 +114,7 @@ impl Here {
 /// buckets for it), a map past [`FEW`].
 enum Subscribers {
     Few(Vec<Subscriber>),
-    Many(Map<u64, Subscriber>),
+    Many(Box<Map<u64, Subscriber>>),
 }
 
 /// Most subscribers kept in a vector (searched linearly).
@@ -142,7 +143,7 @@ impl Subscribers {
                 } else {
                     let mut map: Map<u64, Subscriber> = v.drain(..).map(|o| (o.session.id, o)).collect();
                     map.insert(id, s);
-                    *self = Subscribers::Many(map);
+                    *self = Subscribers::Many(Box::new(map));
                 }
                 true
             }
@@ -186,7 +187,7 @@ impl Node {
         if level == "+" {
             self.has_plus = true;
         }
-        self.children.entry(level.into()).or_default()
+        self.children.get_or_default(level.into())
     }
 
     fn prune(&mut self, level: &str) {

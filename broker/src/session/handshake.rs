@@ -76,7 +76,7 @@ fn random_client_id() -> String {
 
 /// Runs the handshake; returns the connected handler, or `None` when the client was
 /// refused (CONNACK with the reason already sent and the socket closed).
-pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect, ctx: Context) -> Option<Handler> {
+pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect, ctx: Arc<Context>) -> Option<Handler> {
     let protocol = connect.protocol;
     let limits = ctx.limits.clone();
 
@@ -296,15 +296,15 @@ mod tests {
         }
     }
 
-    fn context(tune: impl FnOnce(&mut Limits)) -> Context {
+    fn context(tune: impl FnOnce(&mut Limits)) -> Arc<Context> {
         let mut limits = Config::default_config().limits;
         tune(&mut limits);
-        Context {
+        Arc::new(Context {
             router: Router::new(limits.clone()),
             hooks: Hooks::new(vec![Arc::new(ByName)]),
             limits: Arc::new(limits),
             shutdown: tokio::sync::watch::channel(false).1,
-        }
+        })
     }
 
     /// The broker's end of a fresh loopback connection, and the client's.
@@ -353,7 +353,7 @@ mod tests {
 
     /// Runs the handshake for `c`; a refusal's CONNACK, or for an accepted client the
     /// CONNACK its handler sends first.
-    async fn handshake(ctx: &Context, c: Connect) -> ConnAck {
+    async fn handshake(ctx: &Arc<Context>, c: Connect) -> ConnAck {
         let protocol = c.protocol;
         let (conn, addr, mut client) = socket().await;
         let mut accepting = tokio::spawn(accept(conn, addr, c, ctx.clone()));

@@ -35,14 +35,14 @@ pub struct Context {
 /// own, so the long-lived task holds only what a connected client needs (its size is
 /// the memory of every idle connection). `guard` (connection permit, shutdown
 /// tracker) lives until the connection ends.
-pub async fn serve<G: Send + 'static>(stream: TcpStream, addr: SocketAddr, ctx: Context, guard: G) {
+pub async fn serve<G: Send + 'static>(stream: TcpStream, addr: SocketAddr, ctx: Arc<Context>, guard: G) {
     if let Some(handler) = connect_phase(stream, addr, ctx).await {
         tokio::spawn(handler.run(guard));
     }
 }
 
 /// Reads the CONNECT (within the connect timeout) and runs the handshake.
-async fn connect_phase(stream: TcpStream, addr: SocketAddr, ctx: Context) -> Option<connected::Handler> {
+async fn connect_phase(stream: TcpStream, addr: SocketAddr, ctx: Arc<Context>) -> Option<connected::Handler> {
     let mut conn = Connection::new(stream, ctx.limits.max_packet_size.get() as usize);
     let mut shutdown = ctx.shutdown.clone();
     let first = tokio::select! {
@@ -82,16 +82,18 @@ mod tests {
     /// keep it small (see docs/benchmarks.md, memory per idle connection).
     #[test]
     fn connected_state_stays_small() {
-        // The Handler and little more: the wait holds no futures (`poll_wait`), and
-        // the Handler is stored once (`run` is not an `async fn`). It was 1,152
-        // bytes, inside a spawned block that held the Handler a second time.
+        // The Handler and little more: no wait holds a future (`poll_wait`, the
+        // flushes are polled by hand), and the Handler is stored once (`run` is not
+        // an `async fn`). It was 1,152 bytes, inside a spawned block that held the
+        // Handler a second time. Tokio allocates a task in 128-byte steps: a future
+        // of up to 400 bytes takes 512 (tokio 1.54, 64-bit), one more byte 640.
         let run = super::connected::Handler::run_future_size();
-        assert!(run <= 520, "connected-state future is {run} bytes");
+        assert!(run <= 400, "connected-state future is {run} bytes");
         let handler = std::mem::size_of::<super::connected::Handler>();
-        assert!(handler <= 400, "Handler is {handler} bytes");
+        assert!(handler <= 320, "Handler is {handler} bytes");
         // What every idle session and every queued or retained message costs.
         let session = std::mem::size_of::<crate::model::Session>();
-        assert!(session <= 344, "Session is {session} bytes");
+        assert!(session <= 336, "Session is {session} bytes");
         let message = std::mem::size_of::<crate::model::Message>();
         assert!(message <= 128, "Message is {message} bytes (properties are shared)");
     }

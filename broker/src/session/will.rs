@@ -13,7 +13,7 @@ use crate::model::{ClientInfo, Message};
 
 /// A connection that just ended.
 pub(super) struct Ended {
-    pub ctx: Context,
+    pub ctx: Arc<Context>,
     pub info: ClientInfo,
     pub session: Arc<Session>,
     pub generation: u64,
@@ -162,7 +162,7 @@ mod tests {
     }
 
     struct World {
-        ctx: Context,
+        ctx: Arc<Context>,
         stop: watch::Sender<bool>,
         watcher: Arc<Session>,
         info: ClientInfo,
@@ -184,12 +184,12 @@ mod tests {
             id: None,
         };
         router.subscribe(&watcher, "#", sub);
-        let ctx = Context {
+        let ctx = Arc::new(Context {
             router,
             hooks: Hooks::new(vec![Arc::new(Gate)]),
             limits: Arc::new(Config::default_config().limits),
             shutdown,
-        };
+        });
         let info = ClientInfo {
             username: Some("alice".into()),
             client_id: "alice-dev".into(),

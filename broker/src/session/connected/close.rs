@@ -27,15 +27,11 @@ impl Handler {
             other => tracing::info!(client_id = %self.info.client_id, reason = ?other, "connection closed"),
         }
         if let (Some(code), Protocol::V5) = (code, self.protocol) {
-            if self.conn.is_clean() {
-                self.conn
-                    .queue(&Packet::Disconnect(Disconnect::with_reason(code)), self.protocol);
-            }
+            // After whatever is still queued: a flush leaves whole packets behind it.
+            self.conn
+                .queue(&Packet::Disconnect(Disconnect::with_reason(code)), self.protocol);
         }
-        let clean = self.conn.is_clean();
-        if clean {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.half_close()).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.half_close()).await;
         self.ctx.hooks.on_disconnected(&self.info);
 
         let will = match end {
@@ -65,7 +61,7 @@ impl Handler {
         // Last: the session is detached and the will is on its way; the socket stays
         // open a moment so the client reads why it closed (see `Connection::linger`).
         // Not while the broker stops: that waits for every connection.
-        if clean && !matches!(end, End::Shutdown) {
+        if !matches!(end, End::Shutdown) {
             self.conn.linger().await;
         }
     }

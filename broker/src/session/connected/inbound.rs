@@ -8,7 +8,7 @@ impl Handler {
         if self.protocol == Protocol::V5 {
             if let Some(alias) = p.properties.topic_alias.take() {
                 if self.aliases.is_empty() {
-                    self.aliases = vec![None; usize::from(self.ctx.limits.max_topic_aliases)];
+                    self.aliases = vec![None; usize::from(self.ctx.limits.max_topic_aliases)].into_boxed_slice();
                 }
                 let Some(slot) = self.aliases.get_mut(usize::from(alias) - 1) else {
                     return Some(End::Protocol(

@@ -68,14 +68,15 @@ pub(super) enum End {
 
 pub(super) struct Handler {
     conn: Connection,
-    ctx: Context,
+    ctx: Arc<Context>,
     info: ClientInfo,
     session: Arc<Session>,
     generation: u64,
     kick: oneshot::Receiver<Kick>,
     protocol: Protocol,
-    /// Zero: no keepalive.
-    keep_alive: Duration,
+    /// Seconds; zero: no keepalive. (The fields are as narrow as the protocol's: every
+    /// connection's task holds them.)
+    keep_alive: u16,
     last_seen: Instant,
     /// Boxed: a will with its properties is large and most clients have none.
     will: Option<Box<LastWill>>,
@@ -83,11 +84,11 @@ pub(super) struct Handler {
     keepalive_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     session_expiry: u32,
     /// Outgoing QoS 1/2 window: min(our max_inflight, client's Receive Maximum).
-    window: usize,
+    window: u16,
     /// Client's Maximum Packet Size (MQTT 5).
-    client_max_packet: usize,
+    client_max_packet: u32,
     /// Topic aliases set by the client (MQTT 5), index = alias - 1; allocated on first use.
-    aliases: Vec<Option<Arc<str>>>,
+    aliases: Box<[Option<Arc<str>>]>,
     /// Topic aliases toward the client, when it allows them (boxed: most do not).
     out_aliases: Option<Box<OutAliases>>,
     /// Acknowledgements waiting for a plugin's receipt, and those queued behind them.
@@ -98,7 +99,7 @@ impl Handler {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         conn: Connection,
-        ctx: Context,
+        ctx: Arc<Context>,
         info: ClientInfo,
         opened: Opened,
         kick: oneshot::Receiver<Kick>,
@@ -108,22 +109,19 @@ impl Handler {
     ) -> Handler {
         let limits = &ctx.limits;
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        let window = usize::from(limits.max_inflight.get().min(client_receive_max));
-        let client_max_packet = connect
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |m| m as usize);
+        let window = limits.max_inflight.get().min(client_receive_max);
+        let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         Handler {
             conn,
             protocol: connect.protocol,
-            keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            keep_alive,
             last_seen: Instant::now(),
             will: connect.will.clone().map(Box::new),
             keepalive_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             session_expiry,
             window,
             client_max_packet,
-            aliases: Vec::new(),
+            aliases: Box::default(),
             out_aliases: OutAliases::new(connect.properties.topic_alias_maximum, limits.max_topic_aliases_out),
             owed: VecDeque::new(),
             ctx,
@@ -195,20 +193,25 @@ impl Handler {
             let more = self.drain();
             if self.conn.pending() > 0 {
                 // Stay responsive to kicks (shutdown included) while a slow reader
-                // blocks the write.
-                tokio::select! {
-                    r = self.conn.flush() => if let Err(e) = r {
-                        return End::Abrupt(e.into());
-                    },
-                    k = &mut self.kick => return kicked(k),
+                // blocks the write; polled by hand so the wait holds no future.
+                let flushed = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(k) = Pin::new(&mut self.kick).poll(cx) {
+                        return Poll::Ready(Err(kicked(k)));
+                    }
+                    self.conn.poll_flush(cx).map(|r| r.map_err(|e| End::Abrupt(e.into())))
+                })
+                .await;
+                if let Err(end) = flushed {
+                    return end;
                 }
             }
             if more {
                 continue;
             }
-            let keepalive_on = !self.keep_alive.is_zero();
+            let keepalive_on = self.keep_alive != 0;
             if keepalive_on {
-                let deadline = self.last_seen + self.keep_alive.mul_f32(1.5);
+                // One and a half times the keepalive (MQTT-3.1.2-24).
+                let deadline = self.last_seen + Duration::from_millis(u64::from(self.keep_alive) * 1500);
                 self.keepalive_timer.as_mut().reset(deadline.into());
             }
             self.conn.release_idle();

@@ -20,7 +20,7 @@ impl Handler {
 
     pub(super) fn drain_locked(&mut self, st: &mut SessionState, now: Instant) -> bool {
         while let Some(d) = st.queue.pop_front() {
-            if d.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
+            if d.qos != QoS::AtMostOnce && st.inflight.len() >= usize::from(self.window) {
                 st.queue.push_front(d);
                 return false;
             }
@@ -33,7 +33,7 @@ impl Handler {
                 st.inflight.next_pkid()
             };
             let mut publish = publish_packet(self.protocol, &d, pkid, false, now);
-            if publish.encoded_len(self.protocol) > self.client_max_packet {
+            if publish.encoded_len(self.protocol) > self.client_max_packet as usize {
                 // MQTT-3.1.2-25: discard, as if delivered.
                 tracing::warn!(client_id = %self.info.client_id, topic = %d.msg.topic, "message exceeds the client's maximum packet size: dropped");
                 continue;
