@@ -122,12 +122,12 @@ mod tests {
     async fn connections_over_the_limit_are_closed_until_a_permit_frees() {
         let limits = Config::default_config().limits;
         let (stop, shutdown) = watch::channel(false);
-        let ctx = Arc::new(Context {
-            router: Router::new(limits.clone()),
-            hooks: Hooks::new(vec![Arc::new(Anyone)]),
-            limits: Arc::new(limits),
-            shutdown: shutdown.clone(),
-        });
+        let ctx = Context::new(
+            Router::new(limits.clone()),
+            Hooks::new(vec![Arc::new(Anyone)]),
+            Arc::new(limits),
+            shutdown.clone(),
+        );
         let (tracker, mut all_done) = mpsc::channel(1);
         let router = ctx.router.clone();
         let listener = Listener {

@@ -152,12 +152,12 @@ pub async fn start_with(
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tracker, connections_done) = mpsc::channel(1);
-    let ctx = Arc::new(Context {
-        router: router.clone(),
+    let ctx = Context::new(
+        router.clone(),
         hooks,
-        limits: Arc::new(config.limits.clone()),
-        shutdown: shutdown_rx.clone(),
-    });
+        Arc::new(config.limits.clone()),
+        shutdown_rx.clone(),
+    );
     let listener = Listener {
         listener: tcp,
         permits: Arc::new(Semaphore::new(config.limits.max_connections.get())),

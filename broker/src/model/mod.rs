@@ -4,9 +4,11 @@
 
 pub mod inflight;
 pub mod message;
+pub mod pkids;
 pub mod session;
 pub mod wake;
 
 pub use inflight::{Inflight, Stage};
 pub use message::{ClientInfo, Message, PropertiesSource, Restriction};
+pub use pkids::PacketIds;
 pub use session::{Delivery, Enqueued, Kick, Offered, Session, SessionKey, SessionState, Subscription};

@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::inflight::Inflight;
 use super::message::Message;
+use super::pkids::PacketIds;
 use super::wake::WakeSlot;
 use crate::config::OverflowPolicy;
 
@@ -177,7 +178,7 @@ pub struct SessionState {
     /// QoS 1/2 deliveries sent and not yet fully acknowledged.
     pub inflight: Inflight,
     /// Packet ids of QoS 2 publishes received and not yet released (PUBREL).
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: PacketIds,
     pub subscriptions: Subscriptions,
     /// Bumped by each connection that attaches; a connection acts on the session only
     /// while its generation is current, so a taken-over connection cannot steal work.
@@ -223,7 +224,8 @@ pub struct Session {
     /// Unique for the broker's lifetime; used by the router as the subscriber key.
     pub id: u64,
     pub key: SessionKey,
-    max_queued: usize,
+    /// `[limits] max_queued_messages` (u32: with the two fields below it takes one word).
+    max_queued: u32,
     overflow: OverflowPolicy,
     online: AtomicBool,
     state: Mutex<SessionState>,
@@ -250,13 +252,17 @@ impl Session {
         Session {
             id,
             key,
-            max_queued,
+            max_queued: u32::try_from(max_queued).unwrap_or(u32::MAX),
             overflow,
             online: AtomicBool::new(false),
             state: Mutex::new(SessionState::default()),
             wake: WakeSlot::default(),
             room: Notify::new(),
         }
+    }
+
+    fn max_queued(&self) -> usize {
+        self.max_queued as usize
     }
 
     /// Locks the state. A poisoned lock (a panic elsewhere while holding it) is
@@ -305,7 +311,7 @@ impl Session {
             replay.deferred_up_to = replay.deferred_up_to.max(tag);
             return Enqueued::Deferred;
         }
-        if st.queue.len() >= self.max_queued {
+        if st.queue.len() >= self.max_queued() {
             st.dropped += 1;
             if st.dropped.is_power_of_two() {
                 tracing::warn!(
@@ -378,7 +384,7 @@ impl Session {
 
     /// Room left in the queue, within `max_queued_messages`.
     pub fn room(&self) -> usize {
-        self.max_queued.saturating_sub(self.lock().queue.len())
+        self.max_queued().saturating_sub(self.lock().queue.len())
     }
 
     /// Waits until the queue is at most half full, or replay `epoch` is stale (then
@@ -393,7 +399,7 @@ impl Session {
                 if !self.is_online() || st.replay.as_ref().is_none_or(|r| r.epoch != epoch) {
                     return false;
                 }
-                if st.queue.len() <= self.max_queued / 2 {
+                if st.queue.len() <= self.max_queued() / 2 {
                     return true;
                 }
             }
@@ -404,7 +410,7 @@ impl Session {
     /// Called by the connection after taking deliveries from the queue: wakes a
     /// replay waiting for room.
     pub fn drained(&self, st: &SessionState) {
-        if st.replay.is_some() && st.queue.len() <= self.max_queued / 2 {
+        if st.replay.is_some() && st.queue.len() <= self.max_queued() / 2 {
             self.room.notify_waiters();
         }
     }
@@ -420,7 +426,7 @@ impl Session {
         let Some(replay) = st.replay.take_if(|r| r.epoch == epoch && self.is_online()) else {
             return Offered::Stale;
         };
-        let room = self.max_queued.saturating_sub(st.queue.len());
+        let room = self.max_queued().saturating_sub(st.queue.len());
         let whole = page.len() <= room;
         let (added, last) = merge(&mut st, page, room, &replay.held);
         let done = whole && caught_up && replay.deferred_up_to <= read_up_to;

@@ -10,7 +10,23 @@
 
 use std::sync::Arc;
 
-/// The aliases of one connection.
+/// The topic aliases a client has set (MQTT 5), index = alias - 1: at most
+/// `[limits] max_topic_aliases`, allocated when the client first uses one.
+#[derive(Debug)]
+pub(super) struct InAliases(Box<[Option<Arc<str>>]>);
+
+impl InAliases {
+    pub(super) fn new(max: u16) -> Box<InAliases> {
+        Box::new(InAliases(vec![None; usize::from(max)].into_boxed_slice()))
+    }
+
+    /// The topic slot of `alias`; `None` for 0 and aliases above the maximum.
+    pub(super) fn slot(&mut self, alias: u16) -> Option<&mut Option<Arc<str>>> {
+        self.0.get_mut(usize::from(alias.checked_sub(1)?))
+    }
+}
+
+/// The aliases toward one client.
 #[derive(Debug)]
 pub(super) struct OutAliases {
     max: u16,
@@ -66,6 +82,16 @@ impl OutAliases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_may_set_aliases_from_1_to_the_maximum() {
+        let mut aliases = InAliases::new(2);
+        assert!(aliases.slot(0).is_none(), "0 is not an alias");
+        assert!(aliases.slot(3).is_none(), "above the maximum");
+        *aliases.slot(2).unwrap() = Some("a/b".into());
+        assert_eq!(aliases.slot(2).unwrap().as_deref(), Some("a/b"));
+        assert!(aliases.slot(1).unwrap().is_none());
+    }
 
     #[test]
     fn no_aliases_unless_both_sides_allow_them() {

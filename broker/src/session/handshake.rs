@@ -299,12 +299,12 @@ mod tests {
     fn context(tune: impl FnOnce(&mut Limits)) -> Arc<Context> {
         let mut limits = Config::default_config().limits;
         tune(&mut limits);
-        Arc::new(Context {
-            router: Router::new(limits.clone()),
-            hooks: Hooks::new(vec![Arc::new(ByName)]),
-            limits: Arc::new(limits),
-            shutdown: tokio::sync::watch::channel(false).1,
-        })
+        Context::new(
+            Router::new(limits.clone()),
+            Hooks::new(vec![Arc::new(ByName)]),
+            Arc::new(limits),
+            tokio::sync::watch::channel(false).1,
+        )
     }
 
     /// The broker's end of a fresh loopback connection, and the client's.

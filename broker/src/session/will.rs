@@ -184,12 +184,12 @@ mod tests {
             id: None,
         };
         router.subscribe(&watcher, "#", sub);
-        let ctx = Arc::new(Context {
+        let ctx = Context::new(
             router,
-            hooks: Hooks::new(vec![Arc::new(Gate)]),
-            limits: Arc::new(Config::default_config().limits),
+            Hooks::new(vec![Arc::new(Gate)]),
+            Arc::new(Config::default_config().limits),
             shutdown,
-        });
+        );
         let info = ClientInfo {
             username: Some("alice".into()),
             client_id: "alice-dev".into(),

@@ -7,10 +7,9 @@ impl Handler {
     pub(super) fn on_publish(&mut self, mut p: Publish) -> Option<End> {
         if self.protocol == Protocol::V5 {
             if let Some(alias) = p.properties.topic_alias.take() {
-                if self.aliases.is_empty() {
-                    self.aliases = vec![None; usize::from(self.ctx.limits.max_topic_aliases)].into_boxed_slice();
-                }
-                let Some(slot) = self.aliases.get_mut(usize::from(alias) - 1) else {
+                let max = self.ctx.limits.max_topic_aliases;
+                let table = self.aliases.get_or_insert_with(|| InAliases::new(max));
+                let Some(slot) = table.slot(alias) else {
                     return Some(End::Protocol(
                         reason::TOPIC_ALIAS_INVALID,
                         "topic alias above our maximum",
@@ -39,7 +38,7 @@ impl Handler {
         }
         if p.qos == QoS::ExactlyOnce {
             let st = self.session.lock();
-            if st.incoming_qos2.contains(&p.pkid) {
+            if st.incoming_qos2.contains(p.pkid) {
                 // A re-sent QoS 2 publish we already took: acknowledge (in order, behind
                 // any acknowledgement still owed), don't route again.
                 drop(st);
@@ -119,7 +118,7 @@ impl Handler {
             QoS::ExactlyOnce => {
                 if code >= 0x80 && self.protocol == Protocol::V5 {
                     // Refused: the flow ends with this PUBREC.
-                    self.session.lock().incoming_qos2.remove(&pkid);
+                    self.session.lock().incoming_qos2.remove(pkid);
                 }
                 self.send(Packet::PubRec(Ack::with_reason(pkid, code)));
             }

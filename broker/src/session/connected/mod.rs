@@ -15,7 +15,8 @@ use natter_shared::codec::{
 };
 use tokio::sync::oneshot;
 
-use super::aliases::{Alias, OutAliases};
+use super::aliases::{Alias, InAliases, OutAliases};
+use super::keepalive::{KeepaliveWheel, Tick};
 use super::{will, Context};
 use crate::connection::{Connection, ConnectionError, WRITE_HIGH_WATER};
 use crate::hooks::{NotStored, PublishDecision, Receipt, Stored};
@@ -45,8 +46,8 @@ enum Woke {
     Kicked(Result<Kick, oneshot::error::RecvError>),
     Stored(Stored),
     Filled(Result<(), ConnectionError>),
+    /// Deliveries, or the keepalive wheel: the loop looks at both.
     Delivery,
-    KeepAliveExpired,
 }
 
 /// Why the connection ended.
@@ -77,18 +78,19 @@ pub(super) struct Handler {
     /// Seconds; zero: no keepalive. (The fields are as narrow as the protocol's: every
     /// connection's task holds them.)
     keep_alive: u16,
-    last_seen: Instant,
     /// Boxed: a will with its properties is large and most clients have none.
     will: Option<Box<LastWill>>,
-    /// The keepalive timer, reset rather than recreated on each wake-up.
-    keepalive_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the client was last heard from, and the deadline the keepalive wheel
+    /// wakes this connection at (see [`super::keepalive`]).
+    last_input: Tick,
+    armed: Tick,
     session_expiry: u32,
     /// Outgoing QoS 1/2 window: min(our max_inflight, client's Receive Maximum).
     window: u16,
     /// Client's Maximum Packet Size (MQTT 5).
     client_max_packet: u32,
-    /// Topic aliases set by the client (MQTT 5), index = alias - 1; allocated on first use.
-    aliases: Box<[Option<Arc<str>>]>,
+    /// Topic aliases set by the client (MQTT 5), allocated on first use.
+    aliases: Option<Box<InAliases>>,
     /// Topic aliases toward the client, when it allows them (boxed: most do not).
     out_aliases: Option<Box<OutAliases>>,
     /// Acknowledgements waiting for a plugin's receipt, and those queued behind them.
@@ -115,13 +117,13 @@ impl Handler {
             conn,
             protocol: connect.protocol,
             keep_alive,
-            last_seen: Instant::now(),
             will: connect.will.clone().map(Box::new),
-            keepalive_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            last_input: ctx.keepalive.now(),
+            armed: 0,
             session_expiry,
             window,
             client_max_packet,
-            aliases: Box::default(),
+            aliases: None,
             out_aliases: OutAliases::new(connect.properties.topic_alias_maximum, limits.max_topic_aliases_out),
             owed: VecDeque::new(),
             ctx,
@@ -156,11 +158,11 @@ impl Handler {
 
     /// Size of the connected-state future (the long-lived task of each connection).
     #[cfg(test)]
-    pub(super) fn run_future_size() -> usize {
-        fn future_size<A, F: std::future::Future>(_: &impl Fn(A) -> F) -> usize {
+    pub(super) fn run_future_size<G>() -> usize {
+        fn future_size<A, B, F: std::future::Future>(_: &impl Fn(A, B) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        future_size(&|h: Handler| h.run(()))
+        future_size(&|h: Handler, guard: G| h.run(guard))
     }
 
     /// Runs the connected state to its end; `guard` (the connection's permit, the
@@ -208,11 +210,17 @@ impl Handler {
             if more {
                 continue;
             }
-            let keepalive_on = self.keep_alive != 0;
-            if keepalive_on {
-                // One and a half times the keepalive (MQTT-3.1.2-24).
-                let deadline = self.last_seen + Duration::from_millis(u64::from(self.keep_alive) * 1500);
-                self.keepalive_timer.as_mut().reset(deadline.into());
+            if self.keep_alive != 0 {
+                let now = self.ctx.keepalive.now();
+                let deadline = KeepaliveWheel::deadline(self.last_input, self.keep_alive);
+                if now >= deadline {
+                    return End::KeepAliveTimeout;
+                }
+                // The deadline asked for has come (or none was): ask for the current one.
+                if now >= self.armed {
+                    self.armed = deadline;
+                    self.ctx.keepalive.arm(deadline, &self.session);
+                }
             }
             self.conn.release_idle();
             // Too many messages waiting to be stored: stop reading (TCP pushes back).
@@ -224,7 +232,7 @@ impl Handler {
                     ..
                 })
             );
-            let filled = match std::future::poll_fn(|cx| self.poll_wait(cx, reading, waiting, keepalive_on)).await {
+            let filled = match std::future::poll_fn(|cx| self.poll_wait(cx, reading, waiting)).await {
                 Woke::Kicked(k) => return kicked(k),
                 Woke::Stored(stored) => {
                     if let Some(front) = self.owed.front_mut() {
@@ -235,10 +243,11 @@ impl Handler {
                 Woke::Filled(Err(e)) => return End::Abrupt(e),
                 Woke::Filled(Ok(())) => true,
                 Woke::Delivery => false,
-                Woke::KeepAliveExpired => return End::KeepAliveTimeout,
             };
             if filled {
-                self.last_seen = Instant::now();
+                if self.keep_alive != 0 {
+                    self.last_input = self.ctx.keepalive.now();
+                }
                 if let Some(end) = self.process_input().await {
                     return end;
                 }
@@ -247,11 +256,11 @@ impl Handler {
     }
 
     /// Waits for the next thing to do, in this order: a kick, the receipt of the
-    /// oldest message being stored (if `waiting`), input (if `reading`), deliveries,
-    /// the keepalive deadline. Polled by hand rather than with `select!`: the wait
+    /// oldest message being stored (if `waiting`), input (if `reading`), deliveries
+    /// (the keepalive wheel wakes the same way). Polled by hand rather than with `select!`: the wait
     /// then holds no futures, only wakers registered with what it polls, and an idle
     /// connection's task is as small as its `Handler`.
-    fn poll_wait(&mut self, cx: &mut TaskContext<'_>, reading: bool, waiting: bool, keepalive: bool) -> Poll<Woke> {
+    fn poll_wait(&mut self, cx: &mut TaskContext<'_>, reading: bool, waiting: bool) -> Poll<Woke> {
         if let Poll::Ready(k) = Pin::new(&mut self.kick).poll(cx) {
             return Poll::Ready(Woke::Kicked(k));
         }
@@ -267,9 +276,6 @@ impl Handler {
         }
         if self.session.poll_woken(cx).is_ready() {
             return Poll::Ready(Woke::Delivery);
-        }
-        if keepalive && self.keepalive_timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Woke::KeepAliveExpired);
         }
         Poll::Pending
     }
@@ -333,7 +339,7 @@ impl Handler {
                 }
             }
             Packet::PubRel(a) => {
-                let known = self.session.lock().incoming_qos2.remove(&a.pkid);
+                let known = self.session.lock().incoming_qos2.remove(a.pkid);
                 let code = if known {
                     reason::SUCCESS
                 } else {
