@@ -8,7 +8,8 @@
 //! wheel keeps a weak handle of its session in the bucket of that deadline. When
 //! the deadline comes, one task wakes the session's connection, which closes if it
 //! is still silent, or asks again for its new deadline: a connection is in the wheel
-//! at most twice (its current deadline and one about to fire), and reads cost it
+//! at most twice (its current deadline and one about to fire), leaves it when it
+//! ends (so short connections with long keepalives leave nothing behind), and reads cost it
 //! nothing here. Deadlines are counted in ticks of [`TICK`], rounded up: a silent
 //! client is closed between its limit and one tick after.
 
@@ -81,6 +82,25 @@ impl KeepaliveWheel {
             b.planned = Some(at);
             drop(b);
             self.earlier.notify_one();
+        }
+    }
+
+    /// Forgets the wake-up `session`'s connection asked for at `at`, when it ends: the
+    /// wheel then holds only live connections (a weak handle keeps its session's
+    /// memory until dropped).
+    pub fn disarm(&self, at: Tick, session: &Arc<Session>) {
+        let mut b = self.lock();
+        let Some(bucket) = b.due.get_mut(&at) else {
+            return;
+        };
+        if let Some(i) = bucket
+            .iter()
+            .position(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(session)))
+        {
+            bucket.swap_remove(i);
+        }
+        if bucket.is_empty() {
+            b.due.remove(&at);
         }
     }
 
@@ -181,6 +201,22 @@ mod tests {
         assert!(early.poll_woken(&mut cx).is_ready());
         assert!(late.poll_woken(&mut cx).is_pending());
         assert_eq!(wheel.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_connection_leaves_the_wheel_at_once() {
+        let (_stop, shutdown) = watch::channel(false);
+        let wheel = KeepaliveWheel::spawn(shutdown);
+        let (ended, other) = (session(), session());
+        let at = wheel.now() + 400;
+        wheel.arm(at, &ended);
+        wheel.arm(at, &other);
+        wheel.disarm(at, &ended);
+        assert_eq!(wheel.len(), 1, "only the live connection is left");
+        wheel.disarm(at + 1, &other);
+        assert_eq!(wheel.len(), 1, "another deadline's entry is kept");
+        wheel.disarm(at, &other);
+        assert_eq!(wheel.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]

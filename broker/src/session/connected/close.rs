@@ -33,6 +33,9 @@ impl Handler {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.half_close()).await;
         self.ctx.hooks.on_disconnected(&self.info);
+        if self.keep_alive != 0 {
+            self.ctx.keepalive.disarm(self.armed, &self.session);
+        }
 
         let will = match end {
             End::ClientDisconnect { with_will: false } => None,
