@@ -119,6 +119,13 @@ impl Admin {
     /// # Errors
     /// What the account operations refuse.
     pub fn apply(&self, req: Request) -> Result<Response, AccountError> {
+        let response = self.change(req)?;
+        // Durable (when `sync`) before the caller hears it is done.
+        self.store.commit()?;
+        Ok(response)
+    }
+
+    fn change(&self, req: Request) -> Result<Response, AccountError> {
         let st = self;
         let ok = Response {
             ok: true,

@@ -233,7 +233,7 @@ async fn admin(request: Request, config: &Config) -> Result<()> {
 /// No broker answers on the data dir: open the store and apply the request directly.
 fn offline(config: &Config, request: Request) -> Result<Response> {
     let data_dir = &config.server.data_dir;
-    let store = match Store::open(data_dir) {
+    let store = match Store::open_with(data_dir, natterd::server::store_options(&config.store)) {
         Ok(s) => s,
         Err(StoreError::Locked { path }) => bail!(
             "the store {path} is locked by another process, and no broker answers on {}",

@@ -18,7 +18,7 @@ use crate::accounts::tokens::TokenIndex;
 use crate::acl::plain::PlainAcl;
 use crate::admin::Admin;
 use crate::auth::PasswordAuth;
-use crate::config::{Config, Registration};
+use crate::config::{Config, Durability, Registration, StoreConfig};
 use crate::control;
 use crate::hooks::{Hook, Hooks};
 use crate::im::writer::Writer;
@@ -27,7 +27,7 @@ use crate::listener::Listener;
 use crate::model::Kick;
 use crate::router::Router;
 use crate::session::Context;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -70,6 +70,15 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
     start_with(config, |_, _| Vec::new()).await
 }
 
+/// How `[store]` opens the store.
+pub fn store_options(c: &StoreConfig) -> StoreOptions {
+    StoreOptions {
+        sync: c.durability == Durability::Sync,
+        cache_bytes: u64::from(c.cache_mib.get()) << 20,
+        flush_every_ms: u64::from(c.flush_every_ms.get()),
+    }
+}
+
 /// Like [`start`], with extra plugins asked before the default ones. `plugins` gets
 /// the router and the store, for plugins that route or store messages themselves.
 ///
@@ -82,7 +91,8 @@ pub async fn start_with(
     let data_dir = config.server.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open(&dir)).await??
+        let options = store_options(&config.store);
+        tokio::task::spawn_blocking(move || Store::open_with(&dir, options)).await??
     };
     let auth_cfg = config.auth.clone();
     // Registration is an IM API command: without the IM layer nobody registers.

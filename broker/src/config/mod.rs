@@ -34,7 +34,33 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: Limits,
     pub im: ImConfig,
+    pub store: StoreConfig,
     pub acl: AclConfig,
+}
+
+/// When a QoS 1/2 publish is acknowledged, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Once the message and its mailbox entries are flushed to disk (group commit:
+    /// one flush covers every message stored meanwhile).
+    Sync,
+    /// Once it is in the store's memory; a crash loses what was acknowledged within
+    /// the last `flush_every_ms`.
+    Relaxed,
+}
+
+/// The store (sled) under `[server] data_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub durability: Durability,
+    /// The store's page cache, in MiB: recently used pages kept in memory (reads of
+    /// recent history and mailboxes stay off the disk).
+    pub cache_mib: NonZeroU32,
+    /// How often the store writes its buffers out on its own, in milliseconds (what
+    /// `relaxed` may lose; `sync` flushes before each acknowledgement anyway).
+    pub flush_every_ms: NonZeroU32,
 }
 
 /// Whether people can create their own accounts.
@@ -383,6 +409,25 @@ mod tests {
         assert_eq!(c.im.write_batch_max_us, 0, "zero: no wait");
         for key in ["write_batch_max", "index_interval_ms", "index_max_pending"] {
             let e = Config::from_toml(&format!("[im]\n{key} = 0\n"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn store_durability_defaults_to_sync_and_is_checked() {
+        let c = Config::default_config();
+        assert_eq!(c.store.durability, Durability::Sync);
+        assert_eq!(c.store.cache_mib.get(), 64);
+        let c = Config::from_toml("[store]\ndurability = \"relaxed\"\ncache_mib = 8\n", None).unwrap();
+        assert_eq!((c.store.durability, c.store.cache_mib.get()), (Durability::Relaxed, 8));
+        let e = Config::from_toml("[store]\ndurability = \"sometimes\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes") && e.contains("sync"), "{e}");
+        for key in ["cache_mib", "flush_every_ms"] {
+            let e = Config::from_toml(&format!("[store]\n{key} = 0\n"), None)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(key), "{e}");

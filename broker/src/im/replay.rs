@@ -118,7 +118,11 @@ impl Replay {
             Some(first) => head.min(first - 1),
             None => head,
         };
-        self.writer.acked(user, device, from);
+        // Written (and flushed, when `sync`) before anything is replayed: a device
+        // is new once, so a restart right after its first subscription resumes it
+        // here rather than at the mailbox's head of then.
+        self.store.advance_cursor(user, device, from)?;
+        self.store.commit()?;
         Ok(from)
     }
 

@@ -74,10 +74,34 @@ pub async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
 }
 
+/// How the store is opened (from `[store]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// [`Store::commit`] flushes to disk (else it leaves that to the background flush).
+    pub sync: bool,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// sled's background flush interval, in milliseconds.
+    pub flush_every_ms: u64,
+}
+
+impl Default for StoreOptions {
+    /// As the embedded configuration: sync, 64 MiB of cache, a flush every 500 ms.
+    fn default() -> StoreOptions {
+        StoreOptions {
+            sync: true,
+            cache_bytes: 64 << 20,
+            flush_every_ms: 500,
+        }
+    }
+}
+
 /// A cheap-to-clone handle on the database.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Whether [`Store::commit`] flushes.
+    sync: bool,
     users: sled::Tree,
     tokens: sled::Tree,
     token_names: sled::Tree,
@@ -119,11 +143,19 @@ struct Hot {
 }
 
 impl Store {
+    /// Opens (creating if needed) the store under `dir`, with the default options.
+    ///
+    /// # Errors
+    /// As [`Store::open_with`].
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, StoreOptions::default())
+    }
+
     /// Opens (creating if needed) the store under `dir`.
     ///
     /// # Errors
     /// [`StoreError::Locked`] when another process holds it, corruption and I/O errors.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.join("store");
         // A handle being dropped (a broker or command that just ended) releases the lock
@@ -131,7 +163,12 @@ impl Store {
         let mut attempts = 0;
         let db = loop {
             // HighThroughput: measured ~1.5x faster inserts than the default LowSpace.
-            match sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open() {
+            let config = sled::Config::new()
+                .path(&path)
+                .mode(sled::Mode::HighThroughput)
+                .cache_capacity(options.cache_bytes)
+                .flush_every_ms(Some(options.flush_every_ms));
+            match config.open() {
                 Ok(db) => break db,
                 Err(sled::Error::Io(ref io)) if is_lock_error(io) => {
                     attempts += 1;
@@ -188,6 +225,7 @@ impl Store {
             index: Arc::default(),
             indexing: Arc::default(),
             hot: Arc::default(),
+            sync: options.sync,
             db,
         };
         if found == Some(1) {
@@ -210,6 +248,24 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Makes what was written so far durable when the store is opened `sync`: one
+    /// flush (an fsync) covers every write before it, from any thread. Blocking.
+    ///
+    /// # Errors
+    /// I/O errors (then nothing written since the last successful flush is known to
+    /// be on disk).
+    pub fn commit(&self) -> Result<(), StoreError> {
+        if self.sync {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Store::commit`] flushes.
+    pub fn is_sync(&self) -> bool {
+        self.sync
     }
 }
 

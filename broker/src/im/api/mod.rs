@@ -194,7 +194,12 @@ fn handle_request(
         Err(e) => Response::err(id, ErrorCode::BadRequest, format!("invalid request: {e}")),
         Ok(req) => {
             let call = Call { state, client, req };
-            match dispatch(&call, command) {
+            // What the request changed is durable (when `sync`) before it is answered.
+            let done = dispatch(&call, command).and_then(|result| {
+                state.store.commit()?;
+                Ok(result)
+            });
+            match done {
                 Ok(result) => Response::ok(id, result),
                 Err(f) => {
                     tracing::info!(

@@ -20,7 +20,11 @@
 //! waking the publisher and subscribers afterwards stay within the runtime (no
 //! thread switch per message, which cost ~200 us of latency on a busy core). The
 //! store calls themselves (a group's append, cursor writes) go to the blocking pool,
-//! one hand-over per group, since sled may wait for its disk; none of them flushes.
+//! one hand-over per group, since sled may wait for its disk. With `[store]
+//! durability = "sync"` a group's append ends with one flush (an fsync) in the same
+//! hand-over, so a receipt means "on disk" and one flush covers every message of the
+//! group; cursor writes are flushed likewise. With `"relaxed"` nothing here flushes
+//! (sled writes its buffers every `flush_every_ms`).
 //!
 //! The mailbox and history indexes are written behind it, by a thread of their own at
 //! the lowest CPU priority (see [`super::indexer`]), every

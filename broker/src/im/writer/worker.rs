@@ -144,7 +144,14 @@ impl Worker {
     pub(super) async fn store(&mut self, group: Group) {
         if group.messages > 0 {
             let (store, batches) = (self.store.clone(), group.batches);
-            let appended = store::blocking(move || store.append(batches.iter().flat_map(|b| b.iter()))).await;
+            // Appended and flushed (when `sync`) in one hand-over: the receipts below
+            // mean "on disk" then, and one flush covers the whole group.
+            let appended = store::blocking(move || {
+                let unindexed = store.append(batches.iter().flat_map(|b| b.iter()))?;
+                store.commit()?;
+                Ok(unindexed)
+            })
+            .await;
             let (stored, unindexed) = match appended {
                 Ok(unindexed) => (Ok(()), unindexed),
                 Err(e) => {
@@ -170,6 +177,9 @@ impl Worker {
             let (store, cursors) = (self.store.clone(), self.cursors.clone());
             let _ = store::blocking(move || {
                 write_cursors(&store, &cursors, waiting);
+                if let Err(e) = store.commit() {
+                    tracing::error!(error = %e, "device cursors not flushed");
+                }
                 Ok(())
             })
             .await;
