@@ -456,3 +456,55 @@ async fn no_acknowledged_message_is_lost_when_the_broker_is_killed() {
     }
     drop(broker);
 }
+
+/// A device is known from its first subscription: killed right after the SUBACK, the
+/// broker still resumes it from there (not from the mailbox's head at its return), so
+/// what was sent to it meanwhile arrives.
+#[tokio::test]
+async fn a_device_is_known_from_its_first_subscription_through_a_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    setup(dir.path());
+    let broker = Broker::start(dir.path());
+    let (mut dev, _) = Mqtt::connect(broker.addr, "r1", "r1-phone", false, Protocol::V311)
+        .await
+        .expect("device");
+    dev.subscribe("inbox/r1/#").await.expect("subscribed");
+    broker.kill();
+
+    let broker = Broker::start(dir.path());
+    let (mut p, _) = Mqtt::connect(broker.addr, "p1", "p1", true, Protocol::V311)
+        .await
+        .expect("sender");
+    for seq in 1..=3u16 {
+        p.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "dm/r1".into(),
+            pkid: seq,
+            properties: Properties::default(),
+            payload: Bytes::from(payload("p1", "r1", u64::from(seq))),
+        }))
+        .await
+        .expect("publish");
+        assert!(matches!(p.recv().await, Ok(Packet::PubAck(_))), "acknowledged");
+    }
+    let (mut dev, present) = Mqtt::connect(broker.addr, "r1", "r1-phone", false, Protocol::V311)
+        .await
+        .expect("device back");
+    if !present {
+        dev.subscribe("inbox/r1/#").await.expect("subscribed again");
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), dev.recv()).await {
+            Ok(Ok(Packet::Publish(m))) => {
+                got.push(String::from_utf8_lossy(&m.payload).into_owned());
+                dev.send(&Packet::PubAck(Ack::new(m.pkid))).await.expect("puback");
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("the device got {got:?}, then {other:?}"),
+        }
+    }
+    assert_eq!(got, ["p1>r1#1", "p1>r1#2", "p1>r1#3"]);
+}

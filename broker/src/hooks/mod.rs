@@ -227,7 +227,9 @@ pub trait Hook: Send + Sync + 'static {
 
     fn on_disconnected(&self, _client: &ClientInfo) {}
 
-    /// `new`: the session had no subscription to this filter before.
+    /// `new`: the session had no subscription to this filter before. A plugin that
+    /// makes state durable for the subscription returns a receipt: the SUBACK waits
+    /// for it (the subscription itself holds whatever it resolves to).
     fn on_subscribed(
         &self,
         _client: &ClientInfo,
@@ -235,7 +237,8 @@ pub trait Hook: Send + Sync + 'static {
         _filter: &str,
         _sub: Subscription,
         _new: bool,
-    ) {
+    ) -> Option<Receipt> {
+        None
     }
 
     fn on_acked(&self, _client: &ClientInfo, _msg: &Message) {}
@@ -299,11 +302,12 @@ impl Hooks {
         filter: &str,
         sub: Subscription,
         new: bool,
-    ) {
+    ) -> Vec<Receipt> {
         let view = SessionView::new(session.clone());
         self.list
             .iter()
-            .for_each(|h| h.on_subscribed(client, &view, filter, sub, new));
+            .filter_map(|h| h.on_subscribed(client, &view, filter, sub, new))
+            .collect()
     }
 
     pub fn on_disconnected(&self, client: &ClientInfo) {

@@ -140,8 +140,8 @@ impl Mailboxes {
     /// Replays `user`'s mailbox into one device's session: entries after the device's
     /// cursor that its subscriptions cover, oldest first, in pages within the
     /// session's queue bound (see [`super::replay`]).
-    pub fn replay(&self, user: &str, device: &str, session: &SessionView) {
-        super::replay::start(&self.store, &self.writer, user, device, session);
+    pub fn replay(&self, user: &str, device: &str, session: &SessionView) -> Option<Receipt> {
+        super::replay::start(&self.store, &self.writer, user, device, session)
     }
 }
 

@@ -27,7 +27,7 @@ use crate::acl::rules::{self, Effect, Op, Subject};
 use crate::acl::{self, Asker, Builtin, PublishClass};
 use crate::admin::Admin;
 use crate::config::{AclConfig, DmPolicy, ImConfig, PresenceVisibility};
-use crate::hooks::{self, Access, Hook, NotStored, PublishDecision, SessionView};
+use crate::hooks::{self, Access, Hook, NotStored, PublishDecision, Receipt, SessionView};
 use crate::model::Subscription;
 use crate::model::{ClientInfo, Message};
 use crate::router::Router;
@@ -256,12 +256,17 @@ impl Hook for ImPlugin {
         }
     }
 
-    fn on_subscribed(&self, client: &ClientInfo, session: &SessionView, filter: &str, _sub: Subscription, new: bool) {
-        let Some(user) = client.username.as_deref() else {
-            return;
-        };
+    fn on_subscribed(
+        &self,
+        client: &ClientInfo,
+        session: &SessionView,
+        filter: &str,
+        _sub: Subscription,
+        new: bool,
+    ) -> Option<Receipt> {
+        let user = client.username.as_deref()?;
         if !new || !client.persistent || client.restriction.is_some() || !Self::is_mailbox_filter(user, filter) {
-            return;
+            return None;
         }
         // Replay only for the session's first mailbox subscription: with another one
         // already in place, what it covers was delivered or queued already.
@@ -270,9 +275,11 @@ impl Hook for ImPlugin {
             .iter()
             .filter(|f| *f != filter && Self::is_mailbox_filter(user, f))
             .count();
-        if others == 0 {
-            self.state.mailboxes.replay(user, &client.client_id, session);
-        }
+        // The SUBACK waits for the replay's start: a device's first cursor is on disk
+        // by then.
+        (others == 0)
+            .then(|| self.state.mailboxes.replay(user, &client.client_id, session))
+            .flatten()
     }
 
     fn on_disconnected(&self, client: &ClientInfo) {

@@ -17,9 +17,10 @@ use natter_shared::api::event;
 use natter_shared::codec::QoS;
 use natter_shared::im;
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use super::writer::Writer;
-use crate::hooks::SessionView;
+use crate::hooks::{NotStored, Receipt, SessionView, Stored};
 use crate::model::{Delivery, Message, Offered};
 use crate::store::{self, Replayed, Store, StoreError};
 
@@ -45,14 +46,17 @@ struct Page {
     caught_up: bool,
 }
 
-/// Starts replaying `user`'s mailbox into `device`'s session (see the module).
-pub fn start(store: &Store, writer: &Writer, user: &str, device: &str, session: &SessionView) {
+/// Starts replaying `user`'s mailbox into `device`'s session (see the module); the
+/// receipt resolves once the replay knows where it starts (a new device's cursor is
+/// then written, and flushed when the store is `sync`).
+pub fn start(store: &Store, writer: &Writer, user: &str, device: &str, session: &SessionView) -> Option<Receipt> {
     let epoch = session.begin_replay();
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         tracing::error!(user, device, "mailbox replay needs the runtime: not replayed");
         session.end_replay(epoch);
-        return;
+        return None;
     };
+    let (started, receipt) = oneshot::channel();
     let replay = Arc::new(Replay {
         store: store.clone(),
         writer: writer.clone(),
@@ -62,7 +66,7 @@ pub fn start(store: &Store, writer: &Writer, user: &str, device: &str, session: 
         epoch,
     });
     rt.spawn(async move {
-        match replay.clone().run().await {
+        match replay.clone().run(started).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(user = %replay.user, device = %replay.device, replayed = n, "mailbox replayed"),
             Err(e) => {
@@ -71,13 +75,16 @@ pub fn start(store: &Store, writer: &Writer, user: &str, device: &str, session: 
             }
         }
     });
+    Some(receipt)
 }
 
 impl Replay {
     /// Returns how many deliveries it offered.
-    async fn run(self: Arc<Self>) -> Result<usize, StoreError> {
+    async fn run(self: Arc<Self>, started: oneshot::Sender<Stored>) -> Result<usize, StoreError> {
         let me = self.clone();
-        let mut pos = store::blocking(move || me.start()).await?;
+        let start = store::blocking(move || me.start()).await;
+        let _ = started.send(start.as_ref().map(|_| ()).map_err(|_| NotStored::Failed));
+        let mut pos = start?;
         let mut offered = 0;
         loop {
             if !self.session.wait_room(self.epoch).await {

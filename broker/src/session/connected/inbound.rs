@@ -81,7 +81,10 @@ impl Handler {
         match outcome {
             Outcome::Ready(code) if self.owed.is_empty() => self.acknowledge(pkid, qos, code),
             outcome => {
-                self.owed.push_back(OwedAck { pkid, qos, outcome });
+                self.owed.push_back(OwedAck {
+                    ack: Owed::Publish { pkid, qos },
+                    outcome,
+                });
                 None
             }
         }
@@ -98,10 +101,18 @@ impl Handler {
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
                 },
             };
-            let (pkid, qos) = (front.pkid, front.qos);
-            self.owed.pop_front();
-            if let Some(end) = self.acknowledge(pkid, qos, code) {
-                return Some(end);
+            let Some(OwedAck { ack, .. }) = self.owed.pop_front() else {
+                break;
+            };
+            match ack {
+                Owed::Publish { pkid, qos } => {
+                    if let Some(end) = self.acknowledge(pkid, qos, code) {
+                        return Some(end);
+                    }
+                }
+                // The subscription holds either way; a plugin that failed to store its
+                // state said so in its log.
+                Owed::Subscribe(suback) => self.send(Packet::SubAck(*suback)),
             }
         }
         None

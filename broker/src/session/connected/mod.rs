@@ -29,9 +29,16 @@ use outbound::{alias, publish_packet};
 
 /// An acknowledgement owed to the client, in arrival order (MQTT-4.6.0-2/3).
 struct OwedAck {
-    pkid: u16,
-    qos: QoS,
+    ack: Owed,
     outcome: Outcome,
+}
+
+/// What is owed.
+enum Owed {
+    /// PUBACK or PUBREC for a client's publish.
+    Publish { pkid: u16, qos: QoS },
+    /// A SUBACK waiting for a plugin to make the subscription's state durable.
+    Subscribe(Box<SubAck>),
 }
 
 enum Outcome {

@@ -41,15 +41,28 @@ impl Handler {
             codes.push(f.options.qos as u8);
             new_subs.push((f.filter, sub, !exists));
         }
-        self.send(Packet::SubAck(SubAck {
+        // The plugins first: one that makes state durable for the subscription (a
+        // device's first mailbox cursor) has the SUBACK wait for it, so a client told
+        // it is subscribed finds the subscription's effects after a crash.
+        let mut receipts = Vec::new();
+        for (filter, sub, new) in new_subs {
+            receipts.extend(
+                self.ctx
+                    .hooks
+                    .on_subscribed(&self.info, &self.session, &filter, sub, new),
+            );
+        }
+        let suback = SubAck {
             pkid: s.pkid,
             properties: Properties::default(),
             codes,
-        }));
-        for (filter, sub, new) in new_subs {
-            self.ctx
-                .hooks
-                .on_subscribed(&self.info, &self.session, &filter, sub, new);
+        };
+        match all_of(receipts) {
+            None if self.owed.is_empty() => self.send(Packet::SubAck(suback)),
+            receipt => self.owed.push_back(OwedAck {
+                ack: Owed::Subscribe(Box::new(suback)),
+                outcome: receipt.map_or(Outcome::Ready(reason::SUCCESS), Outcome::Waiting),
+            }),
         }
         for (msg, sub) in retained {
             let qos = msg.qos.min(sub.options.qos);
@@ -79,5 +92,24 @@ impl Handler {
             properties: Properties::default(),
             codes,
         }));
+    }
+}
+
+/// One receipt for several (rare: one subscription per plugin that stores something).
+fn all_of(mut receipts: Vec<Receipt>) -> Option<Receipt> {
+    match receipts.len() {
+        0 | 1 => receipts.pop(),
+        _ => {
+            let (done, all) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let mut stored = Ok(());
+                for r in receipts {
+                    let one = r.await.unwrap_or(Err(NotStored::Stopped));
+                    stored = stored.and(one);
+                }
+                let _ = done.send(stored);
+            });
+            Some(all)
+        }
     }
 }

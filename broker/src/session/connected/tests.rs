@@ -53,8 +53,10 @@ fn a_storage_outcome_is_success_or_unspecified_error() {
 async fn acknowledgements_wait_for_the_front_receipt_only() {
     let (tx, rx) = oneshot::channel();
     let mut owed = VecDeque::from([OwedAck {
-        pkid: 1,
-        qos: QoS::AtLeastOnce,
+        ack: Owed::Publish {
+            pkid: 1,
+            qos: QoS::AtLeastOnce,
+        },
         outcome: Outcome::Waiting(rx),
     }]);
     tx.send(Ok(())).unwrap();
