@@ -54,6 +54,8 @@ CONF
 "$LOAD" setup --data "$WORK/natterd-data" --config "$WORK/natterd.toml" --users "$CONNS" --tokens \
     --group-members 100 --out "$WORK/creds.txt"
 
+{ cat "$WORK/natterd.toml"; printf '[store]\ndurability = "relaxed"\n'; } > "$WORK/natterd-relaxed.toml"
+
 # Mosquitto: no persistence, TCP_NODELAY, anonymous (it has no token logins).
 cat > "$WORK/mosquitto.conf" <<CONF
 listener $MOSQ_PORT 127.0.0.1
@@ -81,7 +83,11 @@ start_broker() { # broker scenario-name
     case "$2" in *connections) purge=0 ;; esac
     case "$1" in
         natterd)
-            MIMALLOC_PURGE_DELAY=$purge RUST_LOG=warn taskset -c 0 "$NATTERD" --config "$WORK/natterd.toml" 2>>"$WORK/natterd.log" &
+            # The im-relaxed scenarios: the same with [store] durability = "relaxed"
+            # (acknowledged before the disk flush); every other one runs "sync", the default.
+            local config="$WORK/natterd.toml"
+            case "$2" in im-relaxed:*) config="$WORK/natterd-relaxed.toml" ;; esac
+            MIMALLOC_PURGE_DELAY=$purge RUST_LOG=warn taskset -c 0 "$NATTERD" --config "$config" 2>>"$WORK/natterd.log" &
             BROKER_PID=$!
             wait_port "$NATTER_PORT"
             ;;
@@ -124,6 +130,8 @@ SCENARIOS=(
     "im:pairs-qos1-1k|--im --qos 1 --rate 1000 pairs --pairs 10"
     "im:group-100|--im --qos 1 --window 8 group --members 100 --publishers 1"
     "im:connections|--im connections --count $CONNS"
+    "im-relaxed:pairs-qos1-unpaced|--im --qos 1 --window 64 pairs --pairs 10"
+    "im-relaxed:pairs-qos1-1k|--im --qos 1 --rate 1000 pairs --pairs 10"
     "storm|storm --count $CONNS --deadline 60"
 )
 
@@ -138,7 +146,7 @@ for ROUND in $(seq "$ROUNDS"); do
             continue
         fi
         read -r -a args <<< "${entry#*|}"
-        if [ "${name#im:}" != "$name" ]; then
+        if [ "${name#im:}" != "$name" ] || [ "${name#im-relaxed:}" != "$name" ]; then
             # Natter's IM topics: natterd only (compared with its own plain-MQTT path).
             run_one natterd "$name" "${args[@]}"
             continue

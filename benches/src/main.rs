@@ -170,6 +170,7 @@ fn run() -> Result<()> {
         .enable_all()
         .build()?;
     let cpu_start = cpu_secs();
+    let disk_start = cli.broker_pid.and_then(scenarios::disk_written);
     let wall = std::time::Instant::now();
     let (name, mut summary) = runtime.block_on(async {
         Ok::<_, anyhow::Error>(match cli.scenario {
@@ -195,6 +196,15 @@ fn run() -> Result<()> {
     summary.insert("protocol".into(), json!(cli.protocol));
     summary.insert("topics".into(), json!(if cli.im { "im" } else { "plain" }));
     summary.insert("payload".into(), json!(common.payload));
+    // What the broker wrote to its disk during the run, and per acknowledged message
+    // (the cost of storing them; a broker that stores nothing writes ~0).
+    if let (Some(a), Some(b)) = (disk_start, cli.broker_pid.and_then(scenarios::disk_written)) {
+        let written = b.saturating_sub(a);
+        summary.insert("disk_write_bytes".into(), json!(written));
+        if let Some(acked) = summary.get("acked").and_then(|v| v.as_u64()).filter(|&n| n > 0) {
+            summary.insert("disk_bytes_per_msg".into(), json!(written as f64 / acked as f64));
+        }
+    }
     if let (Some(a), Some(b)) = (cpu_start, cpu_secs()) {
         summary.insert("gen_cpu_pct".into(), json!(100.0 * (b - a) / wall));
     }

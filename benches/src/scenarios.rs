@@ -222,6 +222,14 @@ pub async fn fanin(c: &Common, publishers: usize) -> Result<Map<String, Value>> 
     Ok(m)
 }
 
+/// Bytes a process caused to be written to storage (`write_bytes` in /proc/PID/io).
+pub fn disk_written(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
