@@ -140,8 +140,19 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 
 async fn serve(config: Config) -> Result<()> {
     let broker = natterd::start(config).await?;
-    wait_for_signal().await?;
+    let failed = tokio::select! {
+        r = wait_for_signal() => {
+            r?;
+            false
+        }
+        () = broker.failed() => true,
+    };
     broker.shutdown().await;
+    if failed {
+        // Non-zero, so a supervisor (systemd) restarts it: a broker that accepted
+        // connections and refused every IM message would look healthy.
+        bail!("the IM writer failed (see the log above): stopped");
+    }
     Ok(())
 }
 

@@ -202,6 +202,20 @@ impl RunningBroker {
         &self.router
     }
 
+    /// Resolves if a task the broker cannot serve without fails (the IM writer): the
+    /// caller then shuts down and exits non-zero.
+    pub async fn failed(&self) {
+        match &self.writer {
+            Some(w) => w.failed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The store the broker runs on (tests inject write failures through it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Graceful shutdown: stop accepting, tell every connection (v5: DISCONNECT 0x8B),
     /// publish wills, wait up to the grace period, flush the store.
     pub async fn shutdown(mut self) {

@@ -2,6 +2,7 @@
 //! dir and talks to it with rumqttc (3.1.1 and 5) or raw bytes.
 
 mod auth;
+mod durability;
 mod hooks;
 mod hostile;
 mod im;

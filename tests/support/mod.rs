@@ -156,6 +156,10 @@ impl TestBroker {
         self.broker.as_ref().expect("running").router()
     }
 
+    pub fn store(&self) -> &Store {
+        self.broker.as_ref().expect("running").store()
+    }
+
     /// Waits until every session of `user` is offline: the broker saw the disconnects.
     pub async fn wait_offline(&self, user: &str) {
         self.wait_until(&format!("{user} offline"), || {

@@ -102,6 +102,8 @@ pub struct Store {
     db: sled::Db,
     /// Whether [`Store::commit`] flushes.
     sync: bool,
+    /// Set by [`Store::fail_writes`]: message appends fail.
+    failing: Arc<std::sync::atomic::AtomicBool>,
     users: sled::Tree,
     tokens: sled::Tree,
     token_names: sled::Tree,
@@ -226,6 +228,7 @@ impl Store {
             indexing: Arc::default(),
             hot: Arc::default(),
             sync: options.sync,
+            failing: Arc::default(),
             db,
         };
         if found == Some(1) {
@@ -266,6 +269,22 @@ impl Store {
     /// Whether [`Store::commit`] flushes.
     pub fn is_sync(&self) -> bool {
         self.sync
+    }
+
+    /// Makes message appends fail with an I/O error until called with
+    /// `false`, as a full or failing disk would: how tests check that a write failure
+    /// reaches the publisher and that the broker recovers. Reads keep working.
+    pub fn fail_writes(&self, failing: bool) {
+        self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                "write failure (injected)",
+            ))));
+        }
+        Ok(())
     }
 }
 

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use natter_shared::codec::QoS;
 use natter_shared::im;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::indexer::{IndexWrite, Indexer};
@@ -93,6 +93,9 @@ enum Op {
     /// Acknowledged cursors wait in the map (the writer's own op, on a wake).
     Cursors,
     Stop,
+    /// Makes the worker panic (tests of the supervisor).
+    #[cfg(test)]
+    Panic,
 }
 
 /// Acknowledged positions not yet written: user, then device.
@@ -121,6 +124,8 @@ pub struct Writer {
     store: Store,
     retention: Retention,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Set by the supervisor when the writer task failed.
+    failed: watch::Receiver<bool>,
 }
 
 struct Worker {
@@ -166,11 +171,14 @@ impl Writer {
             indexing: None,
         };
         let worker = tokio::spawn(worker.run());
-        // Said when it happens, not at shutdown: without the writer, IM messages are
-        // refused (never falsely acknowledged) until the broker restarts.
+        // The supervisor: a writer that failed (panicked) is said at once, and the
+        // broker stops (see [`Writer::failed`]) rather than accepting connections and
+        // refusing every IM message. What it had not stored was never acknowledged.
+        let (failed_tx, failed) = watch::channel(false);
         let task = tokio::spawn(async move {
             if let Err(e) = worker.await {
-                tracing::error!(error = %e, "the IM writer failed: messages to mailboxes are refused until restart");
+                tracing::error!(error = %e, "the IM writer failed: the broker stops");
+                let _ = failed_tx.send(true);
             }
         });
         Ok(Writer {
@@ -181,7 +189,17 @@ impl Writer {
             store,
             retention: limits.retention,
             task: Arc::new(Mutex::new(Some(task))),
+            failed,
         })
+    }
+
+    /// Resolves if the writer task fails (it never does otherwise).
+    pub async fn failed(&self) {
+        let mut failed = self.failed.clone();
+        if failed.wait_for(|f| *f).await.is_err() {
+            // The supervisor ended without a failure: the writer stopped normally.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Queues a message; with `receipt`, returns what resolves once it is stored.

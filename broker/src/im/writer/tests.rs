@@ -146,3 +146,25 @@ async fn a_group_is_stored_at_its_bounds() {
     assert_eq!(store.chunk_starts(), vec![1, 3], "one write for ids 1-2, one for 3");
     writer.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_writer_is_reported_by_its_supervisor() {
+    let (_dir, _store, writer) = start(|l| l);
+    let failed = writer.failed();
+    tokio::pin!(failed);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(50), failed.as_mut())
+            .await
+            .is_err(),
+        "a running writer has not failed"
+    );
+    writer.tx.send(Op::Panic).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), failed)
+        .await
+        .expect("the failure is reported");
+    assert_eq!(
+        writer.post(post("bob"), true).err(),
+        Some(NotStored::Stopped),
+        "nothing is accepted once the writer is gone"
+    );
+}

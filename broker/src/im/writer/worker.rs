@@ -122,6 +122,8 @@ impl Worker {
                 // Written after every store anyway.
                 Op::Cursors => {}
                 Op::Stop => group.stop = true,
+                #[cfg(test)]
+                Op::Panic => panic!("the writer was told to fail"),
             }
         }
         if records.is_empty() {

@@ -299,6 +299,7 @@ impl Store {
     where
         I: IntoIterator<Item = &'a NewMessage> + Clone,
     {
+        self.check_writable()?;
         let mut chunk: Vec<journal::Planned<'_>> = Vec::new();
         let mut chunk_bytes = 0;
         for m in batch.clone() {
