@@ -127,6 +127,7 @@ mod tests {
             Hooks::new(vec![Arc::new(Anyone)]),
             Arc::new(limits),
             shutdown.clone(),
+            crate::session::persist::Persister::off(),
         );
         let (tracker, mut all_done) = mpsc::channel(1);
         let router = ctx.router.clone();

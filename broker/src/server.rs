@@ -26,8 +26,9 @@ use crate::im::{mailbox, ImPlugin, PresenceBook};
 use crate::listener::Listener;
 use crate::model::Kick;
 use crate::router::Router;
+use crate::session::persist::{self, Persister};
 use crate::session::Context;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{self, Store, StoreError, StoreOptions};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -55,6 +56,8 @@ pub struct RunningBroker {
     connections_done: mpsc::Receiver<()>,
     grace: Duration,
     store: Store,
+    /// Where persistent sessions are written.
+    persist: Persister,
     /// The IM writer, when the IM layer is on.
     writer: Option<Writer>,
     router: Router,
@@ -160,6 +163,7 @@ pub async fn start_with(
     };
     let hooks = Hooks::new(list);
 
+    let persist = Persister::start(store.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tracker, connections_done) = mpsc::channel(1);
     let ctx = Context::new(
@@ -167,7 +171,18 @@ pub async fn start_with(
         hooks,
         Arc::new(config.limits.clone()),
         shutdown_rx.clone(),
+        persist.clone(),
     );
+    // Persistent sessions come back before anyone connects (and before anything is
+    // routed): a message for one is queued for it, or waits in its mailbox.
+    let records = {
+        let store = store.clone();
+        store::blocking(move || persist::load(&store)).await?
+    };
+    let restored = crate::session::restore(&ctx, records);
+    if restored > 0 {
+        tracing::info!(sessions = restored, "persistent sessions restored");
+    }
     let listener = Listener {
         listener: tcp,
         permits: Arc::new(Semaphore::new(config.limits.max_connections.get())),
@@ -185,6 +200,7 @@ pub async fn start_with(
         connections_done,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
         store,
+        persist,
         writer,
         router,
         socket_path,
@@ -240,6 +256,7 @@ impl RunningBroker {
         if let Some(writer) = &self.writer {
             writer.stop().await;
         }
+        self.persist.sync().await;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}

@@ -295,3 +295,92 @@ async fn qos2_is_exactly_once_across_reconnects_in_both_directions() {
     assert_eq!(sub.recv_within(Duration::from_millis(300)).await, Err(()));
     b.stop().await;
 }
+
+/// A persistent session comes back with the broker, registered at once: a message
+/// published before its client returns reaches it (a broker that restored sessions
+/// without registering them acknowledged such messages and dropped them).
+#[tokio::test]
+async fn a_restored_session_gets_messages_before_its_client_returns() {
+    let b = TestBroker::start().await;
+    let mut opts = v3::options(b.addr, "bob-phone", Some("bob"));
+    opts.set_clean_session(false);
+    let mut bob = v3::connect(opts.clone()).await.unwrap();
+    bob.client.subscribe("queue/bob", v3::QoS::AtLeastOnce).await.unwrap();
+    bob.suback().await;
+    bob.client.disconnect().await.unwrap();
+    drop(bob);
+    b.wait_offline("bob").await;
+    let b = b.restart().await;
+    assert_eq!(b.router().session_count(), 1, "restored");
+
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "alice").await;
+    alice
+        .send(&natter_e2e::publish_packet(
+            "queue/bob",
+            QoS::AtLeastOnce,
+            1,
+            Bytes::from_static(b"while away"),
+        ))
+        .await;
+    assert_eq!(alice.acks(1).await, vec![(1, reason::SUCCESS)], "a subscriber is there");
+
+    let mut opts = v3::options(b.addr, "bob-phone", Some("bob"));
+    opts.set_clean_session(false);
+    let mut bob = v3::connect(opts).await.unwrap();
+    assert!(bob.session_present, "the session is resumed, subscriptions and all");
+    assert_eq!(&bob.publish().await.payload[..], b"while away");
+    b.stop().await;
+}
+
+/// Subscription options and identifiers, and the session's expiry, are restored.
+#[tokio::test]
+async fn restored_subscriptions_keep_their_options_and_the_expiry_runs_on() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "bob-v5");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    let (mut bob, _) = Raw::connect(b.addr, c.clone()).await;
+    let mut sub = subscribe("queue/bob/#", QoS::AtLeastOnce);
+    if let Packet::Subscribe(s) = &mut sub {
+        s.properties.subscription_identifiers = vec![7];
+    }
+    bob.send(&sub).await;
+    assert!(matches!(bob.recv().await, Some(Packet::SubAck(_))));
+    // A short-lived one too: it must expire even though the broker restarted.
+    let mut short = connect_packet(Protocol::V5, Some("alice"), "alice-short");
+    short.clean_start = false;
+    short.properties.session_expiry_interval = Some(1);
+    let (mut alice, _) = Raw::connect(b.addr, short.clone()).await;
+    alice.send(&subscribe("queue/alice", QoS::AtLeastOnce)).await;
+    assert!(matches!(alice.recv().await, Some(Packet::SubAck(_))));
+    drop((bob, alice));
+    b.wait_offline("bob").await;
+    b.wait_offline("alice").await;
+    let b = b.restart().await;
+
+    let (mut bob, ack) = Raw::connect(b.addr, c).await;
+    assert!(ack.session_present);
+    let mut pub_ = Raw::login(b.addr, Protocol::V5, "carol", "carol").await;
+    pub_.send(&natter_e2e::publish_packet(
+        "queue/bob/x",
+        QoS::AtLeastOnce,
+        1,
+        Bytes::from_static(b"hi"),
+    ))
+    .await;
+    let got = bob.next_publish().await;
+    assert_eq!(
+        got.properties.subscription_identifiers,
+        vec![7],
+        "the identifier came back"
+    );
+    assert_eq!(got.qos, QoS::AtLeastOnce);
+
+    b.wait_until("the short session expires", || {
+        b.router().sessions_of("alice").is_empty()
+    })
+    .await;
+    let (_, ack) = Raw::connect(b.addr, short).await;
+    assert!(!ack.session_present, "expired after the restart");
+    b.stop().await;
+}

@@ -177,6 +177,33 @@ impl Router {
         }
     }
 
+    /// Registers a persistent session read back from the store at start, offline, with
+    /// its subscriptions in place: messages route to it (and queue, or wait in its
+    /// mailbox) before its client is back. A session already registered under the key
+    /// is kept (nothing else runs at start).
+    pub fn restore_session(&self, key: SessionKey, subscriptions: &[(String, Subscription)]) -> Arc<Session> {
+        let session = {
+            let mut sessions = self.sessions();
+            if let Some(existing) = sessions.get(&key) {
+                return existing.clone();
+            }
+            let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
+            let limits = &self.inner.limits;
+            let s = Arc::new(Session::new(
+                id,
+                key.clone(),
+                limits.max_queued_messages.get(),
+                limits.queue_overflow,
+            ));
+            sessions.insert(key, s.clone());
+            s
+        };
+        for (filter, sub) in subscriptions {
+            self.subscribe(&session, filter, *sub);
+        }
+        session
+    }
+
     /// Removes `session` from the registry (if it is still the registered one for its
     /// key) and all its subscriptions from the trie.
     pub fn remove_session(&self, session: &Arc<Session>) {

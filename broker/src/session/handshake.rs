@@ -1,6 +1,7 @@
 //! CONNECT to CONNACK: client identifier rules, authentication through the hooks,
 //! session open or takeover, keepalive and session-expiry negotiation.
 
+use super::persist::Record;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,8 +167,16 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
         username: info.username.clone(),
         client_id: client_id.clone(),
     };
-    let opened = ctx.router.open_session(key, connect.clean_start, kick_tx);
+    let opened = ctx.router.open_session(key.clone(), connect.clean_start, kick_tx);
     opened.session.lock().credential = identity.token;
+    // On disk from now on (its will included: a broker that crashes ends the
+    // connection without DISCONNECT), or no longer, for a clean one.
+    if info.persistent {
+        let record = Record::of(&opened.session, &info, expiry, connect.will.as_ref(), false);
+        ctx.persist.save(&record);
+    } else {
+        ctx.persist.delete(&key);
+    }
 
     let mut properties = Properties::default();
     if protocol == Protocol::V5 {
@@ -304,6 +313,7 @@ mod tests {
             Hooks::new(vec![Arc::new(ByName)]),
             Arc::new(limits),
             tokio::sync::watch::channel(false).1,
+            crate::session::persist::Persister::off(),
         )
     }
 

@@ -6,6 +6,7 @@ mod aliases;
 mod connected;
 mod handshake;
 mod keepalive;
+pub mod persist;
 mod will;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use crate::connection::{Connection, ConnectionError};
 use crate::hooks::Hooks;
 use crate::router::Router;
 use keepalive::KeepaliveWheel;
+use persist::Persister;
 
 /// What every connection task needs, shared by all of them.
 pub struct Context {
@@ -30,19 +32,63 @@ pub struct Context {
     pub shutdown: watch::Receiver<bool>,
     /// Every connection's keepalive deadline.
     keepalive: Arc<KeepaliveWheel>,
+    /// Where persistent sessions are written.
+    pub persist: Persister,
 }
 
 impl Context {
     /// The context, with its keepalive task running until `shutdown`.
-    pub fn new(router: Router, hooks: Hooks, limits: Arc<Limits>, shutdown: watch::Receiver<bool>) -> Arc<Context> {
+    pub fn new(
+        router: Router,
+        hooks: Hooks,
+        limits: Arc<Limits>,
+        shutdown: watch::Receiver<bool>,
+        persist: Persister,
+    ) -> Arc<Context> {
         Arc::new(Context {
             router,
             hooks,
             limits,
             keepalive: KeepaliveWheel::spawn(shutdown.clone()),
             shutdown,
+            persist,
         })
     }
+}
+
+/// Brings back the persistent sessions read at start (see [`persist`]): each is
+/// registered offline with its subscriptions, so messages reach it before its client
+/// returns, and its expiry and pending will run on from where they were.
+pub fn restore(ctx: &Arc<Context>, records: Vec<persist::Record>) -> usize {
+    let now = crate::clock::unix_ms();
+    let mut restored = 0;
+    for record in records {
+        let (left, will_delay) = record.remaining(now);
+        let info = record.client_info();
+        ctx.persist.restored(&record);
+        if left.is_zero() {
+            // Expired while the broker was down; its will was due by then.
+            if let Some(w) = record.will(0) {
+                will::publish_restored_will(ctx, &info, w);
+            }
+            ctx.persist.delete(&record.key());
+            continue;
+        }
+        let session = ctx.router.restore_session(record.key(), &record.subscriptions());
+        let generation = session.lock().generation;
+        will::after_disconnect(will::Ended {
+            ctx: ctx.clone(),
+            info,
+            session,
+            generation,
+            attached: true,
+            will: record.will(will_delay),
+            session_expiry: u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX),
+            shutting_down: false,
+        });
+        restored += 1;
+    }
+    restored
 }
 
 /// Serves one accepted TCP connection until it ends.

@@ -83,6 +83,7 @@ pub(super) fn after_disconnect(e: Ended) {
             if session.lock().generation == generation {
                 tracing::debug!(client_id = %info.client_id, "session expired");
                 ctx.router.remove_session(&session);
+                ctx.persist.delete(&session.key);
             }
         };
         tokio::select! {
@@ -98,7 +99,16 @@ pub(super) fn after_disconnect(e: Ended) {
     });
 }
 
+/// The will of a persistent session that expired while the broker was down.
+pub(super) fn publish_restored_will(ctx: &Context, info: &ClientInfo, w: LastWill) {
+    publish_will_from(ctx, info, 0, w);
+}
+
 fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill) {
+    publish_will_from(ctx, info, session.id, w);
+}
+
+fn publish_will_from(ctx: &Context, info: &ClientInfo, origin: u64, w: LastWill) {
     let mut properties = w.properties;
     properties.will_delay_interval = None;
     let msg = Message::from_client(
@@ -107,7 +117,7 @@ fn publish_will(ctx: &Context, info: &ClientInfo, session: &Session, w: LastWill
         w.qos,
         w.retain,
         properties,
-        session.id,
+        origin,
         Instant::now(),
     );
     match ctx.hooks.on_publish(info, &msg) {
@@ -189,6 +199,7 @@ mod tests {
             Hooks::new(vec![Arc::new(Gate)]),
             Arc::new(Config::default_config().limits),
             shutdown,
+            crate::session::persist::Persister::off(),
         );
         let info = ClientInfo {
             username: Some("alice".into()),

@@ -1,8 +1,8 @@
 //! Durable state in sled, behind a small interface that knows nothing of MQTT.
 //!
 //! It holds accounts, device and reset tokens, contacts, groups, and the message
-//! journal with its mailbox and history indexes (sessions come with the durability
-//! step), so callers never touch sled directly. Every method is synchronous: callers
+//! journal with its mailbox and history indexes, and persistent sessions (as records
+//! the session layer encodes), so callers never touch sled directly. Every method is synchronous: callers
 //! on the async runtime run writes and scans through [`tokio::task::spawn_blocking`];
 //! the questions asked per message (account exists, blocked, friends, group members)
 //! are answered from [`hot`]'s read-through caches and may stay inline.
@@ -13,6 +13,7 @@ mod keys;
 mod messages;
 mod migrate;
 mod route;
+mod sessions;
 mod social;
 mod tokens;
 mod users;
@@ -119,6 +120,8 @@ pub struct Store {
     memberships: sled::Tree,
     invites: sled::Tree,
     resets: sled::Tree,
+    /// Persistent MQTT sessions (see [`sessions`]).
+    sessions: sled::Tree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
     meta: sled::Tree,
@@ -222,6 +225,7 @@ impl Store {
             memberships: db.open_tree("memberships")?,
             invites: db.open_tree("invites")?,
             resets: db.open_tree("resets")?,
+            sessions: db.open_tree("sessions")?,
             meta,
             next_id: Arc::new(AtomicU64::new(last_id + 1)),
             index: Arc::default(),

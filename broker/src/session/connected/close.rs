@@ -37,10 +37,9 @@ impl Handler {
             self.ctx.keepalive.disarm(self.armed, &self.session);
         }
 
-        let will = match end {
-            End::ClientDisconnect { with_will: false } => None,
-            _ => self.will.take().map(|w| *w),
-        };
+        if let End::ClientDisconnect { with_will: false } = end {
+            self.will = None;
+        }
         let attached = {
             let mut st = self.session.lock();
             if st.generation == self.generation {
@@ -51,6 +50,10 @@ impl Handler {
                 false
             }
         };
+        if attached {
+            self.persist_end(matches!(end, End::Shutdown));
+        }
+        let will = self.will.take().map(|w| *w);
         will::after_disconnect(will::Ended {
             ctx: self.ctx.clone(),
             info: self.info.clone(),
@@ -67,5 +70,27 @@ impl Handler {
         if !matches!(end, End::Shutdown) {
             self.conn.linger().await;
         }
+    }
+
+    /// The session on disk as the connection leaves it: forgotten when it ends now,
+    /// else disconnected, with the will still to come (one with a delay: one without
+    /// is published now, as is every will at shutdown).
+    fn persist_end(&mut self, shutting_down: bool) {
+        if self.session_expiry == 0 {
+            self.ctx.persist.delete(&self.session.key);
+            return;
+        }
+        let delayed = self
+            .will
+            .as_ref()
+            .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) > 0);
+        let will = if delayed && !shutting_down {
+            self.will.clone()
+        } else {
+            None
+        };
+        let kept = std::mem::replace(&mut self.will, will);
+        self.ctx.persist.save(&self.record(true));
+        self.will = kept;
     }
 }

@@ -45,6 +45,9 @@ impl Handler {
         // device's first mailbox cursor) has the SUBACK wait for it, so a client told
         // it is subscribed finds the subscription's effects after a crash.
         let mut receipts = Vec::new();
+        if self.info.persistent && !new_subs.is_empty() {
+            receipts.extend(self.ctx.persist.save(&self.record(false)));
+        }
         for (filter, sub, new) in new_subs {
             receipts.extend(
                 self.ctx
@@ -76,7 +79,7 @@ impl Handler {
     }
 
     pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) {
-        let codes = u
+        let codes: Vec<u8> = u
             .filters
             .iter()
             .map(|f| {
@@ -87,11 +90,27 @@ impl Handler {
                 }
             })
             .collect();
+        if self.info.persistent && codes.contains(&reason::SUCCESS) {
+            self.ctx.persist.save(&self.record(false));
+        }
         self.send(Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             properties: Properties::default(),
             codes,
         }));
+    }
+}
+
+impl Handler {
+    /// The session as it is written to disk (see [`crate::session::persist`]).
+    pub(super) fn record(&self, disconnected: bool) -> crate::session::persist::Record {
+        crate::session::persist::Record::of(
+            &self.session,
+            &self.info,
+            self.session_expiry,
+            self.will.as_deref(),
+            disconnected,
+        )
     }
 }
 
