@@ -146,14 +146,7 @@ impl Router {
         }
         let present = resumed.is_some();
         let session = resumed.unwrap_or_else(|| {
-            let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
-            let limits = &self.inner.limits;
-            let s = Arc::new(Session::new(
-                id,
-                key.clone(),
-                limits.max_queued_messages.get(),
-                limits.queue_overflow,
-            ));
+            let s = self.new_session(key.clone());
             sessions.insert(key, s.clone());
             s
         });
@@ -177,6 +170,18 @@ impl Router {
         }
     }
 
+    /// A new session under `key`, with the next id and the configured queue bound.
+    fn new_session(&self, key: SessionKey) -> Arc<Session> {
+        let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let limits = &self.inner.limits;
+        Arc::new(Session::new(
+            id,
+            key,
+            limits.max_queued_messages.get(),
+            limits.queue_overflow,
+        ))
+    }
+
     /// Registers a persistent session read back from the store at start, offline, with
     /// its subscriptions in place: messages route to it (and queue, or wait in its
     /// mailbox) before its client is back. A session already registered under the key
@@ -187,14 +192,7 @@ impl Router {
             if let Some(existing) = sessions.get(&key) {
                 return existing.clone();
             }
-            let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
-            let limits = &self.inner.limits;
-            let s = Arc::new(Session::new(
-                id,
-                key.clone(),
-                limits.max_queued_messages.get(),
-                limits.queue_overflow,
-            ));
+            let s = self.new_session(key.clone());
             sessions.insert(key, s.clone());
             s
         };
