@@ -175,11 +175,30 @@ pub async fn start_with(
     );
     // Persistent sessions come back before anyone connects (and before anything is
     // routed): a message for one is queued for it, or waits in its mailbox.
-    let records = {
+    let (records, outgoing, retained) = {
         let store = store.clone();
-        store::blocking(move || persist::load(&store)).await?
+        store::blocking(move || {
+            Ok((
+                persist::load(&store)?,
+                persist::load_outgoing(&store)?,
+                persist::load_retained(&store)?,
+            ))
+        })
+        .await?
     };
-    let restored = crate::session::restore(&ctx, records);
+    let kept = retained.len();
+    for msg in retained {
+        if router.restore_retained(Arc::new(msg)).is_err() {
+            tracing::warn!(
+                "more retained messages on disk than [limits] max_retained_messages: the rest are not restored"
+            );
+            break;
+        }
+    }
+    if kept > 0 {
+        tracing::info!(retained = kept, "retained messages restored");
+    }
+    let restored = crate::session::restore(&ctx, records, outgoing);
     if restored > 0 {
         tracing::info!(sessions = restored, "persistent sessions restored");
     }

@@ -84,3 +84,52 @@ async fn v5_retain_as_published_and_retain_handling() {
     sub2.no_publish(Duration::from_millis(300)).await;
     b.stop().await;
 }
+
+/// Retained messages outlive a restart, with their MQTT 5 properties and what is left
+/// of their expiry; a cleared topic stays cleared; a retained will too.
+#[tokio::test]
+async fn retained_messages_survive_a_restart() {
+    use natter_e2e::{publish_packet, Raw};
+    use natter_shared::codec::{Packet, Protocol, QoS};
+    let b = TestBroker::start().await;
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "alice").await;
+    let mut kept = publish_packet("sensors/t", QoS::AtLeastOnce, 1, &b"21.5"[..]);
+    if let Packet::Publish(p) = &mut kept {
+        p.retain = true;
+        p.properties.content_type = Some("text/plain".into());
+        p.properties.user_properties = vec![("unit".into(), "C".into())];
+        p.properties.message_expiry_interval = Some(3600);
+    }
+    alice.send(&kept).await;
+    for (pkid, topic, payload) in [(2, "sensors/h", &b"40"[..]), (3, "sensors/h", &b""[..])] {
+        let mut p = publish_packet(topic, QoS::AtLeastOnce, pkid, payload);
+        if let Packet::Publish(p) = &mut p {
+            p.retain = true;
+        }
+        alice.send(&p).await;
+    }
+    assert_eq!(alice.acks(3).await.len(), 3);
+    let b = b.restart().await;
+    assert_eq!(
+        b.router().retained_count(),
+        1,
+        "sensors/t is back, sensors/h stays cleared"
+    );
+
+    let mut bob = Raw::login(b.addr, Protocol::V5, "bob", "bob").await;
+    bob.subscribe("sensors/#", QoS::AtLeastOnce).await;
+    let p = bob.next_publish().await;
+    assert_eq!(
+        (p.topic.as_ref(), &p.payload[..], p.retain),
+        ("sensors/t", &b"21.5"[..], true)
+    );
+    assert_eq!(p.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(p.properties.user_properties, vec![("unit".into(), "C".into())]);
+    let left = p.properties.message_expiry_interval.unwrap_or(0);
+    assert!((3500..=3600).contains(&left), "expiry runs on: {left}");
+    assert!(
+        bob.recv_within(Duration::from_millis(200)).await.is_err(),
+        "nothing else"
+    );
+    b.stop().await;
+}

@@ -149,6 +149,18 @@ async fn a_retained_will_is_kept_for_later_subscribers() {
     late.client.subscribe("wills/#", v3::QoS::AtLeastOnce).await.unwrap();
     let p = late.publish().await;
     assert_eq!((p.topic.as_str(), p.retain), ("wills/kept", true));
+    drop(late);
+    // And after a restart (presence is not kept: it is the broker's, and nobody is
+    // online then).
+    let b = b.restart().await;
+    assert_eq!(b.router().retained_count(), 1, "the will, not the presence");
+    let mut late = v3::connect(v3::options(b.addr, "late", Some("bob"))).await.unwrap();
+    late.client.subscribe("wills/#", v3::QoS::AtLeastOnce).await.unwrap();
+    let p = late.publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.retain),
+        ("wills/kept", &b"gone"[..], true)
+    );
     b.stop().await;
 }
 

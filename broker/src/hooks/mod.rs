@@ -242,6 +242,33 @@ pub trait Hook: Send + Sync + 'static {
     }
 
     fn on_acked(&self, _client: &ClientInfo, _msg: &Message) {}
+
+    /// As [`Hook::on_acked`], with a receipt that resolves once what the plugin keeps
+    /// of the acknowledgement is durable (a device cursor), for a caller that must not
+    /// forget the delivery before then.
+    fn on_acked_durably(&self, client: &ClientInfo, msg: &Message) -> Option<Receipt> {
+        self.on_acked(client, msg);
+        None
+    }
+}
+
+/// One receipt for several (rare: one per plugin that stores something).
+pub fn all_of(mut receipts: Vec<Receipt>) -> Option<Receipt> {
+    match receipts.len() {
+        0 | 1 => receipts.pop(),
+        _ => {
+            let (done, all) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let mut stored = Ok(());
+                for r in receipts {
+                    let one = r.await.unwrap_or(Err(NotStored::Stopped));
+                    stored = stored.and(one);
+                }
+                let _ = done.send(stored);
+            });
+            Some(all)
+        }
+    }
 }
 
 /// The ordered registry of plugins; cheap to clone.
@@ -316,6 +343,17 @@ impl Hooks {
 
     pub fn on_acked(&self, client: &ClientInfo, msg: &Message) {
         self.list.iter().for_each(|h| h.on_acked(client, msg));
+    }
+
+    /// [`Hook::on_acked_durably`] of every plugin, as one receipt (`None`: nothing to
+    /// wait for).
+    pub fn on_acked_durably(&self, client: &ClientInfo, msg: &Message) -> Option<Receipt> {
+        all_of(
+            self.list
+                .iter()
+                .filter_map(|h| h.on_acked_durably(client, msg))
+                .collect(),
+        )
     }
 }
 

@@ -131,6 +131,11 @@ impl Mailboxes {
         self.writer.acked(user, device, id);
     }
 
+    /// As [`Mailboxes::acked`]; the receipt resolves once the cursor is written.
+    pub fn acked_durably(&self, user: &str, device: &str, id: u64) -> Receipt {
+        self.writer.acked_durably(user, device, id)
+    }
+
     /// A device's cursor as the writer sees it (what is acknowledged, stored or not).
     #[cfg(test)]
     pub fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, crate::store::StoreError> {

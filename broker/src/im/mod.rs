@@ -297,6 +297,16 @@ impl Hook for ImPlugin {
         }
         self.state.mailboxes.acked(user, &client.client_id, id);
     }
+
+    fn on_acked_durably(&self, client: &ClientInfo, msg: &Message) -> Option<Receipt> {
+        let (Some(user), Some(id)) = (client.username.as_deref(), msg.tag) else {
+            return None;
+        };
+        if !client.persistent || im::inbox_owner(&msg.topic) != Some(user) {
+            return None;
+        }
+        Some(self.state.mailboxes.acked_durably(user, &client.client_id, id))
+    }
 }
 
 /// Default QoS of broker-originated API responses and events.

@@ -52,6 +52,39 @@ impl Inflight {
         }
     }
 
+    /// The packet id of a QoS 2 delivery of the stored message `tag`: one derived from
+    /// the tag, so a broker restarted before the flow completed sends the message
+    /// again under the id the client still holds (which it then does not deliver
+    /// twice). `None` while that id is in a released flow (PUBCOMP awaited, soon):
+    /// the delivery waits for it. If a flow just published holds it (rare: tags
+    /// 65,535 apart), any free one.
+    pub fn pkid_for(&mut self, tag: u64) -> Option<u16> {
+        let id = u16::try_from(tag % 65_535).unwrap_or(0) + 1;
+        match self.entries.iter().find(|e| e.pkid == id) {
+            None => Some(id),
+            Some(e) if e.stage == Stage::Released => None,
+            Some(_) => Some(self.next_pkid()),
+        }
+    }
+
+    /// Whether the stored message `tag` is already released to the client (PUBREL
+    /// sent, PUBCOMP awaited): it reached the client and is not sent again.
+    pub fn has_released(&self, tag: u64) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.stage == Stage::Released && e.delivery.msg.tag == Some(tag))
+    }
+
+    /// Puts back a QoS 2 flow that was released before a restart.
+    pub fn push_released(&mut self, pkid: u16, delivery: Delivery) {
+        self.entries.retain(|e| e.pkid != pkid);
+        self.entries.push_back(Outgoing {
+            pkid,
+            delivery,
+            stage: Stage::Released,
+        });
+    }
+
     pub fn push(&mut self, pkid: u16, delivery: Delivery) {
         self.entries.push_back(Outgoing {
             pkid,
@@ -70,15 +103,12 @@ impl Inflight {
         self.position(pkid, stage).and_then(|i| self.entries.remove(i))
     }
 
-    /// Moves a QoS 2 entry from Published to Released (on PUBREC). False if unknown.
-    pub fn release(&mut self, pkid: u16) -> bool {
-        match self.position(pkid, Stage::Published) {
-            Some(i) => {
-                self.entries[i].stage = Stage::Released;
-                true
-            }
-            None => false,
-        }
+    /// Moves a QoS 2 entry from Published to Released (on PUBREC); returns it, `None`
+    /// if unknown.
+    pub fn release(&mut self, pkid: u16) -> Option<&Outgoing> {
+        let i = self.position(pkid, Stage::Published)?;
+        self.entries[i].stage = Stage::Released;
+        Some(&self.entries[i])
     }
 
     /// True when a Released entry with this id exists (a repeated PUBREC).
@@ -121,14 +151,35 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_message_gets_the_same_id_again_unless_it_is_taken() {
+        let mut f = Inflight::default();
+        assert_eq!(f.pkid_for(7), Some(8));
+        assert_eq!(
+            f.pkid_for(65_535 + 7),
+            Some(8),
+            "the same after a restart, and modulo the id space"
+        );
+        f.push(8, d());
+        assert_ne!(f.pkid_for(7), Some(8), "taken: another free one");
+        let mut tagged = d();
+        let mut msg = (*tagged.msg).clone();
+        msg.tag = Some(7);
+        tagged.msg = Arc::new(msg);
+        f.push_released(8, tagged);
+        assert_eq!(f.len(), 1, "replaces the entry with that id");
+        assert!(f.has_released(7) && !f.has_released(8));
+        assert_eq!(f.pkid_for(65_535 + 7), None, "waits for the released flow to complete");
+    }
+
+    #[test]
     fn qos2_stages() {
         let mut f = Inflight::default();
         let id = f.next_pkid();
         f.push(id, d());
         assert!(f.complete(id, Stage::Released).is_none());
-        assert!(f.release(id));
+        assert!(f.release(id).is_some());
         assert!(f.is_released(id));
-        assert!(!f.release(id));
+        assert!(f.release(id).is_none());
         assert!(f.complete(id, Stage::Released).is_some());
         assert!(f.is_empty());
     }

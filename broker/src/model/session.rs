@@ -206,6 +206,9 @@ struct ReplayState {
     /// Tags the session held (queued or in flight) when it began: the connection may
     /// deliver them while the replay reads, and they are not replayed again.
     held: HashSet<u64>,
+    /// Not a replay yet: a resumed session's hold until its plugins have said
+    /// whether they replay (see [`Session::hold_replay`]).
+    hold: bool,
 }
 
 /// What offering a page of replayed deliveries did.
@@ -352,15 +355,49 @@ impl Session {
         st.replay_epoch += 1;
         let epoch = st.replay_epoch;
         let held = tags(&st);
+        // What a hold (or an earlier replay) deferred is this replay's to deliver.
+        let (deferred_from, deferred_up_to) = st
+            .replay
+            .as_ref()
+            .map_or((0, 0), |r| (r.deferred_from, r.deferred_up_to));
         st.replay = Some(Box::new(ReplayState {
             epoch,
-            deferred_from: 0,
-            deferred_up_to: 0,
+            deferred_from,
+            deferred_up_to,
             held,
+            hold: false,
         }));
         drop(st);
         self.room.notify_waiters();
         epoch
+    }
+
+    /// Called (with the state locked) as a session is resumed, before it is online:
+    /// durable deliveries are deferred from then on, so none reaches the client
+    /// between the resumption and the replay its plugin then begins
+    /// ([`Session::begin_replay`] takes over what was deferred). A replay under way
+    /// is left as it is.
+    pub fn hold_replay(st: &mut SessionState) {
+        if st.replay.is_none() {
+            st.replay_epoch += 1;
+            let held = tags(st);
+            st.replay = Some(Box::new(ReplayState {
+                epoch: st.replay_epoch,
+                deferred_from: 0,
+                deferred_up_to: 0,
+                held,
+                hold: true,
+            }));
+        }
+    }
+
+    /// Ends the hold of [`Session::hold_replay`] once the plugins have run, if none
+    /// began a replay.
+    pub fn end_hold(&self) {
+        let mut st = self.lock();
+        if st.replay.as_ref().is_some_and(|r| r.hold) {
+            st.replay = None;
+        }
     }
 
     /// The first tag deferred to replay `epoch`, if any: a device seen for the first

@@ -19,8 +19,8 @@ use natter_shared::topic::parse_shared;
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
-use crate::model::Message;
 use crate::model::{Delivery, Enqueued, Kick, Session, SessionKey, Subscription};
+use crate::model::{Durable, Message};
 pub use retained::RetainedFull;
 use retained::RetainedStore;
 use trie::{Subscriber, Trie};
@@ -42,6 +42,8 @@ struct Inner {
     next_session_id: AtomicU64,
     limits: Limits,
     stats: RouterStats,
+    /// How far stored messages are on disk (see [`Durable`]).
+    durable: Durable,
 }
 
 /// Cheap-to-clone handle on the routing state.
@@ -97,12 +99,19 @@ impl Router {
                 next_session_id: AtomicU64::new(1),
                 limits,
                 stats: RouterStats::default(),
+                durable: Durable::default(),
             }),
         }
     }
 
     pub fn stats(&self) -> &RouterStats {
         &self.inner.stats
+    }
+
+    /// How far stored messages are on disk: the plugin that stores them moves it,
+    /// connections wait on it before a QoS 2 delivery of one.
+    pub fn durable(&self) -> &Durable {
+        &self.inner.durable
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Arc<Session>>> {
@@ -154,6 +163,9 @@ impl Router {
             let mut st = session.lock();
             st.generation += 1;
             st.kick = Some(kick);
+            if present {
+                Session::hold_replay(&mut st);
+            }
             st.generation
         };
         session.set_online(true);
@@ -315,6 +327,15 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .remove(inner, group, session.id);
         true
+    }
+
+    /// Puts back a retained message read from disk at start, without routing it (no
+    /// session has missed it).
+    ///
+    /// # Errors
+    /// [`RetainedFull`] beyond the configured bound.
+    pub fn restore_retained(&self, msg: Arc<Message>) -> Result<(), RetainedFull> {
+        self.inner.retained.write().unwrap_or_else(|p| p.into_inner()).set(msg)
     }
 
     /// Routes a message: stores or clears it as retained when flagged, then queues one

@@ -12,13 +12,14 @@ mod will;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use natter_shared::codec::{DecodeError, Packet};
+use natter_shared::codec::{DecodeError, Packet, QoS};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::Limits;
 use crate::connection::{Connection, ConnectionError};
 use crate::hooks::Hooks;
+use crate::model::{Delivery, Message, SessionKey};
 use crate::router::Router;
 use keepalive::KeepaliveWheel;
 use persist::Persister;
@@ -59,7 +60,11 @@ impl Context {
 /// Brings back the persistent sessions read at start (see [`persist`]): each is
 /// registered offline with its subscriptions, so messages reach it before its client
 /// returns, and its expiry and pending will run on from where they were.
-pub fn restore(ctx: &Arc<Context>, records: Vec<persist::Record>) -> usize {
+pub fn restore(
+    ctx: &Arc<Context>,
+    records: Vec<persist::Record>,
+    mut outgoing: std::collections::HashMap<SessionKey, Vec<persist::OutgoingRecord>>,
+) -> usize {
     let now = crate::clock::unix_ms();
     let mut restored = 0;
     for record in records {
@@ -75,7 +80,23 @@ pub fn restore(ctx: &Arc<Context>, records: Vec<persist::Record>) -> usize {
             continue;
         }
         let session = ctx.router.restore_session(record.key(), &record.subscriptions());
-        let generation = session.lock().generation;
+        let generation = {
+            let mut st = session.lock();
+            // Released QoS 2 flows: their PUBREL is sent again when the client is back,
+            // and the stored messages they carry are not sent twice.
+            for flow in outgoing.remove(&session.key).unwrap_or_default() {
+                let mut msg = Message::broker(flow.topic, bytes::Bytes::new(), QoS::ExactlyOnce, false);
+                msg.tag = Some(flow.tag);
+                let delivery = Delivery {
+                    msg: Arc::new(msg),
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    sub_ids: Vec::new(),
+                };
+                st.inflight.push_released(flow.pkid, delivery);
+            }
+            st.generation
+        };
         will::after_disconnect(will::Ended {
             ctx: ctx.clone(),
             info,

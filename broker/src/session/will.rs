@@ -123,8 +123,13 @@ fn publish_will_from(ctx: &Context, info: &ClientInfo, origin: u64, w: LastWill)
     match ctx.hooks.on_publish(info, &msg) {
         PublishDecision::Route => {
             tracing::debug!(client_id = %info.client_id, topic = %msg.topic, "publishing will");
-            if ctx.router.publish(Arc::new(msg)).is_err() {
-                tracing::warn!(client_id = %info.client_id, "retained store full: will not retained");
+            let msg = Arc::new(msg);
+            match ctx.router.publish(msg.clone()) {
+                Ok(_) if msg.retain => {
+                    ctx.persist.retain(&msg);
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!(client_id = %info.client_id, "retained store full: will not retained"),
             }
         }
         PublishDecision::TakenOver(receipt) => {

@@ -1,19 +1,19 @@
 //! Durable state in sled, behind a small interface that knows nothing of MQTT.
 //!
 //! It holds accounts, device and reset tokens, contacts, groups, and the message
-//! journal with its mailbox and history indexes, and persistent sessions (as records
-//! the session layer encodes), so callers never touch sled directly. Every method is synchronous: callers
+//! journal with its mailbox and history indexes, persistent sessions and retained messages (as
+//! records the session layer encodes), so callers never touch sled directly. Every method is synchronous: callers
 //! on the async runtime run writes and scans through [`tokio::task::spawn_blocking`];
 //! the questions asked per message (account exists, blocked, friends, group members)
 //! are answered from [`hot`]'s read-through caches and may stay inline.
 
 mod hot;
 mod journal;
+mod kept;
 mod keys;
 mod messages;
 mod migrate;
 mod route;
-mod sessions;
 mod social;
 mod tokens;
 mod users;
@@ -25,6 +25,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
+pub use kept::{Kept, KeptEntry};
 pub use messages::{MailboxEntry, MailboxMeta, MailboxPage, NewMessage, Replayed, Retention, StoredMessage};
 pub use route::{dm_conversation, group_conversation, Dest, Route, Suffix};
 pub use social::{Contact, GroupRecord, Members, ResetRecord, Role};
@@ -120,10 +121,16 @@ pub struct Store {
     memberships: sled::Tree,
     invites: sled::Tree,
     resets: sled::Tree,
-    /// Persistent MQTT sessions (see [`sessions`]).
+    /// Persistent MQTT sessions (see [`kept`]).
     sessions: sled::Tree,
+    /// Retained messages (see [`kept`]).
+    retained: sled::Tree,
+    /// Released QoS 2 flows of persistent sessions (see [`kept`]).
+    outgoing: sled::Tree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
+    /// The first id not reserved on disk (see [`messages::ID_BLOCK`]).
+    ids_reserved: Arc<AtomicU64>,
     meta: sled::Tree,
     /// Index entries not yet written, and mailbox counters (see [`messages`]).
     index: Arc<std::sync::Mutex<messages::Index>>,
@@ -209,6 +216,17 @@ impl Store {
         }
         let messages = db.open_tree("journal")?;
         let last_id = messages::last_message_id(&messages)?;
+        let reserved = match meta.get(messages::IDS_RESERVED)? {
+            None => 0,
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    tree: "meta",
+                    reason: "ids_reserved is not 8 bytes".into(),
+                })?,
+        };
+        let (first_id, reserve_to) = messages::first_id(last_id, reserved);
+        meta.insert(messages::IDS_RESERVED, &reserve_to.to_be_bytes())?;
         let store = Store {
             users: db.open_tree("users")?,
             tokens: db.open_tree("tokens")?,
@@ -226,8 +244,11 @@ impl Store {
             invites: db.open_tree("invites")?,
             resets: db.open_tree("resets")?,
             sessions: db.open_tree("sessions")?,
+            retained: db.open_tree("retained")?,
+            outgoing: db.open_tree("outgoing")?,
             meta,
-            next_id: Arc::new(AtomicU64::new(last_id + 1)),
+            next_id: Arc::new(AtomicU64::new(first_id)),
+            ids_reserved: Arc::new(AtomicU64::new(reserve_to)),
             index: Arc::default(),
             indexing: Arc::default(),
             hot: Arc::default(),
@@ -241,6 +262,8 @@ impl Store {
         if found != Some(SCHEMA_VERSION) {
             store.meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
         }
+        // The reservation is on disk before any id of it is handed out.
+        store.db.flush()?;
         let recovered = store.recover_index()?;
         if recovered > 0 {
             tracing::info!(messages = recovered, "journal read back into the index");

@@ -103,10 +103,12 @@ type Cursors = Arc<Mutex<FastMap<String, FastMap<String, Acked>>>>;
 
 /// A device's last acknowledged id, and whether the writer was told about it since
 /// it last looked.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Acked {
     id: u64,
     queued: bool,
+    /// Told once the cursor is written (see [`Writer::acked_durably`]).
+    waiters: Vec<oneshot::Sender<Stored>>,
 }
 
 /// The batches routed but not yet stored (empty otherwise).
@@ -154,6 +156,8 @@ impl Writer {
         limits: WriterLimits,
     ) -> std::io::Result<Writer> {
         let indexer = Indexer::start(store.clone(), limits.retention)?;
+        // Every message of an earlier run is stored (or never will be).
+        router.durable().stored_up_to(store.first_unused_id().saturating_sub(1));
         let (tx, rx) = mpsc::channel(limits.queue.max(1));
         let wake = Arc::new(Notify::new());
         let cursors = Cursors::default();

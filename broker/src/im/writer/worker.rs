@@ -148,14 +148,22 @@ impl Worker {
             let (store, batches) = (self.store.clone(), group.batches);
             // Appended and flushed (when `sync`) in one hand-over: the receipts below
             // mean "on disk" then, and one flush covers the whole group.
+            let last_of = batches.clone();
             let appended = store::blocking(move || {
                 let unindexed = store.append(batches.iter().flat_map(|b| b.iter()))?;
                 store.commit()?;
                 Ok(unindexed)
             })
             .await;
+            let last = last_of.last().and_then(|b| b.last()).map(|m| m.id);
             let (stored, unindexed) = match appended {
-                Ok(unindexed) => (Ok(()), unindexed),
+                Ok(unindexed) => {
+                    if let Some(last) = last {
+                        // QoS 2 deliveries of these messages may go out now.
+                        self.router.durable().stored_up_to(last);
+                    }
+                    (Ok(()), unindexed)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, messages = group.messages, "messages not stored");
                     (Err(NotStored::Failed), 0)
@@ -179,9 +187,6 @@ impl Worker {
             let (store, cursors) = (self.store.clone(), self.cursors.clone());
             let _ = store::blocking(move || {
                 write_cursors(&store, &cursors, waiting);
-                if let Err(e) = store.commit() {
-                    tracing::error!(error = %e, "device cursors not flushed");
-                }
                 Ok(())
             })
             .await;

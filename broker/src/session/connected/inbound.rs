@@ -113,6 +113,10 @@ impl Handler {
                 // The subscription holds either way; a plugin that failed to store its
                 // state said so in its log.
                 Owed::Subscribe(suback) => self.send(Packet::SubAck(*suback)),
+                Owed::Release { pkid, msg } => {
+                    self.send(Packet::PubRel(Ack::new(pkid)));
+                    self.ctx.hooks.on_acked(&self.info, &msg);
+                }
             }
         }
         None
@@ -137,18 +141,71 @@ impl Handler {
         None
     }
 
+    /// PUBREC for a delivery: the client has the message. A stored message's flow on a
+    /// persistent session is written as released before its PUBREL goes out (and the
+    /// message then counts as delivered), so a restarted broker sends the PUBREL
+    /// again, not the message; other flows are released at once.
+    pub(super) fn release(&mut self, pkid: u16, msg: Arc<Message>) -> Option<End> {
+        let receipt = match msg.tag {
+            Some(tag) if self.info.persistent => self.ctx.persist.released(&self.session.key, pkid, tag, &msg.topic),
+            _ => None,
+        };
+        let Some(receipt) = receipt else {
+            self.send(Packet::PubRel(Ack::new(pkid)));
+            self.ctx.hooks.on_acked(&self.info, &msg);
+            return None;
+        };
+        self.owed.push_back(OwedAck {
+            ack: Owed::Release { pkid, msg },
+            outcome: Outcome::Waiting(receipt),
+        });
+        None
+    }
+
+    /// PUBCOMP: the QoS 2 flow of a delivery is complete. A stored message's release
+    /// record is forgotten only once the plugin's cursor past it is on disk (until
+    /// then a restarted broker must still know the client has it).
+    pub(super) fn completed(&self, pkid: u16, msg: &Message) {
+        if msg.tag.is_none() || !self.info.persistent {
+            self.ctx.hooks.on_acked(&self.info, msg);
+            return;
+        }
+        // Acknowledged at release already; again for a flow released before a
+        // restart (idempotent), now with a receipt.
+        let receipt = self.ctx.hooks.on_acked_durably(&self.info, msg);
+        let (persist, key) = (self.ctx.persist.clone(), self.session.key.clone());
+        match receipt {
+            None => persist.completed(&key, pkid),
+            Some(receipt) => {
+                tokio::spawn(async move {
+                    if let Ok(Ok(())) = receipt.await {
+                        persist.completed(&key, pkid);
+                    }
+                });
+            }
+        }
+    }
+
     /// Hands a client's message to the plugins, and routes it when they say so: the
     /// MQTT 5 reason code, or the receipt of a plugin that took it over.
     pub(super) fn route(&self, msg: Message) -> Outcome {
         let code = match self.ctx.hooks.on_publish(&self.info, &msg) {
-            PublishDecision::Route => match self.ctx.router.publish(Arc::new(msg)) {
-                Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
-                Ok(_) => reason::SUCCESS,
-                Err(RetainedFull) => {
-                    tracing::warn!(client_id = %self.info.client_id, "retained store full: message not retained");
-                    reason::QUOTA_EXCEEDED
+            PublishDecision::Route => {
+                let msg = Arc::new(msg);
+                match self.ctx.router.publish(msg.clone()) {
+                    // A retained message is acknowledged once it is on disk.
+                    Ok(_) if msg.retain => match self.ctx.persist.retain(&msg) {
+                        Some(receipt) if msg.qos != QoS::AtMostOnce => return Outcome::Waiting(receipt),
+                        _ => reason::SUCCESS,
+                    },
+                    Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
+                    Ok(_) => reason::SUCCESS,
+                    Err(RetainedFull) => {
+                        tracing::warn!(client_id = %self.info.client_id, "retained store full: message not retained");
+                        reason::QUOTA_EXCEEDED
+                    }
                 }
-            },
+            }
             PublishDecision::TakenOver(receipt) => return Outcome::Waiting(receipt),
             PublishDecision::Refuse | PublishDecision::Abstain => {
                 tracing::info!(

@@ -39,6 +39,9 @@ enum Owed {
     Publish { pkid: u16, qos: QoS },
     /// A SUBACK waiting for a plugin to make the subscription's state durable.
     Subscribe(Box<SubAck>),
+    /// The PUBREL of a stored message's QoS 2 flow, waiting for the release to be on
+    /// disk; then the message counts as delivered (`msg` to the plugins).
+    Release { pkid: u16, msg: Arc<Message> },
 }
 
 enum Outcome {
@@ -160,6 +163,7 @@ impl Handler {
         }
         drop(st);
         self.ctx.hooks.on_connected(&self.info, &self.session, present);
+        self.session.end_hold();
         self
     }
 
@@ -329,7 +333,11 @@ impl Handler {
                     // MQTT 5: the receiver refused it; the flow ends here.
                     st.inflight.complete(a.pkid, Stage::Published);
                     None
-                } else if st.inflight.release(a.pkid) || st.inflight.is_released(a.pkid) {
+                } else if let Some(o) = st.inflight.release(a.pkid) {
+                    let msg = o.delivery.msg.clone();
+                    drop(st);
+                    return self.release(a.pkid, msg);
+                } else if st.inflight.is_released(a.pkid) {
                     Some(Ack::new(a.pkid))
                 } else {
                     Some(Ack::with_reason(a.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND))
@@ -342,7 +350,7 @@ impl Handler {
             Packet::PubComp(a) => {
                 let done = self.session.lock().inflight.complete(a.pkid, Stage::Released);
                 if let Some(o) = done {
-                    self.ctx.hooks.on_acked(&self.info, &o.delivery.msg);
+                    self.completed(a.pkid, &o.delivery.msg);
                 }
             }
             Packet::PubRel(a) => {

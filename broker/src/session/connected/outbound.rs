@@ -27,10 +27,29 @@ impl Handler {
             if d.msg.is_expired(now) {
                 continue;
             }
-            let pkid = if d.qos == QoS::AtMostOnce {
-                0
-            } else {
-                st.inflight.next_pkid()
+            let pkid = match (d.qos, d.msg.tag) {
+                (QoS::AtMostOnce, _) => 0,
+                (QoS::ExactlyOnce, Some(tag)) => {
+                    if st.inflight.has_released(tag) {
+                        // Released before a restart: the client has it.
+                        continue;
+                    }
+                    let durable = self.ctx.router.durable();
+                    if !durable.covers(tag) && durable.wait(tag, &self.session) {
+                        // Not on disk yet: it, and what is queued behind it (in order),
+                        // wait; the store's progress wakes this connection.
+                        st.queue.push_front(d);
+                        return false;
+                    }
+                    match st.inflight.pkid_for(tag) {
+                        Some(pkid) => pkid,
+                        None => {
+                            st.queue.push_front(d);
+                            return false;
+                        }
+                    }
+                }
+                _ => st.inflight.next_pkid(),
             };
             let mut publish = publish_packet(self.protocol, &d, pkid, false, now);
             if publish.encoded_len(self.protocol) > self.client_max_packet as usize {

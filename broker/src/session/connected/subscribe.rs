@@ -60,7 +60,7 @@ impl Handler {
             properties: Properties::default(),
             codes,
         };
-        match all_of(receipts) {
+        match crate::hooks::all_of(receipts) {
             None if self.owed.is_empty() => self.send(Packet::SubAck(suback)),
             receipt => self.owed.push_back(OwedAck {
                 ack: Owed::Subscribe(Box::new(suback)),
@@ -111,24 +111,5 @@ impl Handler {
             self.will.as_deref(),
             disconnected,
         )
-    }
-}
-
-/// One receipt for several (rare: one subscription per plugin that stores something).
-fn all_of(mut receipts: Vec<Receipt>) -> Option<Receipt> {
-    match receipts.len() {
-        0 | 1 => receipts.pop(),
-        _ => {
-            let (done, all) = tokio::sync::oneshot::channel();
-            tokio::spawn(async move {
-                let mut stored = Ok(());
-                for r in receipts {
-                    let one = r.await.unwrap_or(Err(NotStored::Stopped));
-                    stored = stored.and(one);
-                }
-                let _ = done.send(stored);
-            });
-            Some(all)
-        }
     }
 }

@@ -203,7 +203,11 @@ fn a_crash_before_the_index_is_written_loses_nothing() {
         // Dropped without writing the index of 65..=100.
     }
     let s = Store::open(dir.path()).unwrap();
-    assert_eq!(s.next_message_id(), 101, "ids continue after the journal");
+    assert_eq!(
+        s.next_message_id(),
+        1 + ID_BLOCK,
+        "ids continue after the journal and the block reserved at the first open"
+    );
     assert_eq!(s.mailbox_after("bob", 0, 1000).unwrap().len(), 100);
     assert_eq!(
         hist(s.history("dm:alice:bob", None, None, 3).unwrap()),
@@ -243,7 +247,32 @@ fn messages_are_chunked_by_count_and_size() {
     assert_eq!(&s.message(42).unwrap().unwrap().payload[..], b"m42");
     drop(s);
     let s = Store::open(dir.path()).unwrap();
-    assert_eq!(s.next_message_id(), 601);
+    assert_eq!(s.next_message_id(), 1 + ID_BLOCK, "past the reserved block");
+}
+
+#[test]
+fn an_id_handed_out_is_never_handed_out_again_after_a_restart() {
+    assert_eq!(first_id(0, 0), (1, 1 + ID_BLOCK), "a new store");
+    assert_eq!(
+        first_id(500, 1 + ID_BLOCK),
+        (1 + ID_BLOCK, 1 + 2 * ID_BLOCK),
+        "ids up to the reservation may be out"
+    );
+    assert_eq!(
+        first_id(3 * ID_BLOCK, ID_BLOCK),
+        (3 * ID_BLOCK + 1, 4 * ID_BLOCK + 1),
+        "journal ahead (an old store)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let handed = {
+        let s = Store::open(dir.path()).unwrap();
+        let ids: Vec<u64> = (0..10).map(|_| s.next_message_id()).collect();
+        s.append(&[new(ids[0], None, &[], 1)]).unwrap();
+        ids
+    };
+    // Killed with ids 2..=10 handed out (delivered, maybe) but never stored.
+    let s = Store::open(dir.path()).unwrap();
+    assert!(s.next_message_id() > *handed.last().unwrap());
 }
 
 #[test]
@@ -292,7 +321,11 @@ fn a_schema_2_journal_is_read_after_the_upgrade() {
         s.meta.insert("schema_version", &2u32.to_be_bytes()).unwrap();
     }
     let s = Store::open(dir.path()).unwrap();
-    assert_eq!(s.next_message_id(), 6);
+    assert_eq!(
+        s.next_message_id(),
+        1 + ID_BLOCK,
+        "after the journal and the first open's block"
+    );
     let got = s.mailbox_after("bob", 0, 10).unwrap();
     assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     assert_eq!(&got[4].message.payload[..], b"m5");
