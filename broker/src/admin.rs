@@ -45,6 +45,11 @@ pub enum Request {
         user: String,
         name: String,
     },
+    /// Copy the store into a new one under `dest` (an absolute path), while the
+    /// broker runs or not (see `store::backup`).
+    Backup {
+        dest: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -62,6 +67,9 @@ pub struct Response {
     /// Expiry of a reset token (seconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// Records a backup copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
 }
 
 impl Response {
@@ -132,6 +140,15 @@ impl Admin {
             ..Response::default()
         };
         Ok(match req {
+            Request::Backup { dest } => {
+                tracing::info!(dest = %dest.display(), "admin: backup");
+                let records = st.store.backup(&dest)?;
+                tracing::info!(dest = %dest.display(), records, "backup written");
+                Response {
+                    records: Some(records),
+                    ..ok
+                }
+            }
             Request::UserAdd { name, password, admin } => {
                 tracing::info!(user = %name, admin, "admin: add user");
                 accounts::add(&st.store, &st.hasher, &name, password.as_bytes(), admin)?;

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod datakey;
 pub mod hooks;
 pub mod im;
 pub mod listener;

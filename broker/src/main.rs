@@ -12,7 +12,8 @@ use natterd::accounts::tokens::TokenIndex;
 use natterd::admin::{Admin, NoConnections, Request, Response};
 use natterd::config::Config;
 use natterd::control::{self, ControlError};
-use natterd::store::{Store, StoreError};
+use natterd::datakey::KeyError;
+use natterd::store::StoreError;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than glibc malloc: measured 30% less CPU per IM message (sled
@@ -55,6 +56,20 @@ enum Command {
     /// password (checked without argon2, so thousands of logins a second are cheap).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Encrypt the store again under a new data key (stop the broker first). With the
+    /// key file, the new key replaces it; with NATTER_DATA_KEY, the new key is printed
+    /// for you to set. An interrupted rekey is finished at the next start.
+    #[command(after_help = "Example: natterd rekey && natterd")]
+    Rekey,
+    /// Copy the store into DEST/store (a new directory), while the broker runs
+    /// (through its control socket) or not. The copy stays encrypted: it opens with
+    /// the same data key, which it does not contain.
+    #[command(after_help = "Example: natterd backup /backups/natter-$(date +%F)")]
+    Backup { dest: PathBuf },
+    /// Put a backup in place of the store (stop the broker first); the current store
+    /// is moved aside to store.before-restore-TIME.
+    #[command(after_help = "Example: natterd restore /backups/natter-2026-12-01")]
+    Restore { src: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +142,56 @@ fn run() -> Result<()> {
             runtime.block_on(admin(request, &config))
         }
         Command::Token(cmd) => runtime.block_on(admin(token_request(cmd), &config)),
+        Command::Rekey => rekey(&config),
+        Command::Backup { dest } => {
+            // The broker may run elsewhere than here: it gets an absolute path.
+            let dest = std::path::absolute(&dest).with_context(|| format!("the path {}", dest.display()))?;
+            runtime.block_on(admin(Request::Backup { dest }, &config))
+        }
+        Command::Restore { src } => restore(&src, &config),
+    }
+}
+
+fn restore(src: &Path, config: &Config) -> Result<()> {
+    let data_dir = &config.server.data_dir;
+    match natterd::store::restore(src, data_dir) {
+        Ok(aside) => {
+            if let Some(aside) = aside {
+                eprintln!("the store that was there is now {}", aside.display());
+            }
+            eprintln!("restored {} into {}", src.display(), data_dir.display());
+            Ok(())
+        }
+        Err(StoreError::Locked { path }) => {
+            bail!("the store {path} is in use: stop the broker, then run natterd restore")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn rekey(config: &Config) -> Result<()> {
+    let data_dir = &config.server.data_dir;
+    let options = natterd::server::store_options(&config.store);
+    match natterd::datakey::rekey(data_dir, &config.store, options) {
+        Ok((n, None)) => {
+            eprintln!(
+                "{n} records encrypted under a new data key, now in {}",
+                natterd::datakey::key_path(data_dir, &config.store).display()
+            );
+            Ok(())
+        }
+        Ok((n, Some(key))) => {
+            eprintln!(
+                "{n} records encrypted under a new data key: set {} to the key below before the next start",
+                natterd::datakey::KEY_ENV
+            );
+            println!("{}", key.to_hex());
+            Ok(())
+        }
+        Err(KeyError::Store(StoreError::Locked { path })) => {
+            bail!("the store {path} is in use: stop the broker, then run natterd rekey")
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -244,9 +309,10 @@ async fn admin(request: Request, config: &Config) -> Result<()> {
 /// No broker answers on the data dir: open the store and apply the request directly.
 fn offline(config: &Config, request: Request) -> Result<Response> {
     let data_dir = &config.server.data_dir;
-    let store = match Store::open_with(data_dir, natterd::server::store_options(&config.store)) {
+    let options = natterd::server::store_options(&config.store);
+    let store = match natterd::datakey::open_store(data_dir, &config.store, options) {
         Ok(s) => s,
-        Err(StoreError::Locked { path }) => bail!(
+        Err(KeyError::Store(StoreError::Locked { path })) => bail!(
             "the store {path} is locked by another process, and no broker answers on {}",
             control::socket_path(data_dir).display()
         ),
@@ -284,6 +350,11 @@ fn report(request: &Request, response: Response) {
             }
         }
         Request::TokenRevoke { user, name } => println!("revoked token {name} of {user}"),
+        Request::Backup { dest } => println!(
+            "backup of {} records written to {}",
+            response.records.unwrap_or(0),
+            dest.join("store").display()
+        ),
         Request::UserReset { name } => {
             eprintln!(
                 "reset token for {name}, valid until {} (Unix time), shown only once:",

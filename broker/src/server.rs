@@ -35,6 +35,8 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Key(#[from] crate::datakey::KeyError),
+    #[error(transparent)]
     Password(#[from] PasswordError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -76,6 +78,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, ServerError> {
 /// How `[store]` opens the store.
 pub fn store_options(c: &StoreConfig) -> StoreOptions {
     StoreOptions {
+        key: None,
+        old_keys: Vec::new(),
         sync: c.durability == Durability::Sync,
         cache_bytes: u64::from(c.cache_mib.get()) << 20,
         flush_every_ms: u64::from(c.flush_every_ms.get()),
@@ -94,8 +98,8 @@ pub async fn start_with(
     let data_dir = config.server.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
-        let options = store_options(&config.store);
-        tokio::task::spawn_blocking(move || Store::open_with(&dir, options)).await??
+        let (options, cfg) = (store_options(&config.store), config.store.clone());
+        tokio::task::spawn_blocking(move || crate::datakey::open_store(&dir, &cfg, options)).await??
     };
     let auth_cfg = config.auth.clone();
     // Registration is an IM API command: without the IM layer nobody registers.

@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts its own natterd on 127.0.0.1:0 with a temporary data
 //! dir and talks to it with rumqttc (3.1.1 and 5) or raw bytes.
 
+mod at_rest;
 mod auth;
 mod durability;
 mod hooks;

@@ -185,6 +185,16 @@ impl TestBroker {
         self
     }
 
+    /// Stops the broker and hands back its data dir and config (to look at the files,
+    /// or to start it again differently).
+    pub async fn stop_keeping(mut self) -> (tempfile::TempDir, Config) {
+        if let Some(b) = self.broker.take() {
+            b.shutdown().await;
+        }
+        let TestBroker { dir, config, .. } = self;
+        (dir, config)
+    }
+
     pub async fn stop(mut self) {
         if let Some(b) = self.broker.take() {
             b.shutdown().await;

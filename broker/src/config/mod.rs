@@ -61,6 +61,9 @@ pub struct StoreConfig {
     /// How often the store writes its buffers out on its own, in milliseconds (what
     /// `relaxed` may lose; `sync` flushes before each acknowledgement anyway).
     pub flush_every_ms: NonZeroU32,
+    /// The data key's file (relative to the data dir), created (mode 0600) on the
+    /// first start; `NATTER_DATA_KEY` instead when set. See [`crate::datakey`].
+    pub key_file: PathBuf,
 }
 
 /// Whether people can create their own accounts.

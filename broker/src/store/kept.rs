@@ -20,7 +20,7 @@ pub enum Kept {
 }
 
 impl Store {
-    fn kept_tree(&self, kind: Kept) -> &sled::Tree {
+    fn kept_tree(&self, kind: Kept) -> &super::SealedTree {
         match kind {
             Kept::Session => &self.sessions,
             Kept::Retained => &self.retained,
@@ -42,8 +42,7 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn delete_kept(&self, kind: Kept, key: &[u8]) -> Result<(), StoreError> {
-        self.kept_tree(kind).remove(key)?;
-        Ok(())
+        self.kept_tree(kind).remove(key)
     }
 
     /// Forgets every record whose key starts with `prefix`.
@@ -52,8 +51,8 @@ impl Store {
     /// I/O errors.
     pub fn delete_kept_prefix(&self, kind: Kept, prefix: &[u8]) -> Result<(), StoreError> {
         let tree = self.kept_tree(kind);
-        for kv in tree.scan_prefix(prefix) {
-            tree.remove(kv?.0)?;
+        for k in tree.keys_with_prefix(prefix) {
+            tree.remove(k?)?;
         }
         Ok(())
     }

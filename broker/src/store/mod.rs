@@ -7,6 +7,8 @@
 //! the questions asked per message (account exists, blocked, friends, group members)
 //! are answered from [`hot`]'s read-through caches and may stay inline.
 
+mod backup;
+mod check;
 mod hot;
 mod journal;
 mod kept;
@@ -14,6 +16,7 @@ mod keys;
 mod messages;
 mod migrate;
 mod route;
+mod sealed;
 mod social;
 mod tokens;
 mod users;
@@ -25,9 +28,12 @@ use std::path::Path;
 
 use thiserror::Error;
 
+pub use backup::restore;
 pub use kept::{Kept, KeptEntry};
 pub use messages::{MailboxEntry, MailboxMeta, MailboxPage, NewMessage, Replayed, Retention, StoredMessage};
 pub use route::{dm_conversation, group_conversation, Dest, Route, Suffix};
+pub use sealed::{BadKey, DataKey};
+use sealed::{SealedTree, Sealer};
 pub use social::{Contact, GroupRecord, Members, ResetRecord, Role};
 pub use tokens::TokenRecord;
 pub use users::UserRecord;
@@ -45,6 +51,18 @@ pub enum StoreError {
     Locked { path: String },
     #[error("store I/O error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("the store file {path} is damaged: {reason}")]
+    Damaged { path: String, reason: String },
+    #[error("cannot open the store {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("{path} is not a place for this: it already holds a store, or holds no backup")]
+    BackupTarget { path: String },
+    #[error("a record in {tree} cannot be decrypted: the data key is not this store's, or the file was altered")]
+    Undecryptable { tree: &'static str },
+    #[error("the store is encrypted and no data key was given (key file or NATTER_DATA_KEY)")]
+    KeyMissing,
+    #[error("the data key does not open this store (another store's key, or a mistyped one)")]
+    WrongKey,
     #[error("corrupt record in {tree}: {reason}")]
     Corrupt { tree: &'static str, reason: String },
     #[error("store schema version {found} is newer than this natterd supports ({supported})")]
@@ -76,9 +94,34 @@ pub async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
 }
 
+/// The trees whose values are sealed (see [`sealed`]).
+const SEALED_TREES: [&str; 7] = [
+    "journal", "contacts", "groups", "members", "sessions", "retained", "outgoing",
+];
+/// The meta record that tells whether a data key is this store's.
+const KEY_CHECK: &str = "key_check";
+const KEY_CHECK_TEXT: &[u8] = b"natter data key";
+
+/// Seals the plain values of one tree; how many.
+fn seal_plain(tree: &sled::Tree, name: &'static str, s: &Sealer) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        tree.insert(&k, s.seal(name, &k, &v)?)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// How the store is opened (from `[store]` in the configuration).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// The data key user content is sealed under (see [`sealed`]); `None` only for
+    /// tests and tools: a store sealed once refuses to open without it, and a plain
+    /// one opened with a key is sealed then.
+    pub key: Option<DataKey>,
+    /// Keys records may still be sealed under (an interrupted `rekey`).
+    pub old_keys: Vec<DataKey>,
     /// [`Store::commit`] flushes to disk (else it leaves that to the background flush).
     pub sync: bool,
     /// sled's page cache, in bytes.
@@ -91,6 +134,8 @@ impl Default for StoreOptions {
     /// As the embedded configuration: sync, 64 MiB of cache, a flush every 500 ms.
     fn default() -> StoreOptions {
         StoreOptions {
+            key: None,
+            old_keys: Vec::new(),
             sync: true,
             cache_bytes: 64 << 20,
             flush_every_ms: 500,
@@ -109,24 +154,24 @@ pub struct Store {
     users: sled::Tree,
     tokens: sled::Tree,
     token_names: sled::Tree,
-    messages: sled::Tree,
+    messages: SealedTree,
     mailbox: sled::Tree,
     mailbox_meta: sled::Tree,
     history: sled::Tree,
     cursors: sled::Tree,
-    contacts: sled::Tree,
+    contacts: SealedTree,
     blocks: sled::Tree,
-    groups: sled::Tree,
-    members: sled::Tree,
+    groups: SealedTree,
+    members: SealedTree,
     memberships: sled::Tree,
     invites: sled::Tree,
     resets: sled::Tree,
     /// Persistent MQTT sessions (see [`kept`]).
-    sessions: sled::Tree,
+    sessions: SealedTree,
     /// Retained messages (see [`kept`]).
-    retained: sled::Tree,
+    retained: SealedTree,
     /// Released QoS 2 flows of persistent sessions (see [`kept`]).
-    outgoing: sled::Tree,
+    outgoing: SealedTree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
     /// The first id not reserved on disk (see [`messages::ID_BLOCK`]).
@@ -139,6 +184,8 @@ pub struct Store {
     indexing: Arc<std::sync::Mutex<()>>,
     /// Answers every DM asks, kept in memory.
     hot: Arc<Hot>,
+    /// The last message known on disk, noted beside the files (see [`check`]).
+    check: Arc<check::Check>,
 }
 
 /// The in-memory answers of [`hot`].
@@ -191,7 +238,12 @@ impl Store {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(other) => return Err(StoreError::Sled(other)),
+                Err(other) => {
+                    return Err(StoreError::Open {
+                        path: path.display().to_string(),
+                        source: other,
+                    })
+                }
             }
         };
         let meta = db.open_tree("meta")?;
@@ -214,8 +266,41 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        let messages = db.open_tree("journal")?;
+        let sealer = options.key.as_ref().map(|k| Sealer::with_old(k, &options.old_keys));
+        let seal_existing = match (&sealer, meta.get(KEY_CHECK)?) {
+            (None, Some(_)) => return Err(StoreError::KeyMissing),
+            (Some(s), Some(check)) => {
+                s.open("meta", KEY_CHECK.as_bytes(), &check)
+                    .map_err(|_| StoreError::WrongKey)?;
+                false
+            }
+            (Some(_), None) => true,
+            (None, None) => false,
+        };
+        let tree = |name: &'static str| -> Result<SealedTree, StoreError> {
+            Ok(SealedTree::new(db.open_tree(name)?, name, sealer.clone()))
+        };
+        let messages = tree("journal")?;
+        if seal_existing {
+            // A new store, or one written before encryption: what is there is sealed
+            // now, before anything reads it.
+            if let Some(s) = &sealer {
+                let mut sealed = 0;
+                for name in SEALED_TREES {
+                    sealed += seal_plain(&db.open_tree(name)?, name, s)?;
+                }
+                if sealed > 0 {
+                    tracing::info!(
+                        records = sealed,
+                        "store encrypted at rest (it was written in the clear)"
+                    );
+                }
+                meta.insert(KEY_CHECK, s.seal("meta", KEY_CHECK.as_bytes(), KEY_CHECK_TEXT)?)?;
+            }
+        }
         let last_id = messages::last_message_id(&messages)?;
+        let check = check::Check::new(&path);
+        check.verify(&path.join("db"), last_id)?;
         let reserved = match meta.get(messages::IDS_RESERVED)? {
             None => 0,
             Some(v) => <[u8; 8]>::try_from(v.as_ref())
@@ -236,22 +321,23 @@ impl Store {
             mailbox_meta: db.open_tree("mailbox_meta")?,
             history: db.open_tree("history_index")?,
             cursors: db.open_tree("cursors")?,
-            contacts: db.open_tree("contacts")?,
+            contacts: tree("contacts")?,
             blocks: db.open_tree("blocks")?,
-            groups: db.open_tree("groups")?,
-            members: db.open_tree("members")?,
+            groups: tree("groups")?,
+            members: tree("members")?,
             memberships: db.open_tree("memberships")?,
             invites: db.open_tree("invites")?,
             resets: db.open_tree("resets")?,
-            sessions: db.open_tree("sessions")?,
-            retained: db.open_tree("retained")?,
-            outgoing: db.open_tree("outgoing")?,
+            sessions: tree("sessions")?,
+            retained: tree("retained")?,
+            outgoing: tree("outgoing")?,
             meta,
             next_id: Arc::new(AtomicU64::new(first_id)),
             ids_reserved: Arc::new(AtomicU64::new(reserve_to)),
             index: Arc::default(),
             indexing: Arc::default(),
             hot: Arc::default(),
+            check: Arc::new(check),
             sync: options.sync,
             failing: Arc::default(),
             db,
@@ -276,7 +362,9 @@ impl Store {
     /// # Errors
     /// I/O errors.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let id = self.check.before_flush();
         self.db.flush()?;
+        self.check.flushed(id, true);
         Ok(())
     }
 
@@ -288,9 +376,43 @@ impl Store {
     /// be on disk).
     pub fn commit(&self) -> Result<(), StoreError> {
         if self.sync {
+            let id = self.check.before_flush();
             self.db.flush()?;
+            self.check.flushed(id, false);
         }
         Ok(())
+    }
+
+    /// Seals every record again under `key` (those sealed under the store's key or
+    /// its old ones open), and flushes: `natterd rekey`, with the broker stopped. The
+    /// handle still seals under the old key afterwards: drop it and open the store
+    /// with `key`. Returns how many records were sealed again. Blocking.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyMissing`] on a store opened without a key; I/O errors and
+    /// records that do not open (then nothing is lost: opening with the old keys and
+    /// `key` among them finishes the job).
+    pub fn rekey(&self, key: &DataKey) -> Result<usize, StoreError> {
+        if self.messages.sealer().is_none() {
+            return Err(StoreError::KeyMissing);
+        }
+        let to = Sealer::new(key);
+        let mut n = 0;
+        for tree in [
+            &self.messages,
+            &self.contacts,
+            &self.groups,
+            &self.members,
+            &self.sessions,
+            &self.retained,
+            &self.outgoing,
+        ] {
+            n += tree.reseal(&to)?;
+        }
+        self.meta
+            .insert(KEY_CHECK, to.seal("meta", KEY_CHECK.as_bytes(), KEY_CHECK_TEXT)?)?;
+        self.db.flush()?;
+        Ok(n)
     }
 
     /// Whether [`Store::commit`] flushes.
@@ -349,5 +471,81 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::UnsupportedSchema { found: 99, .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod damaged {
+    use super::*;
+
+    /// A store with messages in its journal, flushed (so noted), then damaged by `f`.
+    fn damaged_store(f: impl FnOnce(&Path)) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let m = |id| {
+                NewMessage::from_mailboxes(
+                    id,
+                    Arc::new(StoredMessage {
+                        from: "alice".into(),
+                        ts: 1,
+                        payload: bytes::Bytes::from(vec![b'x'; 200]),
+                        user_properties: vec![],
+                        content_type: None,
+                    }),
+                    None,
+                    vec![],
+                )
+            };
+            for id in 1..=2000 {
+                s.append(&[m(id)]).unwrap();
+            }
+            s.flush().unwrap();
+        }
+        f(&dir.path().join("store"));
+        dir
+    }
+
+    fn refused(dir: &Path) -> String {
+        match std::panic::catch_unwind(|| Store::open(dir)) {
+            Err(_) => panic!("a damaged store panicked"),
+            Ok(Ok(_)) => panic!("a damaged store opened"),
+            Ok(Err(e)) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn truncated_garbled_or_unreadable_files_are_an_error_naming_the_file() {
+        let truncated = damaged_store(|s| {
+            let db = s.join("db");
+            let len = std::fs::metadata(&db).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&db)
+                .unwrap()
+                .set_len(len / 3)
+                .unwrap();
+        });
+        let e = refused(truncated.path());
+        assert!(e.contains("store/db") && e.contains("truncated or altered"), "{e}");
+        let garbled = damaged_store(|s| {
+            let db = s.join("db");
+            let mut bytes = std::fs::read(&db).unwrap();
+            for b in bytes.iter_mut().skip(64).step_by(7) {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&db, bytes).unwrap();
+        });
+        let e = refused(garbled.path());
+        assert!(e.contains("store/db"), "{e}");
+        let conf = damaged_store(|s| std::fs::write(s.join("conf"), b"\xff\x00garbage").unwrap());
+        let e = refused(conf.path());
+        assert!(e.contains("cannot open the store") && e.contains("/store"), "{e}");
+        let check = damaged_store(|s| std::fs::write(s.join("natter.check"), b"twelve").unwrap());
+        assert!(refused(check.path()).contains("natter.check"));
+        // An undamaged one opens, and a clean reopen keeps the check in step.
+        let fine = damaged_store(|_| {});
+        drop(Store::open(fine.path()).unwrap());
+        assert!(Store::open(fine.path()).is_ok());
     }
 }

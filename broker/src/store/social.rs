@@ -165,9 +165,9 @@ impl Store {
     /// # Errors
     /// [`StoreError::GroupExists`], I/O errors.
     pub fn create_group(&self, name: &str, rec: &GroupRecord) -> Result<(), StoreError> {
-        self.groups
-            .compare_and_swap(name, None as Option<&[u8]>, Some(enc("groups", rec)?))?
-            .map_err(|_| StoreError::GroupExists(name.to_owned()))?;
+        if !self.groups.insert_new(name, enc("groups", rec)?)? {
+            return Err(StoreError::GroupExists(name.to_owned()));
+        }
         self.set_member(name, &rec.owner, Some(Role::Owner))
     }
 

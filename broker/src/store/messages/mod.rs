@@ -272,7 +272,7 @@ const META_LAG: u64 = 4096;
 const INDEXED_THROUGH: &str = "indexed_through";
 
 /// The last id in the journal (0 when empty).
-pub(super) fn last_message_id(journal: &sled::Tree) -> Result<u64, StoreError> {
+pub(super) fn last_message_id(journal: &super::SealedTree) -> Result<u64, StoreError> {
     let Some((_, v)) = journal.last()? else {
         return Ok(0);
     };
@@ -351,6 +351,9 @@ impl Store {
             chunk.push(planned);
         }
         self.write_chunk(&chunk)?;
+        if let Some(last) = chunk.last() {
+            self.check.appended(last.id());
+        }
         let mut ix = self.index_state();
         let mut conversation = String::new();
         for m in batch {

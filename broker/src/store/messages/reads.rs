@@ -46,6 +46,7 @@ impl Store {
     #[cfg(test)]
     pub fn chunk_starts(&self) -> Vec<u64> {
         self.messages
+            .tree
             .iter()
             .keys()
             .filter_map(|k| Some(u64::from_be_bytes(k.ok()?.as_ref().try_into().ok()?)))

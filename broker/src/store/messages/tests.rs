@@ -1,5 +1,6 @@
 use super::encoding::*;
 use super::*;
+use crate::store::{DataKey, StoreOptions};
 
 fn msg(text: &str, ts: u64) -> StoredMessage {
     StoredMessage {
@@ -581,4 +582,82 @@ fn index_encodings_round_trip() {
     let ids = vec![1, 2, 300, u64::MAX];
     assert_eq!(decode_ids(&encode_ids(&ids).unwrap()).unwrap(), ids);
     assert!(decode_slots(b"\xff\xff").is_err(), "garbage is an error, not a panic");
+}
+
+fn keyed(key: &DataKey) -> StoreOptions {
+    StoreOptions {
+        key: Some(key.clone()),
+        ..StoreOptions::default()
+    }
+}
+
+/// Every file under `dir`, read whole.
+fn raw_files(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all.extend(raw_files(&p));
+        } else {
+            all.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    all
+}
+
+#[test]
+fn message_bodies_are_sealed_on_disk_and_open_only_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DataKey::generate();
+    let mut m = new(1, Some("dm:alice:bob"), &["bob"], 1);
+    Arc::make_mut(&mut m.message).payload = bytes::Bytes::from_static(b"a very secret sentence");
+    {
+        let s = Store::open_with(dir.path(), keyed(&key)).unwrap();
+        s.append(&[m]).unwrap();
+        s.flush().unwrap();
+        assert_eq!(&s.message(1).unwrap().unwrap().payload[..], b"a very secret sentence");
+    }
+    let raw = raw_files(dir.path());
+    assert!(
+        !raw.windows(22).any(|w| w == b"a very secret sentence"),
+        "the body is nowhere in the clear"
+    );
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::KeyMissing)));
+    assert!(matches!(
+        Store::open_with(dir.path(), keyed(&DataKey::generate())),
+        Err(StoreError::WrongKey)
+    ));
+    let s = Store::open_with(dir.path(), keyed(&key)).unwrap();
+    assert_eq!(&s.message(1).unwrap().unwrap().payload[..], b"a very secret sentence");
+}
+
+#[test]
+fn a_plain_store_is_sealed_when_first_opened_with_a_key_and_rekey_moves_it_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.append(&[new(1, Some("dm:alice:bob"), &["bob"], 1)]).unwrap();
+        s.flush().unwrap();
+    }
+    let (k1, k2) = (DataKey::generate(), DataKey::generate());
+    {
+        let s = Store::open_with(dir.path(), keyed(&k1)).unwrap();
+        assert_eq!(
+            &s.message(1).unwrap().unwrap().payload[..],
+            b"m1",
+            "sealed, and read back"
+        );
+        assert!(
+            s.messages.tree.iter().all(|kv| kv.unwrap().1[0] == 1),
+            "every chunk sealed"
+        );
+        assert!(s.rekey(&k2).unwrap() >= 1);
+    }
+    assert!(matches!(
+        Store::open_with(dir.path(), keyed(&k1)),
+        Err(StoreError::WrongKey)
+    ));
+    let s = Store::open_with(dir.path(), keyed(&k2)).unwrap();
+    assert_eq!(&s.message(1).unwrap().unwrap().payload[..], b"m1");
+    assert_eq!(s.history("dm:alice:bob", None, None, 10).unwrap().len(), 1);
 }
