@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use natterd::accounts::password::PasswordHasherConfig;
 use natterd::config::Config;
-use natterd::store::{GroupRecord, Role, Store, UserRecord};
+use natterd::store::{GroupRecord, Role, UserRecord};
 
 #[derive(Args)]
 pub struct SetupArgs {
@@ -44,7 +44,8 @@ pub fn run(a: &SetupArgs) -> Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::default_config(),
     };
-    let store = Store::open(&a.data)?;
+    // With the data key, as natterd opens it (created here on a new data dir).
+    let store = natterd::datakey::open_store(&a.data, &config.store, natterd::server::store_options(&config.store))?;
     let hash = PasswordHasherConfig::new(&config.auth)?.hash(a.password.as_bytes())?;
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?,

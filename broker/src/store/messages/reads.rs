@@ -36,6 +36,20 @@ impl Store {
             .collect())
     }
 
+    /// The journal's chunk count and first message id. A scan: for benchmarks and
+    /// tools, not the message path.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn journal_extent(&self) -> Result<(usize, Option<u64>), StoreError> {
+        let first = self
+            .messages
+            .tree
+            .first()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes));
+        Ok((self.messages.tree.len(), first))
+    }
+
     #[cfg(test)]
     pub(super) fn message(&self, id: u64) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self.messages(&[id])?.pop().flatten())

@@ -51,8 +51,9 @@ impl Store {
     /// its newest entry in the tree, always stays). Once over a count or byte bound,
     /// it is trimmed to 15/16 of it: large mailboxes in steps (once per many
     /// appends), small bounds stay exact. Whole index chunks are removed; one partly
-    /// dropped stays as it is (`dropped_up_to` says where the mailbox starts). Only
-    /// index entries go: the journal keeps messages for history.
+    /// dropped stays as it is (`dropped_up_to` says where the mailbox starts). The
+    /// journal follows once every mailbox has dropped a message
+    /// ([`Store::trim_journal`]).
     pub(super) fn apply_retention(
         &self,
         user: &str,
@@ -118,6 +119,40 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Removes journal chunks from its start while every message in them is gone from
+    /// every mailbox it went to (retention dropped it there, or the mailbox is empty)
+    /// and is indexed (`through`): the journal, history included, is bounded by the
+    /// mailboxes' retention. A message still in one mailbox keeps its chunk, and the
+    /// chunks after it. At most `max_chunks` per call; returns how many went.
+    pub(super) fn trim_journal(&self, through: u64, max_chunks: usize) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        while removed < max_chunks {
+            let Some(kv) = self.messages.iter().next() else {
+                break;
+            };
+            let (key, value) = kv?;
+            let chunk = journal::decode_chunk(&value)?;
+            if chunk.last().is_none_or(|m| m.id > through) {
+                break;
+            }
+            for m in &chunk {
+                for d in m.dests() {
+                    let meta = {
+                        let mut ix = self.index_state();
+                        self.mailbox_meta_in(&mut ix, d.user)?
+                    };
+                    let gone = m.id <= meta.dropped_up_to || meta.oldest_id.map_or(meta.count == 0, |o| o > m.id);
+                    if !gone {
+                        return Ok(removed);
+                    }
+                }
+            }
+            self.messages.remove(&key)?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// The mailbox index chunk of `user` holding `id`, with its key.

@@ -120,8 +120,9 @@ fn retention_by_count_bytes_and_age_at_index_time() {
         "the newest always stays"
     );
     assert_eq!(s.history("none", None, None, 10).unwrap(), vec![]);
-    // Retention drops index entries only: the messages stay for history.
-    assert_eq!(&s.message(1).unwrap().unwrap().payload[..], b"m1");
+    // Gone from the only mailbox it was in, a message leaves the journal too.
+    assert_eq!(s.message(1).unwrap(), None);
+    assert_eq!(&s.message(11).unwrap().unwrap().payload[..], b"m11");
 }
 
 #[test]
@@ -389,13 +390,13 @@ fn history_pages_across_chunks_and_memory() {
     let ab = Some("dm:alice:bob");
     // Index records of 3 and 4 ids; 8-10 still in memory; 11 elsewhere.
     for range in [1..=3, 4..=7] {
-        let batch: Vec<_> = range.map(|id| new(id, ab, &[], 1)).collect();
+        let batch: Vec<_> = range.map(|id| new(id, ab, &["bob"], 1)).collect();
         s.append(&batch).unwrap();
         s.index(WIDE).unwrap();
     }
-    let batch: Vec<_> = (8..=10).map(|id| new(id, ab, &[], 1)).collect();
+    let batch: Vec<_> = (8..=10).map(|id| new(id, ab, &["bob"], 1)).collect();
     s.append(&batch).unwrap();
-    s.append(&[new(11, Some("dm:alice:carol"), &[], 1)]).unwrap();
+    s.append(&[new(11, Some("dm:alice:carol"), &["carol"], 1)]).unwrap();
     let check = |s: &Store| {
         assert_eq!(
             hist(s.history("dm:alice:bob", None, None, 3).unwrap()),
@@ -660,4 +661,49 @@ fn a_plain_store_is_sealed_when_first_opened_with_a_key_and_rekey_moves_it_to_an
     let s = Store::open_with(dir.path(), keyed(&k2)).unwrap();
     assert_eq!(&s.message(1).unwrap().unwrap().payload[..], b"m1");
     assert_eq!(s.history("dm:alice:bob", None, None, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn the_journal_is_trimmed_as_every_mailbox_drops_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let small = Retention {
+        max_messages: 32,
+        max_bytes: 1 << 30,
+        max_age: u64::MAX,
+    };
+    // Message 1 also goes to carol, who keeps it: it holds the journal's start.
+    s.append(&[new(1, Some("dm:alice:bob"), &["bob", "carol"], 1)]).unwrap();
+    for id in 2..=2000 {
+        s.append(&[new(id, Some("dm:alice:bob"), &["bob"], id)]).unwrap();
+        if id % 50 == 0 {
+            s.index(small).unwrap();
+        }
+    }
+    s.index(small).unwrap();
+    assert_eq!(
+        s.messages.len(),
+        2000,
+        "nothing trimmed while carol still has message 1"
+    );
+    // carol's mailbox drops it too (her own traffic pushes it out).
+    // Each index write trims a bounded number of chunks: traffic goes on meanwhile.
+    for id in 2001..=2100 {
+        s.append(&[new(id, None, &["carol"], id)]).unwrap();
+        s.index(small).unwrap();
+    }
+    // Trimmed from its start up to bob's oldest kept message (~1969): carol's dropped
+    // ones after it stay until bob's go too.
+    let left = s.messages.len();
+    assert!(left <= 140, "the journal is bounded by retention: {left} chunks left");
+    // What is still in a mailbox is still readable; history keeps what is left.
+    let bob = s.mailbox_after("bob", 0, 1000).unwrap();
+    assert!(!bob.is_empty() && bob.len() <= 32);
+    assert!(bob.iter().all(|r| s.message(r.id).unwrap().is_some()));
+    let h = s.history("dm:alice:bob", None, None, 1000).unwrap();
+    assert!(!h.is_empty() && h.len() <= 80, "{}", h.len());
+    // And after a restart.
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.mailbox_after("bob", 0, 1000).unwrap().len(), bob.len());
 }
