@@ -315,6 +315,21 @@ impl Session {
             return Enqueued::Deferred;
         }
         if st.queue.len() >= self.max_queued() {
+            // A message kept in durable storage is never lost for this session: the
+            // slow consumer is disconnected, so its cursor stops before the message and
+            // the plugin replays it when the session comes back.
+            if delivery.msg.tag.is_some() {
+                if let Some(kick) = st.kick.take() {
+                    tracing::warn!(
+                        client_id = %self.key.client_id,
+                        user = self.key.username.as_deref().unwrap_or(""),
+                        queued = st.queue.len(),
+                        "session queue full: disconnecting the slow consumer; its stored messages wait for its return (nothing dropped)"
+                    );
+                    let _ = kick.send(Kick::SlowConsumer);
+                }
+                return Enqueued::Deferred;
+            }
             st.dropped += 1;
             if st.dropped.is_power_of_two() {
                 tracing::warn!(
@@ -324,16 +339,12 @@ impl Session {
                     "session queue full: dropping messages"
                 );
             }
-            // A message kept in durable storage is never silently lost for this session:
-            // the slow consumer is disconnected, so its cursor stops before the message
-            // and the plugin replays it when the session comes back.
-            let durable = delivery.msg.tag.is_some();
-            if self.overflow == OverflowPolicy::Disconnect || durable {
+            if self.overflow == OverflowPolicy::Disconnect {
                 if let Some(kick) = st.kick.take() {
                     let _ = kick.send(Kick::SlowConsumer);
                 }
             }
-            return if durable { Enqueued::Deferred } else { Enqueued::Dropped };
+            return Enqueued::Dropped;
         }
         st.queue.push_back(delivery);
         drop(st);
