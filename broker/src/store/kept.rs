@@ -37,6 +37,14 @@ impl Store {
         Ok(())
     }
 
+    /// The record under `key`, if any.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn get_kept(&self, kind: Kept, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.kept_tree(kind).get(key)?.map(|v| v.to_vec()))
+    }
+
     /// Forgets the record under `key`, if any.
     ///
     /// # Errors

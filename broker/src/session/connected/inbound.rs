@@ -166,20 +166,20 @@ impl Handler {
     /// record is forgotten only once the plugin's cursor past it is on disk (until
     /// then a restarted broker must still know the client has it).
     pub(super) fn completed(&self, pkid: u16, msg: &Message) {
-        if msg.tag.is_none() || !self.info.persistent {
+        let Some(tag) = msg.tag.filter(|_| self.info.persistent) else {
             self.ctx.hooks.on_acked(&self.info, msg);
             return;
-        }
+        };
         // Acknowledged at release already; again for a flow released before a
         // restart (idempotent), now with a receipt.
         let receipt = self.ctx.hooks.on_acked_durably(&self.info, msg);
         let (persist, key) = (self.ctx.persist.clone(), self.session.key.clone());
         match receipt {
-            None => persist.completed(&key, pkid),
+            None => persist.completed(&key, pkid, tag),
             Some(receipt) => {
                 tokio::spawn(async move {
                     if let Ok(Ok(())) = receipt.await {
-                        persist.completed(&key, pkid);
+                        persist.completed(&key, pkid, tag);
                     }
                 });
             }

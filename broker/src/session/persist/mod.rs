@@ -46,6 +46,9 @@ enum Op {
     Put(Kept, Vec<u8>, Vec<u8>, Option<oneshot::Sender<Stored>>),
     Delete(Kept, Vec<u8>, Option<oneshot::Sender<Stored>>),
     DeletePrefix(Kept, Vec<u8>),
+    /// Deletes a QoS 2 flow record if it is still the one of this stored message (the
+    /// packet id may have gone to another flow meanwhile).
+    DeleteFlow(Vec<u8>, u64),
     /// Resolves once everything before it is written.
     Barrier(oneshot::Sender<Stored>),
 }
@@ -130,14 +133,11 @@ impl Persister {
         self.send(tx, op, &key.client_id).then_some(receipt)
     }
 
-    /// The QoS 2 flow `pkid` of `key` is complete (PUBCOMP).
-    pub fn completed(&self, key: &SessionKey, pkid: u16) {
+    /// The QoS 2 flow `pkid` of `key`, for the stored message `tag`, is complete
+    /// (PUBCOMP): its record goes, unless the id carries another flow by then.
+    pub fn completed(&self, key: &SessionKey, pkid: u16, tag: u64) {
         if let Some(tx) = &self.tx {
-            self.send(
-                tx,
-                Op::Delete(Kept::Outgoing, outgoing_key(key, pkid), None),
-                &key.client_id,
-            );
+            self.send(tx, Op::DeleteFlow(outgoing_key(key, pkid), tag), &key.client_id);
         }
     }
 
@@ -192,6 +192,16 @@ pub struct OutgoingRecord {
     pub topic: String,
 }
 
+fn delete_flow(store: &Store, key: &[u8], tag: u64) -> Result<(), StoreError> {
+    let Some(bytes) = store.get_kept(Kept::Outgoing, key)? else {
+        return Ok(());
+    };
+    match opts().deserialize::<(Option<String>, String, OutgoingRecord)>(&bytes) {
+        Ok((_, _, record)) if record.tag != tag => Ok(()),
+        _ => store.delete_kept(Kept::Outgoing, key),
+    }
+}
+
 fn encode<T: serde::Serialize>(record: &T, what: &str) -> Option<Vec<u8>> {
     opts()
         .serialize(record)
@@ -218,6 +228,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Op>) {
                         store.delete_kept(kind, &key)
                     }
                     Op::DeletePrefix(kind, prefix) => store.delete_kept_prefix(kind, &prefix),
+                    Op::DeleteFlow(key, tag) => delete_flow(&store, &key, tag),
                     Op::Barrier(done) => {
                         receipts.push(done);
                         Ok(())
@@ -438,6 +449,41 @@ mod tests {
             1,
             "the expired one is forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_completed_flow_forgets_its_record_only_if_the_id_still_carries_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Persister::start(store.clone());
+        let key = record().key();
+        p.released(&key, 5, 10, "inbox/alice/dm/bob")
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        p.released(&key, 6, 11, "inbox/alice/dm/bob")
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        // A late completion of an earlier flow under id 5 leaves message 10's alone.
+        p.completed(&key, 5, 9);
+        p.sync().await;
+        let flows = load_outgoing(&store).unwrap();
+        assert_eq!(flows[&key].len(), 2);
+        p.completed(&key, 5, 10);
+        p.sync().await;
+        let flows = load_outgoing(&store).unwrap();
+        assert_eq!(
+            flows[&key].iter().map(|f| (f.pkid, f.tag)).collect::<Vec<_>>(),
+            vec![(6, 11)]
+        );
+        // The session's end forgets the rest.
+        p.restored(&record());
+        p.delete(&key);
+        p.sync().await;
+        assert!(load_outgoing(&store).unwrap().is_empty());
     }
 
     #[test]
