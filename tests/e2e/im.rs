@@ -1079,3 +1079,76 @@ async fn operator_rules_with_the_client_id_placeholder() {
     assert_eq!(suback(&mut w, "things/+/#").await, reason::NOT_AUTHORIZED);
     b.stop().await;
 }
+
+/// A slow device is disconnected with messages still queued in its session; retention
+/// then drops some of those from its mailbox. Back, it gets what its session held and
+/// a gap event that names only what it never gets: no id in the gap's range arrives.
+#[tokio::test]
+async fn a_gap_after_a_slow_consumer_returns_names_only_what_is_gone() {
+    let b = TestBroker::start_default(|c| {
+        c.im.mailbox_max_messages = 20.try_into().unwrap();
+        c.limits.max_queued_messages = 5.try_into().unwrap();
+    })
+    .await;
+    let mut c = connect_packet(Protocol::V5, Some("bob"), "bob-slow");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    c.properties.receive_maximum = Some(1);
+    let (mut bob, _) = Raw::connect(b.addr, c.clone()).await;
+    assert_eq!(bob.subscribe("inbox/bob/#", QoS::AtLeastOnce).await, 1);
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "a").await;
+    let send = |i: u16| publish_packet("dm/bob", QoS::AtLeastOnce, i + 1, format!("m{i}"));
+    // bob never acknowledges: one in flight, five queued, then he is disconnected.
+    for i in 0..10u16 {
+        alice.send(&send(i)).await;
+        assert!(matches!(alice.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
+    }
+    let _ = bob.until_closed().await;
+    b.wait_offline("bob").await;
+    // 30 more: retention (20) drops the oldest from his mailbox, those his session
+    // still holds among them.
+    for i in 10..40u16 {
+        alice.send(&send(i)).await;
+        assert!(matches!(alice.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
+    }
+    b.wait_until("retention ran", || {
+        b.store().mailbox_head("bob").is_ok_and(|(_, dropped)| dropped > 0)
+    })
+    .await;
+    let (mut bob, ack) = Raw::connect(b.addr, c).await;
+    assert!(ack.session_present);
+    let mut gap = None;
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = bob.recv_within(Duration::from_millis(500)).await {
+        let Packet::Publish(p) = p else { continue };
+        if p.topic.ends_with("/event/gap") {
+            let g: serde_json::Value = serde_json::from_slice(&p.payload).expect("gap json");
+            gap = Some((g["from"].as_u64().expect("from"), g["to"].as_u64().expect("to")));
+        } else {
+            let id: u64 = p
+                .properties
+                .user_properties
+                .iter()
+                .find(|(k, _)| k == "id")
+                .and_then(|(_, v)| v.parse().ok())
+                .expect("id");
+            got.push((String::from_utf8_lossy(&p.payload).into_owned(), id));
+        }
+        if p.qos != QoS::AtMostOnce {
+            bob.send(&Packet::PubAck(natter_shared::codec::Ack::new(p.pkid))).await;
+        }
+    }
+    let (from, to) = gap.expect("a gap event: retention dropped what bob never got");
+    for (text, id) in &got {
+        assert!(
+            !(from..=to).contains(id),
+            "{text} (id {id}) arrived, yet the gap {from}..={to} names it"
+        );
+    }
+    assert!(
+        got.iter().any(|(t, _)| t == "m0"),
+        "what his session held arrives: {got:?}"
+    );
+    assert!(got.iter().any(|(t, _)| t == "m39"), "and the newest: {got:?}");
+    b.stop().await;
+}

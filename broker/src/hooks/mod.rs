@@ -182,6 +182,11 @@ impl SessionView {
         self.session.deferred_from(epoch)
     }
 
+    /// See [`Session::held_up_to`].
+    pub fn held_up_to(&self, epoch: u64, bound: u64) -> Option<u64> {
+        self.session.held_up_to(epoch, bound)
+    }
+
     /// See [`Session::end_replay`].
     pub fn end_replay(&self, epoch: u64) {
         self.session.end_replay(epoch);

@@ -147,8 +147,13 @@ impl Replay {
             .entries
             .first()
             .map_or(dropped_up_to, |e| dropped_up_to.min(e.id - 1));
+        // What the session holds itself (its queue and in-flight window when the
+        // replay began) reaches the device: the gap starts after it.
+        let gone_from = self.session.held_up_to(self.epoch, lost_to).map_or(pos, |h| h.max(pos));
         let mut page = Page {
-            gap: (pos < lost_to).then(|| self.gap(pos + 1, lost_to)).flatten(),
+            gap: (gone_from < lost_to)
+                .then(|| self.gap(gone_from + 1, lost_to))
+                .flatten(),
             entries: stored.entries,
             read_up_to: stored.read_through.max(lost_to),
             caught_up: !stored.more,

@@ -422,6 +422,15 @@ impl Session {
             .map(|r| r.deferred_from)
     }
 
+    /// The highest tag at most `bound` that the session held (queued or in flight)
+    /// when replay `epoch` began: the connection delivers those itself, so a gap the
+    /// replay reports starts after it.
+    pub fn held_up_to(&self, epoch: u64, bound: u64) -> Option<u64> {
+        let st = self.lock();
+        let replay = st.replay.as_ref().filter(|r| r.epoch == epoch)?;
+        replay.held.iter().copied().filter(|&t| t <= bound).max()
+    }
+
     /// Ends replay `epoch` with nothing (more) to replay.
     pub fn end_replay(&self, epoch: u64) {
         let mut st = self.lock();
