@@ -142,7 +142,7 @@ pub async fn start_with(
     let mut list = plugins(&router, &store);
     list.push(Arc::new(auth));
     let writer = if config.im.enabled {
-        let presence = Arc::new(PresenceBook::new(router.clone()));
+        let presence = Arc::new(PresenceBook::with_store(router.clone(), store.clone()));
         let writer = Writer::start(
             store.clone(),
             router.clone(),

@@ -1152,3 +1152,24 @@ async fn a_gap_after_a_slow_consumer_returns_names_only_what_is_gone() {
     assert!(got.iter().any(|(t, _)| t == "m39"), "and the newest: {got:?}");
     b.stop().await;
 }
+
+/// After a restart everyone is offline, and a user seen before it keeps the last-seen
+/// time of then.
+#[tokio::test]
+async fn last_seen_outlives_a_restart() {
+    let b = TestBroker::start_default(|_| {}).await;
+    let mut alice = ImClient::connect(b.addr, "alice", "a").await;
+    let mut bob = ImClient::connect(b.addr, "bob", "b").await;
+    befriend(&mut alice, &mut bob).await;
+    drop(alice);
+    b.wait_offline("alice").await;
+    let before = bob.ok("presence.get", json!({ "user": "alice" })).await;
+    let seen = before["last_seen"].as_u64().expect("last seen before the restart");
+    drop(bob);
+    let b = b.restart().await;
+    let mut bob = ImClient::connect(b.addr, "bob", "b").await;
+    let after = bob.ok("presence.get", json!({ "user": "alice" })).await;
+    assert_eq!(after["status"], "offline");
+    assert_eq!(after["last_seen"].as_u64(), Some(seen), "{after}");
+    b.stop().await;
+}

@@ -11,6 +11,7 @@ use natter_shared::im;
 
 use crate::model::Message;
 use crate::router::Router;
+use crate::store::Store;
 
 /// One user's presence, kept for every user seen since the broker started: compact,
 /// since that is every online user and more.
@@ -39,6 +40,8 @@ impl UserPresence {
 
 pub struct PresenceBook {
     router: Router,
+    /// Where last-seen times outlive a restart (`None` in tests without a store).
+    store: Option<Store>,
     /// Boxed entries: at the map's usual load the empty buckets then cost a pointer,
     /// not a whole entry.
     users: Mutex<crate::FastMap<Box<str>, Box<UserPresence>>>,
@@ -50,7 +53,34 @@ impl PresenceBook {
     pub fn new(router: Router) -> PresenceBook {
         PresenceBook {
             router,
+            store: None,
             users: Mutex::new(crate::FastMap::default()),
+        }
+    }
+
+    /// With last-seen times kept in `store`: a user not seen since the broker
+    /// started is offline with the last-seen time noted before.
+    pub fn with_store(router: Router, store: Store) -> PresenceBook {
+        PresenceBook {
+            store: Some(store),
+            ..PresenceBook::new(router)
+        }
+    }
+
+    fn note_last_seen(&self, user: &str, secs: u64) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let user = user.to_owned();
+        let write = move || {
+            if let Err(e) = store.set_last_seen(&user, secs) {
+                tracing::warn!(user, error = %e, "last-seen time not kept");
+            }
+        };
+        // Off the runtime when there is one: a store write may wait for the disk.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 
@@ -108,6 +138,7 @@ impl PresenceBook {
             p.since = now_secs();
             let snapshot = p.to_api(user);
             drop(users);
+            self.note_last_seen(user, snapshot.since);
             self.publish(&snapshot);
         }
     }
@@ -145,13 +176,18 @@ impl PresenceBook {
         let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         match users.get(user) {
             Some(p) => p.to_api(user),
-            None => Presence {
-                user: user.to_owned(),
-                status: Status::Offline,
-                text: None,
-                since: 0,
-                last_seen: None,
-            },
+            None => {
+                drop(users);
+                // Seen before a restart, perhaps (a cached read).
+                let seen = self.store.as_ref().and_then(|s| s.last_seen(user).ok().flatten());
+                Presence {
+                    user: user.to_owned(),
+                    status: Status::Offline,
+                    text: None,
+                    since: seen.unwrap_or(0),
+                    last_seen: seen,
+                }
+            }
         }
     }
 }

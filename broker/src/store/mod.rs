@@ -159,6 +159,9 @@ pub struct Store {
     mailbox_meta: sled::Tree,
     history: sled::Tree,
     cursors: sled::Tree,
+    /// When each user was last seen online (Unix seconds), for presence after a
+    /// restart.
+    last_seen: sled::Tree,
     contacts: SealedTree,
     blocks: sled::Tree,
     groups: SealedTree,
@@ -321,6 +324,7 @@ impl Store {
             mailbox_meta: db.open_tree("mailbox_meta")?,
             history: db.open_tree("history_index")?,
             cursors: db.open_tree("cursors")?,
+            last_seen: db.open_tree("last_seen")?,
             contacts: tree("contacts")?,
             blocks: db.open_tree("blocks")?,
             groups: tree("groups")?,

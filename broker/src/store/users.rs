@@ -113,6 +113,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Notes when `user` was last seen online (Unix seconds).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn set_last_seen(&self, user: &str, secs: u64) -> Result<(), StoreError> {
+        self.last_seen.insert(user, &secs.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// When `user` was last seen online, if ever noted.
+    ///
+    /// # Errors
+    /// I/O errors; a malformed record is [`StoreError::Corrupt`].
+    pub fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        self.last_seen
+            .get(user)?
+            .map(|v| {
+                <[u8; 8]>::try_from(v.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        tree: "last_seen",
+                        reason: "not 8 bytes".into(),
+                    })
+            })
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
