@@ -88,6 +88,16 @@ fn write_key(path: &Path, key: &DataKey) -> Result<(), KeyError> {
     sync_dir(path).map_err(err)
 }
 
+/// Puts the new key file `pending` in place of `path`, durably.
+fn install_key(pending: &Path, path: &Path) -> Result<(), KeyError> {
+    fs::rename(pending, path)
+        .and_then(|()| sync_dir(path))
+        .map_err(|source| KeyError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 fn sync_dir(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => fs::File::open(dir)?.sync_all(),
@@ -159,14 +169,7 @@ pub fn open_store(data_dir: &Path, cfg: &StoreConfig, options: StoreOptions) -> 
         };
         let store = open_with(data_dir, options.clone(), new.clone(), old, &source)?;
         let n = store.rekey(&new)?;
-        fs::rename(&pending, &path).map_err(|source| KeyError::Write {
-            path: path.display().to_string(),
-            source,
-        })?;
-        sync_dir(&path).map_err(|source| KeyError::Write {
-            path: path.display().to_string(),
-            source,
-        })?;
+        install_key(&pending, &path)?;
         tracing::info!(records = n, path = %path.display(), "an interrupted rekey was finished");
         return Ok(store);
     }
@@ -225,13 +228,6 @@ pub fn rekey(data_dir: &Path, cfg: &StoreConfig, options: StoreOptions) -> Resul
     )?;
     let n = store.rekey(&new)?;
     drop(store);
-    fs::rename(&pending, &path).map_err(|source| KeyError::Write {
-        path: path.display().to_string(),
-        source,
-    })?;
-    sync_dir(&path).map_err(|source| KeyError::Write {
-        path: path.display().to_string(),
-        source,
-    })?;
+    install_key(&pending, &path)?;
     Ok((n, None))
 }

@@ -109,15 +109,7 @@ async fn nothing_users_wrote_is_in_the_clear_and_the_key_guards_the_store() {
 
     let broker = natterd::start(config).await.expect("starts with the new key");
     let addr = broker.local_addr();
-    let mut bob = ImClient::connect(addr, "bob", "bob-laptop").await;
-    let history = bob.ok("history", json!({ "with": "alice" })).await;
-    let texts: Vec<&str> = history["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["text"].as_str())
-        .collect();
-    assert_eq!(texts, [std::str::from_utf8(DM_BODY).expect("utf8")]);
+    assert_eq!(texts(addr).await, [std::str::from_utf8(DM_BODY).expect("utf8")]);
     let mut reader = Raw::login(addr, Protocol::V311, "bob", "bob-reader").await;
     reader.subscribe("status/#", QoS::AtMostOnce).await;
     assert_eq!(&reader.next_publish().await.payload[..], RETAINED_BODY);

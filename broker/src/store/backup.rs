@@ -66,24 +66,8 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<Option<std::path::PathBuf>
     }
     let target = data_dir.join("store");
     let aside = if target.exists() {
-        // Refuses while a broker holds it (a handle just dropped releases the lock
-        // from a background thread: a few tries).
-        let mut attempts = 0;
-        loop {
-            match sled::Config::new().path(&target).open() {
-                Ok(db) => break drop(db),
-                Err(sled::Error::Io(ref err)) if super::is_lock_error(err) && attempts < 10 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(sled::Error::Io(ref err)) if super::is_lock_error(err) => {
-                    return Err(StoreError::Locked {
-                        path: target.display().to_string(),
-                    })
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // Refuses while a broker holds it.
+        drop(super::open_db(&sled::Config::new().path(&target), &target)?);
         let aside = data_dir.join(format!("store.before-restore-{}", crate::clock::unix_ms() / 1000));
         std::fs::rename(&target, &aside).map_err(io)?;
         Some(aside)
