@@ -140,6 +140,9 @@ pub struct Store {
     sync: bool,
     /// Set by [`Store::fail_writes`]: message appends fail.
     failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Held by [`Store::stall_writes`]: message appends wait.
+    #[cfg(test)]
+    stall: Arc<(std::sync::Mutex<()>, AtomicU64)>,
     users: sled::Tree,
     tokens: sled::Tree,
     token_names: sled::Tree,
@@ -312,6 +315,8 @@ impl Store {
             check: Arc::new(check),
             sync: options.sync,
             failing: Arc::default(),
+            #[cfg(test)]
+            stall: Arc::default(),
             db,
         };
         if found == Some(1) {
@@ -399,7 +404,25 @@ impl Store {
         self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Makes message appends wait while the guard is held, as a slow disk would.
+    #[cfg(test)]
+    pub(crate) fn stall_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.stall.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many appends wait for [`Store::stall_writes`].
+    #[cfg(test)]
+    pub(crate) fn stalled_writes(&self) -> u64 {
+        self.stall.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn check_writable(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            self.stall.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(self.stall.0.lock().unwrap_or_else(|p| p.into_inner()));
+            self.stall.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
                 "write failure (injected)",

@@ -83,10 +83,11 @@ pub(super) fn take_waiting(cursors: &Cursors) -> Vec<Waiting> {
     waiting
 }
 
-/// Writes acknowledged cursors (on the blocking pool), then commits them and tells
-/// who waits. An entry leaves the map once written (unless it moved on meanwhile), so
-/// a replay reading the map, then the store, always finds it.
-pub(super) fn write_cursors(store: &Store, cursors: &Cursors, waiting: Vec<Waiting>) {
+/// Writes acknowledged cursors (on the blocking pool), not committed: returns who
+/// waits for them, told with [`tell`] once the commit is done. An entry leaves the
+/// map once written (unless it moved on meanwhile), so a replay reading the map, then
+/// the store, always finds it.
+pub(super) fn write_cursors(store: &Store, cursors: &Cursors, waiting: Vec<Waiting>) -> Vec<oneshot::Sender<Stored>> {
     let mut told = Vec::new();
     for (user, device, id, waiters) in waiting {
         if let Err(e) = store.advance_cursor(&user, &device, id) {
@@ -107,10 +108,11 @@ pub(super) fn write_cursors(store: &Store, cursors: &Cursors, waiting: Vec<Waiti
             }
         }
     }
-    let committed = store.commit().map_err(|e| {
-        tracing::error!(error = %e, "device cursors not flushed");
-        NotStored::Failed
-    });
+    told
+}
+
+/// Tells who waited for written cursors whether they were committed.
+pub(super) fn tell(told: Vec<oneshot::Sender<Stored>>, committed: Stored) {
     for w in told {
         let _ = w.send(committed);
     }

@@ -12,7 +12,11 @@
 //! recipient does not wait for the store, a publisher is never told "stored" before
 //! it is. Meanwhile the batches are "in flight": a device replayed then gets its
 //! messages from there (see [`Writer::in_flight`]), since it may have subscribed
-//! after they were routed and before they were stored. If storing fails, the
+//! after they were routed and before they were stored. Storing runs beside routing:
+//! while a group is on the blocking pool, what arrives is routed into the next group,
+//! which is stored once the one before is done (one at a time, in id order), so no
+//! message waits behind another group's flush to reach an online recipient. If
+//! storing fails, the
 //! publishers are refused (and may send again) although online devices already have
 //! the messages; they are not in the mailbox.
 //!
@@ -35,7 +39,8 @@
 //!
 //! Device cursors are written from here too: an acknowledgement updates an in-memory
 //! map at once (read by replays) and is written after the next store, one write per
-//! device; an acknowledgement wakes the writer through a [`Notify`] (no queue).
+//! device, committed with the group's messages (one flush for both); an
+//! acknowledgement wakes the writer through a [`Notify`] (no queue).
 //!
 //! The channel into the writer holds at most `[im] writer_queue` messages. Every
 //! client's message waits for its receipt (QoS 0 included), so a client has at most
@@ -56,7 +61,7 @@ use super::presence::PresenceBook;
 use crate::hooks::{NotStored, Receipt, Stored};
 use crate::model::Message;
 use crate::router::{Head, Router};
-use crate::store::{self, NewMessage, Replayed, Retention, Store, StoreError};
+use crate::store::{NewMessage, Replayed, Retention, Store, StoreError};
 use crate::FastMap;
 
 /// The writer's bounds (from `[im]` in the configuration).

@@ -107,6 +107,37 @@ async fn batches_are_in_flight_between_routing_and_storing() {
     writer.stop().await;
 }
 
+/// Storing a group does not hold back the next: while the store waits for its disk,
+/// what arrives is routed (in flight) at once, and stored after, in id order.
+#[tokio::test(flavor = "current_thread")]
+async fn routing_goes_on_while_a_group_is_stored() {
+    let (_dir, store, writer) = start(|l| l);
+    let stall = store.stall_writes();
+    let first = writer.post(post("bob"), true).unwrap().unwrap();
+    until(|| store.stalled_writes() == 1).await;
+    let second = writer.post(post("bob"), true).unwrap().unwrap();
+    until(|| writer.in_flight("bob", 0).len() == 2).await;
+    let third = writer.post(post("bob"), true).unwrap().unwrap();
+    until(|| writer.in_flight("bob", 0).len() == 3).await;
+    assert!(
+        store.mailbox_after("bob", 0, 10).unwrap().is_empty(),
+        "the disk is stalled"
+    );
+    drop(stall);
+    for r in [first, second, third] {
+        assert_eq!(r.await.unwrap(), Ok(()), "stored");
+    }
+    let stored = store.mailbox_after("bob", 0, 10).unwrap();
+    assert_eq!(stored.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        store.chunk_starts(),
+        vec![1, 2],
+        "the first alone, then what arrived meanwhile"
+    );
+    until(|| writer.in_flight("bob", 0).is_empty()).await;
+    writer.stop().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn acknowledged_cursors_are_read_at_once_and_written_behind() {
     let (_dir, store, writer) = start(|l| l);
