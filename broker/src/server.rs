@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::accounts::guard::LoginGuard;
+use crate::accounts::kept;
 use crate::accounts::password::{PasswordError, PasswordHasherConfig};
 use crate::accounts::tokens::TokenIndex;
 use crate::acl::plain::PlainAcl;
@@ -64,6 +65,10 @@ pub struct RunningBroker {
     writer: Option<Writer>,
     router: Router,
     socket_path: PathBuf,
+    /// The login guard, whose state is written behind by `guard_task` and once more
+    /// at shutdown.
+    guard: Arc<LoginGuard>,
+    guard_task: JoinHandle<()>,
 }
 
 /// Opens the store, binds the listener and starts serving with the default plugins
@@ -105,10 +110,16 @@ pub async fn start_with(
     // Registration is an IM API command: without the IM layer nobody registers.
     let registration_open = config.im.enabled && config.im.registration == Registration::Open;
     let store2 = store.clone();
-    let guard = Arc::new(LoginGuard::new(&config.auth));
+    let guard = Arc::new(LoginGuard::new(&config.auth, config.im.registrations_per_hour.get()));
     let guard2 = guard.clone();
+    let guard_kept = guard.clone();
     let (auth, tokens) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
         let tokens = TokenIndex::load(&store2)?;
+        // Throttled addresses stay throttled across a restart.
+        let throttled = guard2.restore(&store2)?;
+        if throttled > 0 {
+            tracing::info!(records = throttled, "login throttle state restored");
+        }
         Ok((
             PasswordAuth::new(store2, tokens.clone(), &auth_cfg, guard2, registration_open)?,
             tokens,
@@ -212,6 +223,7 @@ pub async fn start_with(
         ctx,
         tracker,
     };
+    let guard_task = tokio::spawn(kept::keep(guard_kept.clone(), store.clone()));
     let accept_task = tokio::spawn(listener.run(shutdown_rx.clone()));
     let control_task = tokio::spawn(control::serve(unix, admin, owner_uid, shutdown_rx));
     tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "natterd listening");
@@ -227,6 +239,8 @@ pub async fn start_with(
         writer,
         router,
         socket_path,
+        guard: guard_kept,
+        guard_task,
     })
 }
 
@@ -280,6 +294,13 @@ impl RunningBroker {
             writer.stop().await;
         }
         self.persist.sync().await;
+        self.guard_task.abort();
+        let (guard, store) = (self.guard.clone(), self.store.clone());
+        match tokio::task::spawn_blocking(move || guard.save(&store)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "login throttle state not written at shutdown"),
+            Err(e) => tracing::error!(error = %e, "login throttle writer failed at shutdown"),
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}

@@ -1,8 +1,8 @@
 //! Authentication: good and bad credentials on both versions, anonymous access,
 //! throttling, and session identity (user, client id).
 
-use natter_e2e::{connect_packet, v3, v5, Raw, TestBroker};
-use natter_shared::codec::{reason, Packet, Protocol};
+use natter_e2e::{connect_packet, publish_packet, v3, v5, Raw, TestBroker};
+use natter_shared::codec::{reason, Packet, Protocol, QoS};
 use std::time::Duration;
 
 #[tokio::test]
@@ -329,5 +329,63 @@ async fn deleting_a_connected_user_closes_their_connections() {
     assert!(carol3.until_closed().await.is_empty(), "3.1.1: closed");
     let (_, ack) = Raw::connect(b.addr, connect_packet(Protocol::V5, Some("carol"), "again")).await;
     assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD, "the account is gone");
+    b.stop().await;
+}
+
+/// The login throttle and the registrations per address outlive a restart: a locked
+/// address is still locked after it (its right password refused), an address that
+/// used its registrations cannot register again, and other addresses are untouched.
+#[tokio::test]
+async fn throttle_and_registration_state_outlive_a_restart() {
+    use std::net::Ipv4Addr;
+    let b = TestBroker::start_default(|c| {
+        c.auth.throttle_free_failures = 1;
+        c.auth.throttle_base_delay_ms = 60_000;
+        c.im.registration = natterd::config::Registration::Open;
+        c.im.registrations_per_hour = 1.try_into().unwrap();
+    })
+    .await;
+    let (guesser, registrar, elsewhere) = (
+        Ipv4Addr::new(127, 0, 0, 5),
+        Ipv4Addr::new(127, 0, 0, 6),
+        Ipv4Addr::new(127, 0, 0, 7),
+    );
+    for _ in 0..2 {
+        let mut bad = connect_packet(Protocol::V5, Some("carol"), "c");
+        bad.password = Some(bytes::Bytes::from_static(b"guess"));
+        let (_, ack) = Raw::connect_from(b.addr, guesser, bad).await;
+        assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    }
+    let (_, ack) = Raw::connect_from(b.addr, guesser, connect_packet(Protocol::V5, Some("carol"), "c")).await;
+    assert_eq!(ack.code, reason::CONNECTION_RATE_EXCEEDED, "locked before the restart");
+    let register = |user: &str, from: Ipv4Addr, addr| {
+        let user = user.to_owned();
+        async move {
+            let (mut anon, ack) = Raw::connect_from(addr, from, connect_packet(Protocol::V5, None, &user)).await;
+            assert_eq!(ack.code, 0);
+            assert_eq!(anon.subscribe("register/r", QoS::AtLeastOnce).await, 1);
+            let body = serde_json::json!({ "user": user, "password": "a-good-password", "reply": "r" }).to_string();
+            anon.send(&publish_packet("api/account.register", QoS::AtLeastOnce, 2, body))
+                .await;
+            let answer = anon.next_publish().await;
+            serde_json::from_slice::<serde_json::Value>(&answer.payload).unwrap()
+        }
+    };
+    let r = register("newbie1", registrar, b.addr).await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    let b = b.restart().await;
+    let (_, ack) = Raw::connect_from(b.addr, guesser, connect_packet(Protocol::V5, Some("carol"), "c")).await;
+    assert_eq!(
+        ack.code,
+        reason::CONNECTION_RATE_EXCEEDED,
+        "still locked after the restart"
+    );
+    let (_, ack) = Raw::connect_from(b.addr, elsewhere, connect_packet(Protocol::V5, Some("carol"), "c")).await;
+    assert_eq!(ack.code, reason::SUCCESS, "other addresses are not locked");
+    let r = register("newbie2", registrar, b.addr).await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    let r = register("newbie3", elsewhere, b.addr).await;
+    assert_eq!(r["ok"], true, "{r}");
     b.stop().await;
 }

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub mod guard;
+pub mod kept;
 pub mod password;
+pub mod registrations;
 pub mod reset;
 pub mod throttle;
 pub mod tokens;

@@ -13,18 +13,60 @@
 //! one subscriber usually holds.
 //!
 //! The table is bounded: beyond `max_entries` the least recently failed key is evicted.
+//!
+//! It outlives a restart: changed keys are noted and written behind (see
+//! [`super::kept`]), and read back at start, so restarting the broker does not hand a
+//! guesser fresh attempts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::kept::{decode, encode, Wall};
 use crate::config::AuthConfig;
+use crate::store::GuardChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
+pub(super) enum Key {
     User(String),
     Addr(IpAddr),
+}
+
+impl Key {
+    /// As written: a kind byte (`u` user name, `a` address), then the name or address.
+    fn to_bytes(&self) -> Vec<u8> {
+        let (kind, text) = match self {
+            Key::User(u) => (b'u', u.clone()),
+            Key::Addr(a) => (b'a', a.to_string()),
+        };
+        let mut out = vec![kind];
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Key> {
+        let (&kind, rest) = bytes.split_first()?;
+        let text = std::str::from_utf8(rest).ok()?;
+        match kind {
+            b'u' => Some(Key::User(text.to_owned())),
+            b'a' => text.parse().ok().map(Key::Addr),
+            _ => None,
+        }
+    }
+
+    /// Whether a written key is one of the throttle's.
+    pub(super) fn is_throttle(bytes: &[u8]) -> bool {
+        matches!(bytes.first(), Some(b'u' | b'a'))
+    }
+}
+
+/// An entry as written: times as Unix milliseconds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Written {
+    failures: u32,
+    last_failure_ms: u64,
+    locked_until_ms: Option<u64>,
 }
 
 /// The key of a source address: IPv4 as is, IPv6 by its /64 prefix.
@@ -55,6 +97,9 @@ pub struct Throttle {
     max: Duration,
     max_entries: usize,
     table: Mutex<HashMap<Key, Entry>>,
+    /// Keys changed (or removed) since the state was last written; locked after
+    /// `table` when both are.
+    dirty: Mutex<HashSet<Key>>,
 }
 
 impl Throttle {
@@ -65,6 +110,7 @@ impl Throttle {
             max: Duration::from_secs(cfg.throttle_max_delay_secs),
             max_entries: cfg.throttle_max_entries.get(),
             table: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
         }
     }
 
@@ -105,9 +151,11 @@ impl Throttle {
 
     /// Counts one failure at `key`; `at_once`: lock it now, free failures or not.
     fn count(&self, table: &mut HashMap<Key, Entry>, key: Key, now: Instant, at_once: bool) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
         if !table.contains_key(&key) && table.len() >= self.max_entries {
-            evict_oldest(table);
+            dirty.extend(evict_oldest(table));
         }
+        dirty.insert(key.clone());
         let e = table.entry(key).or_insert(Entry {
             failures: 0,
             last_failure: now,
@@ -133,18 +181,74 @@ impl Throttle {
     /// so one good account does not unlock guessing at others from the same address).
     pub fn success(&self, user: Option<&str>) {
         if let Some(u) = user {
-            self.table
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&Key::User(u.to_owned()));
+            let key = Key::User(u.to_owned());
+            let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            if table.remove(&key).is_some() {
+                self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+            }
         }
+    }
+
+    /// The changes since the last call, as records to write (`wall`: now, on both
+    /// clocks). Taken: a write that fails gives them back with [`Throttle::unsaved`].
+    pub(super) fn changes(&self, wall: &Wall) -> Vec<GuardChange> {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        dirty
+            .into_iter()
+            .map(|key| {
+                let value = table.get(&key).and_then(|e| {
+                    encode(&Written {
+                        failures: e.failures,
+                        last_failure_ms: wall.ms(e.last_failure),
+                        locked_until_ms: e.locked_until.map(|t| wall.ms(t)),
+                    })
+                });
+                (key.to_bytes(), value)
+            })
+            .collect()
+    }
+
+    /// Changes that could not be written: noted again, for the next write.
+    pub(super) fn unsaved(&self, changes: &[GuardChange]) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        dirty.extend(changes.iter().filter_map(|(k, _)| Key::from_bytes(k)));
+    }
+
+    /// Takes back a written entry (at start). Returns false for one that is
+    /// unreadable or so old it would be forgotten anyway: the caller removes it.
+    /// A lock ends no later than `max_delay` from now, whatever was written.
+    pub(super) fn restore(&self, key: &[u8], value: &[u8], wall: &Wall) -> bool {
+        let (Some(key), Some(w)) = (Key::from_bytes(key), decode::<Written>(value)) else {
+            return false;
+        };
+        let last_failure = wall.instant(w.last_failure_ms);
+        if wall.now.saturating_duration_since(last_failure) > self.max.max(self.base) * 2 {
+            return false;
+        }
+        let latest = wall.now.checked_add(self.max).unwrap_or(wall.now);
+        let entry = Entry {
+            failures: w.failures,
+            last_failure: last_failure.min(wall.now),
+            locked_until: w.locked_until_ms.map(|ms| wall.instant(ms).min(latest)),
+        };
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.contains_key(&key) && table.len() >= self.max_entries {
+            return false;
+        }
+        table.insert(key, entry);
+        true
     }
 }
 
-fn evict_oldest(table: &mut HashMap<Key, Entry>) {
-    if let Some(k) = table.iter().min_by_key(|(_, e)| e.last_failure).map(|(k, _)| k.clone()) {
-        table.remove(&k);
-    }
+/// Evicts the least recently failed key; returns it.
+fn evict_oldest(table: &mut HashMap<Key, Entry>) -> Option<Key> {
+    let k = table
+        .iter()
+        .min_by_key(|(_, e)| e.last_failure)
+        .map(|(k, _)| k.clone())?;
+    table.remove(&k);
+    Some(k)
 }
 
 #[cfg(test)]

@@ -206,7 +206,7 @@ mod tests {
 
     impl Fixture {
         fn auth(&self, registration_open: bool) -> PasswordAuth {
-            let guard = Arc::new(LoginGuard::new(&self.cfg));
+            let guard = Arc::new(LoginGuard::new(&self.cfg, 10));
             PasswordAuth::new(
                 self.store.clone(),
                 self.tokens.clone(),

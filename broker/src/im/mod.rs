@@ -48,7 +48,6 @@ pub struct ImState {
     pub hasher: PasswordHasherConfig,
     /// For admin commands: the same handling as the control socket's.
     pub admin: Admin,
-    pub registrations: api::account::RegistrationLimiter,
     /// Throttle and argon2 pool, shared with CONNECT's password checks.
     pub guard: Arc<LoginGuard>,
     /// API requests handled at once (`im.api_workers`).
@@ -97,7 +96,6 @@ impl ImPlugin {
             state: Arc::new(ImState {
                 mailboxes: Mailboxes::new(store.clone(), writer),
                 presence,
-                registrations: api::account::RegistrationLimiter::new(config.registrations_per_hour.get()),
                 hasher: admin.hasher.clone(),
                 api_slots: Arc::new(Semaphore::new(config.api_workers.get())),
                 guard,

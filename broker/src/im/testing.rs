@@ -72,7 +72,7 @@ pub fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
     )
     .unwrap();
     let hasher = password::PasswordHasherConfig::new(&cfg.auth).unwrap();
-    let guard = Arc::new(LoginGuard::new(&cfg.auth));
+    let guard = Arc::new(LoginGuard::new(&cfg.auth, cfg.im.registrations_per_hour.get()));
     for u in ["alice", "bob", "carol", "dave"] {
         accounts::add(&store, &hasher, u, format!("pw-{u}").as_bytes(), false).unwrap();
     }

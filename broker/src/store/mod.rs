@@ -9,6 +9,7 @@
 
 mod backup;
 mod check;
+mod guard;
 mod hot;
 mod journal;
 mod kept;
@@ -29,6 +30,7 @@ use std::path::Path;
 use thiserror::Error;
 
 pub use backup::restore;
+pub use guard::{GuardChange, GuardRecord};
 pub use kept::{Kept, KeptEntry};
 pub use messages::{MailboxEntry, MailboxMeta, MailboxPage, NewMessage, Replayed, Retention, StoredMessage};
 pub use route::{dm_conversation, group_conversation, Dest, Route, Suffix};
@@ -140,9 +142,9 @@ pub struct Store {
     sync: bool,
     /// Set by [`Store::fail_writes`]: message appends fail.
     failing: Arc<std::sync::atomic::AtomicBool>,
-    /// Held by [`Store::stall_writes`]: message appends wait.
+    /// Set by [`Store::stall_writes`]: message appends wait (and how many do).
     #[cfg(test)]
-    stall: Arc<(std::sync::Mutex<()>, AtomicU64)>,
+    stall: Arc<(std::sync::atomic::AtomicBool, AtomicU64)>,
     users: sled::Tree,
     tokens: sled::Tree,
     token_names: sled::Tree,
@@ -154,6 +156,8 @@ pub struct Store {
     /// When each user was last seen online (Unix seconds), for presence after a
     /// restart.
     last_seen: sled::Tree,
+    /// The login guard's state (see [`guard`]).
+    guard: sled::Tree,
     contacts: SealedTree,
     blocks: sled::Tree,
     groups: SealedTree,
@@ -296,6 +300,7 @@ impl Store {
             history: db.open_tree("history_index")?,
             cursors: db.open_tree("cursors")?,
             last_seen: db.open_tree("last_seen")?,
+            guard: db.open_tree("guard")?,
             contacts: tree("contacts")?,
             blocks: db.open_tree("blocks")?,
             groups: tree("groups")?,
@@ -404,10 +409,10 @@ impl Store {
         self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Makes message appends wait while the guard is held, as a slow disk would.
+    /// Makes message appends wait until called with `false`, as a slow disk would.
     #[cfg(test)]
-    pub(crate) fn stall_writes(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.stall.0.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn stall_writes(&self, stalled: bool) {
+        self.stall.0.store(stalled, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many appends wait for [`Store::stall_writes`].
@@ -420,7 +425,9 @@ impl Store {
         #[cfg(test)]
         {
             self.stall.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(self.stall.0.lock().unwrap_or_else(|p| p.into_inner()));
+            while self.stall.0.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             self.stall.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {

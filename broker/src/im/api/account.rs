@@ -1,11 +1,6 @@
 //! account.passwd, account.whoami, account.register (when registration is open) and
 //! account.reset (with a one-time token an admin issued).
 
-use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use natter_shared::api::ErrorCode;
 use serde_json::json;
 
@@ -15,47 +10,6 @@ use crate::accounts::{self, AccountError};
 use crate::accounts::{password, reset};
 use crate::config::Registration;
 use crate::store::StoreError;
-
-/// Registrations per source address in the last hour, bounded in addresses.
-pub struct RegistrationLimiter {
-    per_hour: u32,
-    seen: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-}
-
-const MAX_TRACKED: usize = 100_000;
-
-impl RegistrationLimiter {
-    pub fn new(per_hour: u32) -> RegistrationLimiter {
-        RegistrationLimiter {
-            per_hour,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts an attempt; false when the address is over its hourly quota.
-    pub fn allow(&self, ip: IpAddr) -> bool {
-        self.allow_at(ip, Instant::now())
-    }
-
-    /// [`RegistrationLimiter::allow`] at a given time: the window is the hour before
-    /// `now`, sliding.
-    fn allow_at(&self, ip: IpAddr, now: Instant) -> bool {
-        let hour = Duration::from_secs(3600);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_TRACKED {
-            seen.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < hour));
-        }
-        let q = seen.entry(ip).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= hour) {
-            q.pop_front();
-        }
-        if q.len() >= self.per_hour as usize {
-            return false;
-        }
-        q.push_back(now);
-        true
-    }
-}
 
 /// The answer to a failed account operation: the caller's mistakes by kind, and a
 /// store failure as `internal` (logged), never as the caller's fault.
@@ -125,7 +79,7 @@ pub fn register(c: &Call<'_>) -> ApiResult {
     }
     let user = c.field(&c.req.user, "user")?;
     let pw = c.field(&c.req.password, "password")?;
-    if !c.state.registrations.allow(c.client.addr.ip()) {
+    if !c.state.guard.allow_registration(c.client.addr.ip()) {
         return Err(Fail::new(
             ErrorCode::RateLimited,
             "too many registrations from this address; try later",
@@ -189,56 +143,5 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(account_error(e).code, code);
         }
-    }
-
-    #[test]
-    fn limiter_counts_per_address() {
-        let l = RegistrationLimiter::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(l.allow(a));
-        assert!(l.allow(a));
-        assert!(!l.allow(a));
-        assert!(l.allow(b));
-    }
-
-    #[test]
-    fn a_full_table_forgets_addresses_idle_for_an_hour_and_keeps_the_rest() {
-        let l = RegistrationLimiter::new(1);
-        let t0 = Instant::now();
-        let half = MAX_TRACKED as u32 / 2;
-        let ip = |n: u32| IpAddr::from(n.to_be_bytes());
-        for n in 0..half {
-            assert!(l.allow_at(ip(n), t0));
-        }
-        let later = t0 + Duration::from_secs(30 * 60);
-        for n in half..2 * half {
-            assert!(l.allow_at(ip(n), later));
-        }
-        // Full: the next new address makes room by dropping the first half only,
-        // whose last attempt is an hour old to the instant.
-        let t1 = t0 + Duration::from_secs(60 * 60);
-        assert!(l.allow_at(ip(u32::MAX), t1));
-        assert_eq!(l.seen.lock().unwrap().len(), half as usize + 1);
-        assert!(!l.allow_at(ip(half), t1), "a recent address keeps its count");
-        assert!(l.allow_at(ip(0), t1), "an idle one starts over");
-    }
-
-    #[test]
-    fn the_registration_window_is_the_last_hour() {
-        let l = RegistrationLimiter::new(2);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let t0 = Instant::now();
-        let min = |m: u64| t0 + Duration::from_secs(60 * m);
-        assert!(l.allow_at(ip, t0));
-        assert!(l.allow_at(ip, min(30)));
-        assert!(!l.allow_at(ip, min(59)), "two within the hour");
-        // The first attempt leaves the window at t0 + 60 min; the second at 90.
-        assert!(l.allow_at(ip, min(60)));
-        assert!(!l.allow_at(ip, min(89)), "30 and 60 are still inside");
-        assert!(l.allow_at(ip, min(90)));
-        // A refused attempt does not count against the address.
-        assert!(!l.allow_at(ip, min(91)));
-        assert!(l.allow_at(ip, min(150)), "60 and 90 have both left the window");
     }
 }

@@ -112,7 +112,7 @@ async fn batches_are_in_flight_between_routing_and_storing() {
 #[tokio::test(flavor = "current_thread")]
 async fn routing_goes_on_while_a_group_is_stored() {
     let (_dir, store, writer) = start(|l| l);
-    let stall = store.stall_writes();
+    store.stall_writes(true);
     let first = writer.post(post("bob"), true).unwrap().unwrap();
     until(|| store.stalled_writes() == 1).await;
     let second = writer.post(post("bob"), true).unwrap().unwrap();
@@ -123,7 +123,7 @@ async fn routing_goes_on_while_a_group_is_stored() {
         store.mailbox_after("bob", 0, 10).unwrap().is_empty(),
         "the disk is stalled"
     );
-    drop(stall);
+    store.stall_writes(false);
     for r in [first, second, third] {
         assert_eq!(r.await.unwrap(), Ok(()), "stored");
     }
