@@ -165,7 +165,10 @@ fn auth_benches(c: &mut Criterion) {
         mailbox::limits(&config.im),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let guard = Arc::new(natterd::accounts::guard::LoginGuard::new(&config.auth));
+    let guard = Arc::new(natterd::accounts::guard::LoginGuard::new(
+        &config.auth,
+        config.im.registrations_per_hour.get(),
+    ));
     let im = ImPlugin::new(admin, router, config.im.clone(), acl, writer.clone(), presence, guard);
     let client = ClientInfo {
         username: Some("alice".into()),

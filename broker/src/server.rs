@@ -190,12 +190,15 @@ pub async fn start_with(
     );
     // Persistent sessions come back before anyone connects (and before anything is
     // routed): a message for one is queued for it, or waits in its mailbox.
-    let (records, outgoing, retained) = {
-        let store = store.clone();
+    let (records, outgoing, queued, retained) = {
+        let (store, persist) = (store.clone(), persist.clone());
         store::blocking(move || {
+            let records = persist::load(&store)?;
+            let sessions = records.iter().map(persist::Record::key).collect();
             Ok((
-                persist::load(&store)?,
+                records,
                 persist::load_outgoing(&store)?,
+                persist::load_queued(&store, &persist, &sessions)?,
                 persist::load_retained(&store)?,
             ))
         })
@@ -213,7 +216,7 @@ pub async fn start_with(
     if kept > 0 {
         tracing::info!(retained = kept, "retained messages restored");
     }
-    let restored = crate::session::restore(&ctx, records, outgoing);
+    let restored = crate::session::restore(&ctx, records, outgoing, queued);
     if restored > 0 {
         tracing::info!(sessions = restored, "persistent sessions restored");
     }

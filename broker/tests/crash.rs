@@ -599,3 +599,64 @@ async fn an_acknowledged_retained_message_survives_a_kill() {
         "devices/p1/b stays cleared"
     );
 }
+
+/// Plain QoS 1 messages for an offline persistent session, each acknowledged to its
+/// publisher, are there after a kill: acknowledged means on disk for them too.
+#[tokio::test]
+async fn acknowledged_plain_messages_for_a_persistent_session_survive_a_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    setup(dir.path());
+    let acl = "[[acl.rules]]\nfilter = \"devices/%u/#\"\naccess = \"readwrite\"\neffect = \"allow\"\nwho = \"all\"\n";
+    let config = dir.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(acl);
+    std::fs::write(&config, text).expect("config");
+    let broker = Broker::start(dir.path());
+    let (mut s, _) = Mqtt::connect(broker.addr, "p1", "p1-sub", false, Protocol::V311)
+        .await
+        .expect("subscriber");
+    s.subscribe("devices/p1/jobs").await.expect("subscribed");
+    s.send(&Packet::Disconnect(Default::default()))
+        .await
+        .expect("disconnect");
+    drop(s);
+    let (mut p, _) = Mqtt::connect(broker.addr, "p1", "p1-pub", true, Protocol::V311)
+        .await
+        .expect("publisher");
+    const N: u16 = 20;
+    for pkid in 1..=N {
+        p.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "devices/p1/jobs".into(),
+            pkid,
+            properties: Properties::default(),
+            payload: Bytes::from(format!("job {pkid}")),
+        }))
+        .await
+        .expect("publish");
+        assert!(
+            matches!(p.recv().await, Ok(Packet::PubAck(a)) if a.pkid == pkid),
+            "acknowledged"
+        );
+    }
+    broker.kill();
+
+    let broker = Broker::start(dir.path());
+    let (mut s, present) = Mqtt::connect(broker.addr, "p1", "p1-sub", false, Protocol::V311)
+        .await
+        .expect("subscriber again");
+    assert!(present, "the session is back");
+    for n in 1..=N {
+        match tokio::time::timeout(Duration::from_secs(10), s.recv()).await {
+            Ok(Ok(Packet::Publish(m))) => {
+                assert_eq!(&m.payload[..], format!("job {n}").as_bytes(), "in order");
+                s.send(&Packet::PubAck(natter_shared::codec::Ack::new(m.pkid)))
+                    .await
+                    .expect("puback");
+            }
+            other => panic!("job {n} lost in the kill: {other:?}"),
+        }
+    }
+}

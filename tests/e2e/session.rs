@@ -384,3 +384,143 @@ async fn restored_subscriptions_keep_their_options_and_the_expiry_runs_on() {
     assert!(!ack.session_present, "expired after the restart");
     b.stop().await;
 }
+
+/// Plain QoS 1/2 messages queued for a persistent session survive a restart: the
+/// publisher's PUBACK comes once they are on disk, and the subscriber gets them after
+/// the restart, in order, with their properties; what it acknowledged before does not
+/// come again.
+#[tokio::test]
+async fn queued_plain_messages_of_a_persistent_session_survive_a_restart() {
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "kept-sub")).await;
+    sub.send(&subscribe("jobs/kept/#", QoS::ExactlyOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "kept-pub").await;
+    // One delivered and acknowledged while online: it is forgotten.
+    alice
+        .send(&natter_e2e::publish_packet("jobs/kept/0", QoS::AtLeastOnce, 1, "seen"))
+        .await;
+    assert_eq!(alice.acks(1).await, vec![(1, reason::SUCCESS)]);
+    let seen = sub.next_publish().await;
+    assert_eq!(&seen.payload[..], b"seen");
+    sub.send(&Packet::PubAck(Ack::new(seen.pkid))).await;
+    // One delivered and not acknowledged (in flight), then offline: more queue.
+    alice
+        .send(&natter_e2e::publish_packet("jobs/kept/1", QoS::AtLeastOnce, 2, "m1"))
+        .await;
+    assert_eq!(alice.acks(1).await, vec![(2, reason::SUCCESS)]);
+    assert_eq!(&sub.next_publish().await.payload[..], b"m1");
+    drop(sub);
+    b.wait_offline("bob").await;
+    let mut with_props = natter_e2e::publish_packet("jobs/kept/2", QoS::ExactlyOnce, 3, "m2");
+    if let Packet::Publish(p) = &mut with_props {
+        p.properties.content_type = Some("text/plain".into());
+        p.properties.user_properties = vec![("k".into(), "v".into())];
+    }
+    alice.send(&with_props).await;
+    assert!(matches!(alice.recv().await, Some(Packet::PubRec(a)) if a.pkid == 3 && a.reason == 0));
+    alice
+        .send(&natter_e2e::publish_packet("jobs/kept/3", QoS::AtLeastOnce, 4, "m3"))
+        .await;
+    assert_eq!(alice.acks(1).await, vec![(4, reason::SUCCESS)]);
+    // QoS 0 to an offline session is not kept (nor queued), as before.
+    alice
+        .send(&natter_e2e::publish_packet("jobs/kept/4", QoS::AtMostOnce, 0, "lost"))
+        .await;
+
+    let b = b.restart().await;
+    let (mut sub, ack) = Raw::connect(b.addr, persistent("bob", "kept-sub")).await;
+    assert!(ack.session_present);
+    // The three come at once (within the inflight window); a PUBREL comes when its
+    // release is on disk.
+    let (mut got, mut released) = (Vec::new(), Vec::new());
+    while got.len() < 3 || released.is_empty() {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => {
+                match p.qos {
+                    QoS::AtLeastOnce => sub.send(&Packet::PubAck(Ack::new(p.pkid))).await,
+                    QoS::ExactlyOnce => sub.send(&Packet::PubRec(Ack::new(p.pkid))).await,
+                    QoS::AtMostOnce => {}
+                }
+                got.push(p);
+            }
+            Some(Packet::PubRel(a)) => {
+                sub.send(&Packet::PubComp(Ack::new(a.pkid))).await;
+                released.push(a.pkid);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(released, vec![got[1].pkid]);
+    let bodies: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(
+        bodies,
+        vec![&b"m1"[..], b"m2", b"m3"],
+        "in order, the acknowledged one not again"
+    );
+    assert_eq!(got[1].qos, QoS::ExactlyOnce);
+    assert_eq!(got[1].properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got[1].properties.user_properties, vec![("k".into(), "v".into())]);
+    assert_eq!(
+        sub.recv_within(Duration::from_millis(300)).await,
+        Err(()),
+        "nothing more"
+    );
+    // All acknowledged: after another restart nothing comes back.
+    drop(sub);
+    b.wait_offline("bob").await;
+    let b = b.restart().await;
+    let (mut sub, ack) = Raw::connect(b.addr, persistent("bob", "kept-sub")).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        sub.recv_within(Duration::from_millis(300)).await,
+        Err(()),
+        "nothing kept"
+    );
+    b.stop().await;
+}
+
+/// A plain QoS 2 flow released to a persistent session's client (PUBREL sent) comes
+/// back as that PUBREL after a restart, never as the message again.
+#[tokio::test]
+async fn a_released_plain_qos2_flow_survives_a_restart() {
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-kept")).await;
+    sub.send(&subscribe("q2/k/#", QoS::ExactlyOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "q2k-pub").await;
+    alice
+        .send(&natter_e2e::publish_packet("q2/k/x", QoS::ExactlyOnce, 9, "once"))
+        .await;
+    assert!(matches!(alice.recv().await, Some(Packet::PubRec(a)) if a.pkid == 9));
+    let got = sub.next_publish().await;
+    assert_eq!(&got.payload[..], b"once");
+    sub.send(&Packet::PubRec(Ack::new(got.pkid))).await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(a)) if a.pkid == got.pkid));
+    drop(sub);
+    b.wait_offline("bob").await;
+
+    let b = b.restart().await;
+    let (mut sub, ack) = Raw::connect(b.addr, persistent("bob", "q2-kept")).await;
+    assert!(ack.session_present);
+    let mut seen = Vec::new();
+    while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(500)).await {
+        seen.push(p);
+    }
+    assert_eq!(
+        seen,
+        vec![Packet::PubRel(Ack::new(got.pkid))],
+        "PUBREL again, no PUBLISH"
+    );
+    sub.send(&Packet::PubComp(Ack::new(got.pkid))).await;
+    drop(sub);
+    b.wait_offline("bob").await;
+    let b = b.restart().await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-kept")).await;
+    assert_eq!(
+        sub.recv_within(Duration::from_millis(300)).await,
+        Err(()),
+        "the flow is complete"
+    );
+    b.stop().await;
+}

@@ -182,6 +182,7 @@ impl Replay {
             qos: qos.min(QoS::AtLeastOnce),
             retain: false,
             sub_ids,
+            kept: None,
         })
     }
 
@@ -201,6 +202,7 @@ impl Replay {
                     msg: Arc::new(msg),
                     retain: false,
                     sub_ids,
+                    kept: None,
                 })
             })
             .collect()

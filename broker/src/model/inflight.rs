@@ -131,6 +131,7 @@ mod tests {
             qos: QoS::ExactlyOnce,
             retain: false,
             sub_ids: vec![],
+            kept: None,
         }
     }
 

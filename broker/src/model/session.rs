@@ -35,6 +35,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every matching subscription (MQTT 5).
     pub sub_ids: Vec<u32>,
+    /// The number of its record on disk, for a plain (untagged) QoS 1/2 delivery to a
+    /// kept session (see [`Session::is_kept`]): forgotten once acknowledged.
+    pub kept: Option<std::num::NonZeroU64>,
 }
 
 /// Why the broker closes a connection from outside its task.
@@ -231,6 +234,9 @@ pub struct Session {
     max_queued: u32,
     overflow: OverflowPolicy,
     online: AtomicBool,
+    /// Whether its plain QoS 1/2 deliveries are written to disk before they are
+    /// queued (a persistent session, with a store).
+    kept: AtomicBool,
     state: Mutex<SessionState>,
     /// Wakes the attached connection when deliveries arrive.
     wake: WakeSlot,
@@ -258,6 +264,7 @@ impl Session {
             max_queued: u32::try_from(max_queued).unwrap_or(u32::MAX),
             overflow,
             online: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             state: Mutex::new(SessionState::default()),
             wake: WakeSlot::default(),
             room: Notify::new(),
@@ -284,6 +291,15 @@ impl Session {
         if !online {
             self.room.notify_waiters();
         }
+    }
+
+    /// Whether its plain QoS 1/2 deliveries are kept on disk (a persistent session).
+    pub fn is_kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
+    }
+
+    pub fn set_kept(&self, kept: bool) {
+        self.kept.store(kept, Ordering::Release);
     }
 
     /// Ready when deliveries were queued since the last Ready (see [`WakeSlot`]).
@@ -533,6 +549,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![],
+            kept: None,
         }
     }
 

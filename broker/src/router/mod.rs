@@ -77,6 +77,16 @@ fn split_group(filter: &str) -> (Option<&str>, &str) {
 /// A session a message goes to: granted QoS, Retain As Published, subscription ids.
 type Target = (Arc<Session>, QoS, bool, Vec<u32>);
 
+/// Writes the plain QoS 1/2 deliveries to kept (persistent) sessions to disk, for the
+/// router, which calls it before queuing each (the session layer implements it).
+pub trait Keeper {
+    /// Writes `delivery` for `session`; the record's number, `None` when it could not
+    /// be written (the keeper then reports the message as not kept).
+    fn keep(&mut self, session: &Session, delivery: &Delivery) -> Option<std::num::NonZeroU64>;
+    /// The delivery written as `seq` was not queued after all (the queue was full).
+    fn forget(&mut self, session: &Session, seq: std::num::NonZeroU64);
+}
+
 /// What routing needs to know of a message before it is built (see
 /// [`Router::route`]).
 #[derive(Debug, Clone, Copy)]
@@ -345,13 +355,22 @@ impl Router {
     /// # Errors
     /// As [`Router::route`].
     pub fn publish(&self, msg: Arc<Message>) -> Result<usize, RetainedFull> {
+        self.publish_keeping(msg, None)
+    }
+
+    /// [`Router::publish`], writing each plain QoS 1/2 delivery to a kept session
+    /// through `keeper` before it is queued (see [`Keeper`]).
+    ///
+    /// # Errors
+    /// As [`Router::route`].
+    pub fn publish_keeping(&self, msg: Arc<Message>, keeper: Option<&mut dyn Keeper>) -> Result<usize, RetainedFull> {
         let head = Head {
             topic: &msg.topic.clone(),
             origin: msg.origin,
             exclude_origin: msg.exclude_origin,
             retain: msg.retain,
         };
-        self.route(head, || msg)
+        self.route_keeping(head, || msg, keeper)
     }
 
     /// The one routing entry point. Stores or clears the message as retained when
@@ -365,6 +384,15 @@ impl Router {
     /// [`RetainedFull`] when it asks to be retained on a new topic beyond the bound; it
     /// is still routed to current subscribers.
     pub fn route(&self, head: Head<'_>, build: impl FnOnce() -> Arc<Message>) -> Result<usize, RetainedFull> {
+        self.route_keeping(head, build, None)
+    }
+
+    fn route_keeping(
+        &self,
+        head: Head<'_>,
+        build: impl FnOnce() -> Arc<Message>,
+        keeper: Option<&mut dyn Keeper>,
+    ) -> Result<usize, RetainedFull> {
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         let mut build = Some(build);
         let mut built = None;
@@ -386,7 +414,7 @@ impl Router {
         let Some(msg) = built.or_else(|| build.take().map(|b| b())) else {
             return retained.map(|()| 0);
         };
-        let reached = self.deliver(&msg, targets);
+        let reached = self.deliver(&msg, targets, keeper);
         retained.map(|()| reached)
     }
 
@@ -431,22 +459,34 @@ impl Router {
         targets
     }
 
-    fn deliver(&self, msg: &Arc<Message>, targets: Vec<Target>) -> usize {
+    fn deliver(&self, msg: &Arc<Message>, targets: Vec<Target>, mut keeper: Option<&mut dyn Keeper>) -> usize {
         let stats = &self.inner.stats;
         let mut reached = 0;
         for (session, granted, rap, sub_ids) in targets {
-            let delivery = Delivery {
+            let mut delivery = Delivery {
                 msg: msg.clone(),
                 qos: granted.min(msg.qos),
                 retain: rap && msg.retain,
                 sub_ids,
+                kept: None,
             };
+            // Written before it is queued: an acknowledgement (which forgets the
+            // record) can then never overtake the write.
+            if let Some(k) = keeper.as_deref_mut() {
+                if delivery.qos != QoS::AtMostOnce && msg.tag.is_none() && session.is_kept() {
+                    delivery.kept = k.keep(&session, &delivery);
+                }
+            }
+            let kept = delivery.kept;
             match session.enqueue(delivery) {
                 Enqueued::Queued => {
                     reached += 1;
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 Enqueued::Dropped => {
+                    if let (Some(k), Some(seq)) = (keeper.as_deref_mut(), kept) {
+                        k.forget(&session, seq);
+                    }
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Enqueued::Deferred => reached += 1,

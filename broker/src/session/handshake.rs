@@ -169,6 +169,9 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
     };
     let opened = ctx.router.open_session(key.clone(), connect.clean_start, kick_tx);
     opened.session.lock().credential = identity.token;
+    // A persistent session's plain QoS 1/2 deliveries are written before they are
+    // queued (see [`persist::queued`]).
+    opened.session.set_kept(info.persistent);
     // On disk from now on (its will included: a broker that crashes ends the
     // connection without DISCONNECT), or no longer, for a clean one.
     if info.persistent {

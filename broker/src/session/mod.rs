@@ -64,8 +64,10 @@ pub fn restore(
     ctx: &Arc<Context>,
     records: Vec<persist::Record>,
     mut outgoing: std::collections::HashMap<SessionKey, Vec<persist::OutgoingRecord>>,
+    mut queued: persist::QueuedBySession,
 ) -> usize {
     let now = crate::clock::unix_ms();
+    let instant = std::time::Instant::now();
     let mut restored = 0;
     for record in records {
         let (left, will_delay) = record.remaining(now);
@@ -80,6 +82,7 @@ pub fn restore(
             continue;
         }
         let session = ctx.router.restore_session(record.key(), &record.subscriptions());
+        session.set_kept(true);
         let generation = {
             let mut st = session.lock();
             // Released QoS 2 flows: their PUBREL is sent again when the client is back,
@@ -92,8 +95,21 @@ pub fn restore(
                     qos: QoS::ExactlyOnce,
                     retain: false,
                     sub_ids: Vec::new(),
+                    kept: None,
                 };
                 st.inflight.push_released(flow.pkid, delivery);
+            }
+            // Kept plain deliveries, in the order they were written: released ones
+            // (PUBCOMP awaited) in flight, the rest queued.
+            for (seq, record) in queued.remove(&session.key).unwrap_or_default() {
+                let released = record.released;
+                match record.delivery(seq, instant, now) {
+                    Some(d) => match released {
+                        Some(pkid) => st.inflight.push_released(pkid, d),
+                        None => st.queue.push_back(d),
+                    },
+                    None => ctx.persist.forget_delivery(&session.key, seq),
+                }
             }
             st.generation
         };

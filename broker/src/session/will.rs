@@ -124,7 +124,9 @@ fn publish_will_from(ctx: &Context, info: &ClientInfo, origin: u64, w: LastWill)
         PublishDecision::Route => {
             tracing::debug!(client_id = %info.client_id, topic = %msg.topic, "publishing will");
             let msg = Arc::new(msg);
-            match ctx.router.publish(msg.clone()) {
+            // Kept for persistent subscribers like a client's message (nobody waits).
+            let mut keeping = super::persist::Keeping::new(&ctx.persist);
+            match ctx.router.publish_keeping(msg.clone(), Some(&mut keeping)) {
                 Ok(_) if msg.retain => {
                     ctx.persist.retain(&msg);
                 }

@@ -1,5 +1,6 @@
 //! What the session layer keeps across restarts, as opaque records it encodes:
-//! persistent MQTT sessions, their released QoS 2 flows, and retained messages. The store keeps them by key and
+//! persistent MQTT sessions, their released QoS 2 flows, the plain messages queued
+//! for them, and retained messages. The store keeps them by key and
 //! hands them all back at start.
 
 use super::{Store, StoreError};
@@ -17,6 +18,9 @@ pub enum Kept {
     /// QoS 2 flows released to a session's client (PUBREL sent), by session key and
     /// packet id.
     Outgoing,
+    /// Plain (untagged) QoS 1/2 messages queued or in flight for a persistent session,
+    /// by session key and record number.
+    Queued,
 }
 
 impl Store {
@@ -25,6 +29,7 @@ impl Store {
             Kept::Session => &self.sessions,
             Kept::Retained => &self.retained,
             Kept::Outgoing => &self.outgoing,
+            Kept::Queued => &self.queued,
         }
     }
 

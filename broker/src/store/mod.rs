@@ -97,8 +97,8 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The trees whose values are sealed (see [`sealed`]).
-const SEALED_TREES: [&str; 7] = [
-    "journal", "contacts", "groups", "members", "sessions", "retained", "outgoing",
+const SEALED_TREES: [&str; 8] = [
+    "journal", "contacts", "groups", "members", "sessions", "retained", "outgoing", "queued",
 ];
 /// The meta record that tells whether a data key is this store's.
 const KEY_CHECK: &str = "key_check";
@@ -171,6 +171,8 @@ pub struct Store {
     retained: SealedTree,
     /// Released QoS 2 flows of persistent sessions (see [`kept`]).
     outgoing: SealedTree,
+    /// Plain QoS 1/2 messages queued or in flight for persistent sessions (see [`kept`]).
+    queued: SealedTree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
     /// The first id not reserved on disk (see [`messages::ID_BLOCK`]).
@@ -311,6 +313,7 @@ impl Store {
             sessions: tree("sessions")?,
             retained: tree("retained")?,
             outgoing: tree("outgoing")?,
+            queued: tree("queued")?,
             meta,
             next_id: Arc::new(AtomicU64::new(first_id)),
             ids_reserved: Arc::new(AtomicU64::new(reserve_to)),
@@ -388,6 +391,7 @@ impl Store {
             &self.sessions,
             &self.retained,
             &self.outgoing,
+            &self.queued,
         ] {
             n += tree.reseal(&to)?;
         }

@@ -142,14 +142,21 @@ impl Handler {
     }
 
     /// PUBREC for a delivery: the client has the message. A stored message's flow on a
-    /// persistent session is written as released before its PUBREL goes out (and the
-    /// message then counts as delivered), so a restarted broker sends the PUBREL
-    /// again, not the message; other flows are released at once.
-    pub(super) fn release(&mut self, pkid: u16, msg: Arc<Message>) -> Option<End> {
-        let receipt = match msg.tag {
-            Some(tag) if self.info.persistent => self.ctx.persist.released(&self.session.key, pkid, tag, &msg.topic),
+    /// persistent session, or a kept plain one's, is written as released before its
+    /// PUBREL goes out (and the message then counts as delivered), so a restarted
+    /// broker sends the PUBREL again, not the message; other flows are released at
+    /// once.
+    pub(super) fn release(&mut self, pkid: u16, delivery: Delivery) -> Option<End> {
+        let receipt = match (delivery.msg.tag, delivery.kept) {
+            (Some(tag), _) if self.info.persistent => {
+                self.ctx
+                    .persist
+                    .released(&self.session.key, pkid, tag, &delivery.msg.topic)
+            }
+            (None, Some(_)) => self.ctx.persist.release_delivery(&self.session.key, &delivery, pkid),
             _ => None,
         };
+        let msg = delivery.msg;
         let Some(receipt) = receipt else {
             self.send(Packet::PubRel(Ack::new(pkid)));
             self.ctx.hooks.on_acked(&self.info, &msg);
@@ -192,14 +199,28 @@ impl Handler {
         let code = match self.ctx.hooks.on_publish(&self.info, &msg) {
             PublishDecision::Route => {
                 let msg = Arc::new(msg);
-                match self.ctx.router.publish(msg.clone()) {
+                let mut keeping = Keeping::new(&self.ctx.persist);
+                let routed = self.ctx.router.publish_keeping(msg.clone(), Some(&mut keeping));
+                // Acknowledged once the deliveries to persistent sessions are on disk
+                // (the retained record, written after them, covers them too).
+                let kept = match keeping.receipt() {
+                    Ok(kept) => kept,
+                    Err(why) => {
+                        tracing::warn!(client_id = %self.info.client_id, %why, "a message for persistent sessions was not kept");
+                        return Outcome::Ready(stored_code(Err(why)));
+                    }
+                };
+                match routed {
                     // A retained message is acknowledged once it is on disk.
                     Ok(_) if msg.retain => match self.ctx.persist.retain(&msg) {
                         Some(receipt) if msg.qos != QoS::AtMostOnce => return Outcome::Waiting(receipt),
                         _ => reason::SUCCESS,
                     },
-                    Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
-                    Ok(_) => reason::SUCCESS,
+                    Ok(reached) => match kept {
+                        Some(receipt) => return Outcome::Waiting(receipt),
+                        None if reached == 0 => reason::NO_MATCHING_SUBSCRIBERS,
+                        None => reason::SUCCESS,
+                    },
                     Err(RetainedFull) => {
                         tracing::warn!(client_id = %self.info.client_id, "retained store full: message not retained");
                         reason::QUOTA_EXCEEDED

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::aliases::{Alias, InAliases, OutAliases};
 use super::keepalive::{KeepaliveWheel, Tick};
+use super::persist::Keeping;
 use super::{will, Context};
 use crate::connection::{Connection, ConnectionError, WRITE_HIGH_WATER};
 use crate::hooks::{NotStored, PublishDecision, Receipt, Stored};
@@ -311,6 +312,13 @@ impl Handler {
         }
     }
 
+    /// A kept delivery is done with: its record goes.
+    fn forget_kept(&self, d: &Delivery) {
+        if let Some(seq) = d.kept {
+            self.ctx.persist.forget_delivery(&self.session.key, seq);
+        }
+    }
+
     fn send(&mut self, packet: Packet) {
         self.conn.queue(&packet, self.protocol);
     }
@@ -321,7 +329,10 @@ impl Handler {
             Packet::PubAck(a) => {
                 let done = self.session.lock().inflight.complete(a.pkid, Stage::Published);
                 match done {
-                    Some(o) => self.ctx.hooks.on_acked(&self.info, &o.delivery.msg),
+                    Some(o) => {
+                        self.forget_kept(&o.delivery);
+                        self.ctx.hooks.on_acked(&self.info, &o.delivery.msg);
+                    }
                     None => {
                         tracing::debug!(client_id = %self.info.client_id, pkid = a.pkid, "PUBACK for unknown packet id")
                     }
@@ -331,12 +342,16 @@ impl Handler {
                 let mut st = self.session.lock();
                 let reply = if a.reason >= 0x80 {
                     // MQTT 5: the receiver refused it; the flow ends here.
-                    st.inflight.complete(a.pkid, Stage::Published);
-                    None
-                } else if let Some(o) = st.inflight.release(a.pkid) {
-                    let msg = o.delivery.msg.clone();
+                    let refused = st.inflight.complete(a.pkid, Stage::Published);
                     drop(st);
-                    return self.release(a.pkid, msg);
+                    if let Some(o) = refused {
+                        self.forget_kept(&o.delivery);
+                    }
+                    return None;
+                } else if let Some(o) = st.inflight.release(a.pkid) {
+                    let delivery = o.delivery.clone();
+                    drop(st);
+                    return self.release(a.pkid, delivery);
                 } else if st.inflight.is_released(a.pkid) {
                     Some(Ack::new(a.pkid))
                 } else {
@@ -350,6 +365,7 @@ impl Handler {
             Packet::PubComp(a) => {
                 let done = self.session.lock().inflight.complete(a.pkid, Stage::Released);
                 if let Some(o) = done {
+                    self.forget_kept(&o.delivery);
                     self.completed(a.pkid, &o.delivery.msg);
                 }
             }

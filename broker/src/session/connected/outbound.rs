@@ -25,6 +25,7 @@ impl Handler {
                 return false;
             }
             if d.msg.is_expired(now) {
+                self.forget_kept(&d);
                 continue;
             }
             let pkid = match (d.qos, d.msg.tag) {
@@ -49,12 +50,23 @@ impl Handler {
                         }
                     }
                 }
+                // A kept plain delivery's id is derived from its record, so a
+                // restarted broker sends it again under the id the client holds.
+                (QoS::ExactlyOnce, None) => match d.kept.map(|seq| st.inflight.pkid_for(seq.get())) {
+                    None => st.inflight.next_pkid(),
+                    Some(Some(pkid)) => pkid,
+                    Some(None) => {
+                        st.queue.push_front(d);
+                        return false;
+                    }
+                },
                 _ => st.inflight.next_pkid(),
             };
             let mut publish = publish_packet(self.protocol, &d, pkid, false, now);
             if publish.encoded_len(self.protocol) > self.client_max_packet as usize {
                 // MQTT-3.1.2-25: discard, as if delivered.
                 tracing::warn!(client_id = %self.info.client_id, topic = %d.msg.topic, "message exceeds the client's maximum packet size: dropped");
+                self.forget_kept(&d);
                 continue;
             }
             alias(&mut self.out_aliases, &mut publish);

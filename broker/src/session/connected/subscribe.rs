@@ -74,6 +74,7 @@ impl Handler {
                 qos,
                 retain: true,
                 sub_ids: sub.id.into_iter().collect(),
+                kept: None,
             });
         }
     }

@@ -11,6 +11,7 @@ fn delivery() -> Delivery {
         qos: QoS::AtLeastOnce,
         retain: true,
         sub_ids: vec![7, 9],
+        kept: None,
     }
 }
 

@@ -11,10 +11,11 @@
 //! batch. A SUBACK, and the PUBACK of a retained QoS 1/2 publish, waits for its
 //! record's receipt, so what a client was told is done is there after a crash.
 //!
-//! Not kept yet: queued and in-flight messages of a plain-MQTT session (a mailbox
-//! subscription needs none: its device's cursor brings back what it had not
-//! acknowledged).
+//! Plain QoS 1/2 messages queued or in flight for a persistent session are kept too
+//! (see [`queued`]); a mailbox subscription needs none: its device's cursor brings
+//! back what it had not acknowledged.
 
+mod queued;
 mod record;
 mod retained;
 
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hooks::{NotStored, Receipt, Stored};
 use crate::model::{Message, SessionKey};
 use crate::store::{self, Kept, Store, StoreError};
+pub use queued::{load_queued, Keeping, QueuedBySession, QueuedRecord};
 use record::key_bytes;
 pub use record::{Record, SubRecord, WillRecord};
 pub use retained::{PropsRecord, RetainedRecord};
@@ -61,6 +63,8 @@ pub struct Persister {
     /// Session keys that have a record: a clean connection deletes one only if it
     /// exists (no write for the many clients that never had a persistent session).
     known: Arc<Mutex<HashSet<Vec<u8>>>>,
+    /// The last number given to a kept delivery (see [`queued`]).
+    seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Persister {
@@ -76,6 +80,7 @@ impl Persister {
         Persister {
             tx: Some(tx),
             known: Arc::default(),
+            seq: Arc::default(),
         }
     }
 
@@ -96,6 +101,7 @@ impl Persister {
             let key_bytes = key_bytes(key.username.as_deref(), &key.client_id);
             if self.known().remove(&key_bytes) {
                 self.send(tx, Op::DeletePrefix(Kept::Outgoing, key_bytes.clone()), &key.client_id);
+                self.send(tx, Op::DeletePrefix(Kept::Queued, key_bytes.clone()), &key.client_id);
                 self.send(tx, Op::Delete(Kept::Session, key_bytes, None), &key.client_id);
             }
         }
