@@ -190,7 +190,7 @@ pub async fn start_with(
     );
     // Persistent sessions come back before anyone connects (and before anything is
     // routed): a message for one is queued for it, or waits in its mailbox.
-    let (records, outgoing, queued, retained) = {
+    let (records, outgoing, queued, incoming, retained) = {
         let (store, persist) = (store.clone(), persist.clone());
         store::blocking(move || {
             let records = persist::load(&store)?;
@@ -199,6 +199,7 @@ pub async fn start_with(
                 records,
                 persist::load_outgoing(&store)?,
                 persist::load_queued(&store, &persist, &sessions)?,
+                persist::load_incoming(&store, &sessions)?,
                 persist::load_retained(&store)?,
             ))
         })
@@ -216,7 +217,7 @@ pub async fn start_with(
     if kept > 0 {
         tracing::info!(retained = kept, "retained messages restored");
     }
-    let restored = crate::session::restore(&ctx, records, outgoing, queued);
+    let restored = crate::session::restore(&ctx, records, outgoing, queued, incoming);
     if restored > 0 {
         tracing::info!(sessions = restored, "persistent sessions restored");
     }

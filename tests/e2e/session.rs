@@ -524,3 +524,45 @@ async fn a_released_plain_qos2_flow_survives_a_restart() {
     );
     b.stop().await;
 }
+
+/// A QoS 2 publish from a persistent session whose PUBREL had not come is known after
+/// a restart: the resent PUBLISH (DUP) is acknowledged and not routed again, and the
+/// PUBREL finds its packet id.
+#[tokio::test]
+async fn a_received_qos2_publish_is_known_across_a_restart() {
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-in-sub")).await;
+    sub.send(&subscribe("q2/in/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(b.addr, persistent("alice", "q2-in-pub")).await;
+    let p = natter_e2e::publish_packet("q2/in/x", QoS::ExactlyOnce, 5, "once");
+    publ.send(&p).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(a)) if a.pkid == 5 && a.reason == 0));
+    let got = sub.next_publish().await;
+    assert_eq!(&got.payload[..], b"once");
+    sub.send(&Packet::PubAck(Ack::new(got.pkid))).await;
+    drop(publ);
+    b.wait_offline("alice").await;
+
+    let b = b.restart().await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-in-sub")).await;
+    let (mut publ, ack) = Raw::connect(b.addr, persistent("alice", "q2-in-pub")).await;
+    assert!(ack.session_present);
+    let mut dup = p.clone();
+    if let Packet::Publish(p) = &mut dup {
+        p.dup = true;
+    }
+    publ.send(&dup).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubRec(a)) if a.pkid == 5 && a.reason == 0));
+    publ.send(&Packet::PubRel(Ack::new(5))).await;
+    assert!(
+        matches!(publ.recv().await, Some(Packet::PubComp(a)) if a.pkid == 5 && a.reason == 0),
+        "the packet id is known"
+    );
+    assert_eq!(
+        sub.recv_within(Duration::from_millis(300)).await,
+        Err(()),
+        "not routed a second time"
+    );
+    b.stop().await;
+}

@@ -65,6 +65,7 @@ pub fn restore(
     records: Vec<persist::Record>,
     mut outgoing: std::collections::HashMap<SessionKey, Vec<persist::OutgoingRecord>>,
     mut queued: persist::QueuedBySession,
+    mut incoming: persist::IncomingBySession,
 ) -> usize {
     let now = crate::clock::unix_ms();
     let instant = std::time::Instant::now();
@@ -110,6 +111,11 @@ pub fn restore(
                     },
                     None => ctx.persist.forget_delivery(&session.key, seq),
                 }
+            }
+            // QoS 2 publishes received and not yet released: a resent one is not
+            // routed again, and its PUBREL is answered.
+            for pkid in incoming.remove(&session.key).unwrap_or_default() {
+                st.incoming_qos2.insert(pkid);
             }
             st.generation
         };

@@ -21,6 +21,9 @@ pub enum Kept {
     /// Plain (untagged) QoS 1/2 messages queued or in flight for a persistent session,
     /// by session key and record number.
     Queued,
+    /// QoS 2 packet ids received from a persistent session's client and not yet
+    /// released (PUBREC sent, PUBREL awaited), by session key and packet id.
+    Incoming,
 }
 
 impl Store {
@@ -30,6 +33,7 @@ impl Store {
             Kept::Retained => &self.retained,
             Kept::Outgoing => &self.outgoing,
             Kept::Queued => &self.queued,
+            Kept::Incoming => &self.incoming,
         }
     }
 

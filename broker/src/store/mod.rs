@@ -97,8 +97,8 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The trees whose values are sealed (see [`sealed`]).
-const SEALED_TREES: [&str; 8] = [
-    "journal", "contacts", "groups", "members", "sessions", "retained", "outgoing", "queued",
+const SEALED_TREES: [&str; 9] = [
+    "journal", "contacts", "groups", "members", "sessions", "retained", "outgoing", "queued", "incoming",
 ];
 /// The meta record that tells whether a data key is this store's.
 const KEY_CHECK: &str = "key_check";
@@ -173,6 +173,8 @@ pub struct Store {
     outgoing: SealedTree,
     /// Plain QoS 1/2 messages queued or in flight for persistent sessions (see [`kept`]).
     queued: SealedTree,
+    /// QoS 2 packet ids received from persistent sessions' clients, PUBREL awaited.
+    incoming: SealedTree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
     /// The first id not reserved on disk (see [`messages::ID_BLOCK`]).
@@ -314,6 +316,7 @@ impl Store {
             retained: tree("retained")?,
             outgoing: tree("outgoing")?,
             queued: tree("queued")?,
+            incoming: tree("incoming")?,
             meta,
             next_id: Arc::new(AtomicU64::new(first_id)),
             ids_reserved: Arc::new(AtomicU64::new(reserve_to)),
@@ -392,6 +395,7 @@ impl Store {
             &self.retained,
             &self.outgoing,
             &self.queued,
+            &self.incoming,
         ] {
             n += tree.reseal(&to)?;
         }

@@ -71,6 +71,16 @@ impl Handler {
         if p.qos == QoS::ExactlyOnce {
             // Known from now on, so a re-send while it is being stored is not stored twice.
             self.session.lock().incoming_qos2.insert(p.pkid);
+            // On disk before the PUBREC, for a persistent session: a restarted broker
+            // still knows it (see `persist::incoming`).
+            if self.info.persistent {
+                if let Some(receipt) = self.ctx.persist.received(&self.session.key, p.pkid) {
+                    self.owed.push_back(OwedAck {
+                        ack: Owed::Write,
+                        outcome: Outcome::Waiting(receipt),
+                    });
+                }
+            }
         }
         self.answer(p.pkid, p.qos, outcome)
     }
@@ -93,16 +103,26 @@ impl Handler {
     /// Sends the acknowledgements whose outcome is known, in arrival order.
     pub(super) fn settle(&mut self) -> Option<End> {
         while let Some(front) = self.owed.front_mut() {
-            let code = match &mut front.outcome {
-                Outcome::Ready(code) => *code,
+            let known = match &mut front.outcome {
+                Outcome::Ready(code) => Ok(*code),
                 Outcome::Waiting(receipt) => match receipt.try_recv() {
-                    Ok(stored) => stored_code(stored),
-                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => stored_code(Err(NotStored::Stopped)),
+                    Ok(stored) => Err(stored),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(Err(NotStored::Stopped)),
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
                 },
             };
             let Some(OwedAck { ack, .. }) = self.owed.pop_front() else {
                 break;
+            };
+            let code = match (known, &ack) {
+                (Ok(code), _) => code,
+                (Err(stored), Owed::Write) => {
+                    if let Err(why) = stored {
+                        tracing::warn!(client_id = %self.info.client_id, %why, "a QoS 2 packet id was not written: a restart forgets it");
+                    }
+                    continue;
+                }
+                (Err(stored), _) => stored_code(stored),
             };
             match ack {
                 Owed::Publish { pkid, qos } => {
@@ -117,6 +137,7 @@ impl Handler {
                     self.send(Packet::PubRel(Ack::new(pkid)));
                     self.ctx.hooks.on_acked(&self.info, &msg);
                 }
+                Owed::Write => {}
             }
         }
         None
@@ -134,6 +155,9 @@ impl Handler {
                 if code >= 0x80 && self.protocol == Protocol::V5 {
                     // Refused: the flow ends with this PUBREC.
                     self.session.lock().incoming_qos2.remove(pkid);
+                    if self.info.persistent {
+                        self.ctx.persist.relieved(&self.session.key, pkid);
+                    }
                 }
                 self.send(Packet::PubRec(Ack::with_reason(pkid, code)));
             }

@@ -43,6 +43,9 @@ enum Owed {
     /// The PUBREL of a stored message's QoS 2 flow, waiting for the release to be on
     /// disk; then the message counts as delivered (`msg` to the plugins).
     Release { pkid: u16, msg: Arc<Message> },
+    /// Nothing to send: the acknowledgements behind it wait for its write (the packet
+    /// id of a QoS 2 publish from a persistent session's client).
+    Write,
 }
 
 enum Outcome {
@@ -371,6 +374,9 @@ impl Handler {
             }
             Packet::PubRel(a) => {
                 let known = self.session.lock().incoming_qos2.remove(a.pkid);
+                if known && self.info.persistent {
+                    self.ctx.persist.relieved(&self.session.key, a.pkid);
+                }
                 let code = if known {
                     reason::SUCCESS
                 } else {

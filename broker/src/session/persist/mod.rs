@@ -15,6 +15,7 @@
 //! (see [`queued`]); a mailbox subscription needs none: its device's cursor brings
 //! back what it had not acknowledged.
 
+mod incoming;
 mod queued;
 mod record;
 mod retained;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hooks::{NotStored, Receipt, Stored};
 use crate::model::{Message, SessionKey};
 use crate::store::{self, Kept, Store, StoreError};
+pub use incoming::{load_incoming, IncomingBySession};
 pub use queued::{load_queued, Keeping, QueuedBySession, QueuedRecord};
 use record::key_bytes;
 pub use record::{Record, SubRecord, WillRecord};
@@ -102,6 +104,7 @@ impl Persister {
             if self.known().remove(&key_bytes) {
                 self.send(tx, Op::DeletePrefix(Kept::Outgoing, key_bytes.clone()), &key.client_id);
                 self.send(tx, Op::DeletePrefix(Kept::Queued, key_bytes.clone()), &key.client_id);
+                self.send(tx, Op::DeletePrefix(Kept::Incoming, key_bytes.clone()), &key.client_id);
                 self.send(tx, Op::Delete(Kept::Session, key_bytes, None), &key.client_id);
             }
         }

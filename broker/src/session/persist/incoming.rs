@@ -1,0 +1,79 @@
+//! QoS 2 publishes received from a persistent session's client and not yet released:
+//! the packet id is written once the message is routed (and stored), and the PUBREC
+//! waits for it, so a client that resends the PUBLISH after a restart (it had the
+//! PUBREC or not) is answered without routing it again, and its PUBREL finds the id.
+//! Written after the message: a crash between the two may make a resent PUBLISH go
+//! out twice, never lose it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bincode::Options;
+use tokio::sync::oneshot;
+
+use super::{encode, key_bytes, opts, Op, Persister};
+use crate::hooks::Receipt;
+use crate::model::SessionKey;
+use crate::store::{Kept, Store, StoreError};
+
+/// The packet ids read at start, by session.
+pub type IncomingBySession = HashMap<SessionKey, Vec<u16>>;
+
+fn record_key(key: &SessionKey, pkid: u16) -> Vec<u8> {
+    let mut k = key_bytes(key.username.as_deref(), &key.client_id);
+    k.extend_from_slice(&pkid.to_be_bytes());
+    k
+}
+
+impl Persister {
+    /// The client of `key` sent QoS 2 publish `pkid`: written; the PUBREC waits for
+    /// the receipt.
+    pub fn received(&self, key: &SessionKey, pkid: u16) -> Option<Receipt> {
+        let tx = self.tx.as_ref()?;
+        let bytes = encode(&(key.username.as_deref(), &*key.client_id, pkid), &key.client_id)?;
+        let (done, receipt) = oneshot::channel();
+        let op = Op::Put(Kept::Incoming, record_key(key, pkid), bytes, Some(done));
+        self.send(tx, op, &key.client_id).then_some(receipt)
+    }
+
+    /// The flow of publish `pkid` from the client of `key` is over (PUBREL, or the
+    /// publish was refused).
+    pub fn relieved(&self, key: &SessionKey, pkid: u16) {
+        if let Some(tx) = &self.tx {
+            self.send(
+                tx,
+                Op::Delete(Kept::Incoming, record_key(key, pkid), None),
+                &key.client_id,
+            );
+        }
+    }
+}
+
+/// Reads the received packet ids back (off the runtime), for the sessions in
+/// `sessions`; others and unreadable records are removed.
+///
+/// # Errors
+/// Store I/O errors.
+pub fn load_incoming(store: &Store, sessions: &HashSet<SessionKey>) -> Result<IncomingBySession, StoreError> {
+    let mut out: IncomingBySession = HashMap::new();
+    for (key, bytes) in store.kept(Kept::Incoming)? {
+        match opts().deserialize::<(Option<String>, String, u16)>(&bytes) {
+            Ok((username, client_id, pkid)) => {
+                let session = SessionKey {
+                    username: username.as_deref().map(Arc::from),
+                    client_id: Arc::from(client_id.as_str()),
+                };
+                if sessions.contains(&session) {
+                    out.entry(session).or_default().push(pkid);
+                } else {
+                    store.delete_kept(Kept::Incoming, &key)?;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "an unreadable QoS 2 packet id record is forgotten");
+                store.delete_kept(Kept::Incoming, &key)?;
+            }
+        }
+    }
+    Ok(out)
+}
