@@ -176,6 +176,12 @@ fn retention(messages: u64, users: u64, keep: u64) -> Result<()> {
         }
         Ok(())
     })?;
+    for (tree, records, bytes) in store.tree_sizes()? {
+        println!(
+            "{}",
+            json!({ "bench": "store-retention-tree", "tree": tree, "records": records, "bytes": bytes })
+        );
+    }
     // What the live records take: a backup writes them alone into a new store.
     let copy = tempfile::tempdir()?;
     store.backup(copy.path())?;

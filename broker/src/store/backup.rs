@@ -50,6 +50,28 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every tree with its record count and the bytes of its keys and values: what
+    /// the store holds, for benchmarks and diagnostics. A full scan: blocking.
+    ///
+    /// # Errors
+    /// Store I/O errors.
+    pub fn tree_sizes(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            let (mut records, mut bytes) = (0u64, 0u64);
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                records += 1;
+                bytes += (k.len() + v.len()) as u64;
+            }
+            out.push((String::from_utf8_lossy(&name).into_owned(), records, bytes));
+        }
+        Ok(out)
+    }
+}
+
 /// Puts the backup under `src` in place of the store under `data_dir` (no broker
 /// may run on it): the current store, if any, is moved aside to
 /// `store.before-restore-UNIXTIME` first. Returns where it went.

@@ -1,6 +1,6 @@
 //! Retention: a mailbox trimmed by count, bytes and age when its index is written.
 
-use super::encoding::{decode_slots, encode};
+use super::encoding::{decode_ids, decode_slots, encode};
 use super::*;
 
 impl Store {
@@ -151,8 +151,40 @@ impl Store {
             }
             self.messages.remove(&key)?;
             removed += 1;
+            // Their history goes with them: every history chunk of their
+            // conversations that holds only ids up to the chunk's last.
+            let last = chunk.last().map_or(0, |m| m.id);
+            let mut conversations: Vec<String> = chunk
+                .iter()
+                .filter_map(|m| m.conversation().map(|c| c.into_owned()))
+                .collect();
+            conversations.sort_unstable();
+            conversations.dedup();
+            for conv in &conversations {
+                self.trim_history(conv, last)?;
+            }
         }
         Ok(removed)
+    }
+
+    /// Removes the history chunks of `conversation`, oldest first, whose ids are all
+    /// at most `through`.
+    fn trim_history(&self, conversation: &str, through: u64) -> Result<(), StoreError> {
+        loop {
+            let Some((key, value)) = self
+                .history
+                .range(keys::prefix(conversation)..keys::prefix_end(conversation))
+                .next()
+                .transpose()?
+            else {
+                return Ok(());
+            };
+            let ids = decode_ids(&value)?;
+            if ids.last().is_some_and(|&id| id > through) {
+                return Ok(());
+            }
+            self.history.remove(&key)?;
+        }
     }
 
     /// The mailbox index chunk of `user` holding `id`, with its key.
