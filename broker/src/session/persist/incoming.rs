@@ -77,3 +77,33 @@ pub fn load_incoming(store: &Store, sessions: &HashSet<SessionKey>) -> Result<In
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn received_ids_come_back_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Persister::start(store.clone());
+        let key = |c: &str| SessionKey {
+            username: None,
+            client_id: Arc::from(c),
+        };
+        p.received(&key("a"), 5).unwrap();
+        p.received(&key("a"), 6).unwrap();
+        p.received(&key("other"), 1).unwrap();
+        p.relieved(&key("a"), 5);
+        p.sync().await;
+        let sessions: HashSet<SessionKey> = [key("a")].into_iter().collect();
+        let loaded = load_incoming(&store, &sessions).unwrap();
+        assert_eq!(loaded.get(&key("a")), Some(&vec![6]));
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            store.kept(Kept::Incoming).unwrap().len(),
+            1,
+            "the other session's is removed"
+        );
+    }
+}

@@ -219,3 +219,74 @@ pub fn load_queued(
     persist.seq.fetch_max(highest, Ordering::Relaxed);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Message;
+    use bytes::Bytes;
+
+    fn key(client: &str) -> SessionKey {
+        SessionKey {
+            username: Some(Arc::from("bob")),
+            client_id: Arc::from(client),
+        }
+    }
+
+    fn delivery(body: &'static [u8]) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message::broker(
+                "jobs/1",
+                Bytes::from_static(body),
+                QoS::ExactlyOnce,
+                false,
+            )),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: vec![4],
+            kept: None,
+        }
+    }
+
+    /// Records come back by session in the order they were written, numbers go on
+    /// after the highest, forgotten and released ones as they were left, and those of
+    /// a session that is gone are removed.
+    #[tokio::test]
+    async fn kept_deliveries_come_back_by_session_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Persister::start(store.clone());
+        let (phone, gone) = (key("phone"), key("gone"));
+        let (first, _) = p.keep_delivery(&phone, &delivery(b"one")).unwrap().unwrap();
+        let (second, _) = p.keep_delivery(&phone, &delivery(b"two")).unwrap().unwrap();
+        let (third, _) = p.keep_delivery(&phone, &delivery(b"three")).unwrap().unwrap();
+        p.keep_delivery(&gone, &delivery(b"orphan")).unwrap().unwrap();
+        p.forget_delivery(&phone, second);
+        let mut released = delivery(b"three");
+        released.kept = Some(third);
+        p.release_delivery(&phone, &released, 77)
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+
+        let again = Persister::start(store.clone());
+        let sessions: HashSet<SessionKey> = [phone.clone()].into_iter().collect();
+        let mut loaded = load_queued(&store, &again, &sessions).unwrap();
+        let list = loaded.remove(&phone).unwrap();
+        assert!(loaded.is_empty(), "only the sessions asked for");
+        let seqs: Vec<NonZeroU64> = list.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![first, third], "in order, the forgotten one gone");
+        assert_eq!(list[1].1.released, Some(77));
+        let (seq, record) = list[0].clone();
+        let d = record.delivery(seq, Instant::now(), crate::clock::unix_ms()).unwrap();
+        assert_eq!(
+            (&d.msg.payload[..], d.qos, d.sub_ids.clone(), d.kept),
+            (&b"one"[..], QoS::AtLeastOnce, vec![4], Some(first))
+        );
+        let (next, _) = again.keep_delivery(&phone, &delivery(b"four")).unwrap().unwrap();
+        assert!(next > third, "numbers go on after the highest");
+        again.sync().await;
+        assert_eq!(store.kept(Kept::Queued).unwrap().len(), 3, "the orphan was removed");
+    }
+}
