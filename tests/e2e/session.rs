@@ -566,3 +566,39 @@ async fn a_received_qos2_publish_is_known_across_a_restart() {
     );
     b.stop().await;
 }
+
+/// A clean start discards the kept messages of the session before it, on disk too:
+/// after a restart they do not come back into the new session.
+#[tokio::test]
+async fn a_clean_start_discards_kept_messages_on_disk_too() {
+    let b = TestBroker::start().await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "clean-kept")).await;
+    sub.send(&subscribe("jobs/clean/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    drop(sub);
+    b.wait_offline("bob").await;
+    let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "clean-pub").await;
+    alice
+        .send(&natter_e2e::publish_packet("jobs/clean/1", QoS::AtLeastOnce, 1, "old"))
+        .await;
+    assert_eq!(alice.acks(1).await, vec![(1, reason::SUCCESS)]);
+    // Back with a clean start, persistent again: the old message is gone.
+    let mut fresh = persistent("bob", "clean-kept");
+    fresh.clean_start = true;
+    let (mut sub, ack) = Raw::connect(b.addr, fresh).await;
+    assert!(!ack.session_present);
+    sub.send(&subscribe("jobs/clean/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    assert_eq!(sub.recv_within(Duration::from_millis(300)).await, Err(()), "discarded");
+    drop(sub);
+    b.wait_offline("bob").await;
+    let b = b.restart().await;
+    let (mut sub, ack) = Raw::connect(b.addr, persistent("bob", "clean-kept")).await;
+    assert!(ack.session_present, "the new session is kept");
+    assert_eq!(
+        sub.recv_within(Duration::from_millis(300)).await,
+        Err(()),
+        "the discarded session's message stays gone after a restart"
+    );
+    b.stop().await;
+}

@@ -174,11 +174,14 @@ pub(super) async fn accept(conn: Connection, addr: SocketAddr, connect: Connect,
     opened.session.set_kept(info.persistent);
     // On disk from now on (its will included: a broker that crashes ends the
     // connection without DISCONNECT), or no longer, for a clean one.
+    // A clean start discards what an earlier session left on disk (its queued
+    // messages and QoS 2 flows) before a persistent one is written.
+    if connect.clean_start || !info.persistent {
+        ctx.persist.delete(&key);
+    }
     if info.persistent {
         let record = Record::of(&opened.session, &info, expiry, connect.will.as_ref(), false);
         ctx.persist.save(&record);
-    } else {
-        ctx.persist.delete(&key);
     }
 
     let mut properties = Properties::default();
