@@ -194,9 +194,12 @@ fn handle_request(
         Err(e) => Response::err(id, ErrorCode::BadRequest, format!("invalid request: {e}")),
         Ok(req) => {
             let call = Call { state, client, req };
-            // What the request changed is durable (when `sync`) before it is answered.
+            // What the request changed is durable (when `sync`) before it is answered;
+            // a read changes nothing and costs no flush.
             let done = dispatch(&call, command).and_then(|result| {
-                state.store.commit()?;
+                if !read_only(command) {
+                    state.store.commit()?;
+                }
                 Ok(result)
             });
             match done {
@@ -257,6 +260,22 @@ fn dispatch(c: &Call<'_>, command: &str) -> ApiResult {
             format!("unknown command {other:?}"),
         )),
     }
+}
+
+/// Commands that only read: answered without a store flush.
+fn read_only(command: &str) -> bool {
+    matches!(
+        command,
+        cmd::FRIENDS_LIST
+            | cmd::BLOCKED_LIST
+            | cmd::GROUPS_MEMBERS
+            | cmd::GROUPS_LIST
+            | cmd::PRESENCE_GET
+            | cmd::ACCOUNT_WHOAMI
+            | cmd::HISTORY
+            | cmd::ADMIN_USERS_LIST
+            | cmd::ADMIN_STATS
+    )
 }
 
 /// At most the first 40 characters of a client's string, for an error message: an
