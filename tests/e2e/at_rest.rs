@@ -13,6 +13,7 @@ use serde_json::json;
 
 const DM_BODY: &[u8] = b"the vault code is 7-3-9-1";
 const RETAINED_BODY: &[u8] = b"thermostat secret setpoint";
+const QUEUED_BODY: &[u8] = b"door opens with 55-21";
 
 /// Every file under `dir` but the key file, whole.
 fn raw_files(dir: &Path, skip: &Path, out: &mut Vec<(String, Vec<u8>)>) {
@@ -36,7 +37,23 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[tokio::test]
 async fn nothing_users_wrote_is_in_the_clear_and_the_key_guards_the_store() {
     let b = TestBroker::start().await;
+    // A persistent session that is away: a plain message for it is kept on disk.
+    let mut away = natter_e2e::connect_packet(Protocol::V5, Some("bob"), "bob-away");
+    away.clean_start = false;
+    away.properties.session_expiry_interval = Some(600);
+    let (mut bob, _) = Raw::connect(b.addr, away).await;
+    assert_eq!(bob.subscribe("jobs/door", QoS::AtLeastOnce).await, 1);
+    drop(bob);
+    b.wait_offline("bob").await;
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "alice").await;
+    alice
+        .send(&publish_packet(
+            "jobs/door",
+            QoS::AtLeastOnce,
+            3,
+            Bytes::from_static(QUEUED_BODY),
+        ))
+        .await;
     alice
         .send(&publish_packet(
             "dm/bob",
@@ -50,7 +67,7 @@ async fn nothing_users_wrote_is_in_the_clear_and_the_key_guards_the_store() {
         p.retain = true;
     }
     alice.send(&kept).await;
-    assert_eq!(alice.acks(2).await.len(), 2);
+    assert_eq!(alice.acks(3).await.len(), 3);
     drop(alice);
     let (dir, config) = b.stop_keeping().await;
 
@@ -68,6 +85,10 @@ async fn nothing_users_wrote_is_in_the_clear_and_the_key_guards_the_store() {
         assert!(
             !contains(bytes, RETAINED_BODY),
             "a retained payload in the clear in {path}"
+        );
+        assert!(
+            !contains(bytes, QUEUED_BODY),
+            "a message kept for a persistent session in the clear in {path}"
         );
     }
 
@@ -132,7 +153,23 @@ async fn texts(addr: std::net::SocketAddr) -> Vec<String> {
 #[tokio::test]
 async fn a_backup_taken_while_running_restores_the_history() {
     let b = TestBroker::start().await;
+    // A persistent session that is away: a plain message for it is kept on disk.
+    let mut away = natter_e2e::connect_packet(Protocol::V5, Some("bob"), "bob-away");
+    away.clean_start = false;
+    away.properties.session_expiry_interval = Some(600);
+    let (mut bob, _) = Raw::connect(b.addr, away).await;
+    assert_eq!(bob.subscribe("jobs/door", QoS::AtLeastOnce).await, 1);
+    drop(bob);
+    b.wait_offline("bob").await;
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "alice").await;
+    alice
+        .send(&publish_packet(
+            "jobs/door",
+            QoS::AtLeastOnce,
+            3,
+            Bytes::from_static(QUEUED_BODY),
+        ))
+        .await;
     alice
         .send(&publish_packet(
             "dm/bob",
