@@ -61,64 +61,9 @@ impl Worker {
                 }
             };
             ops.push(first);
-            let mut group = Group::default();
-            let started = tokio::time::Instant::now();
-            // Route what arrived, let the connections run (recipients write, more
-            // publishers post), and go on while more arrives: the group is stored once
-            // the writer finds nothing new, or is full, or is `store_within` old. A burst
-            // of messages from many connections then costs one store write, not one each.
-            // While the group before is being stored, this one takes what arrives until
-            // that is done (or this one is full).
-            loop {
-                let room = self.limits.batch_max.saturating_sub(group.messages);
-                while ops.len() < room {
-                    match self.rx.try_recv() {
-                        Ok(op) => ops.push(op),
-                        Err(_) => break,
-                    }
-                }
-                batches += 1;
-                self.route(&mut ops, &mut group);
-                tokio::task::yield_now().await;
-                if let Some(mut done) = storing.take_if(|s| s.task.is_finished()) {
-                    let out = join(&mut done.task).await;
-                    self.stored(Some(done), out).await;
-                }
-                if group.stop || group.messages >= self.limits.batch_max {
-                    break;
-                }
-                if storing.is_none() && started.elapsed() >= self.limits.store_within {
-                    break;
-                }
-                if let Ok(op) = self.rx.try_recv() {
-                    ops.push(op);
-                    continue;
-                }
-                if storing.is_none() {
-                    break;
-                }
-                let meanwhile = tokio::select! {
-                    out = stored(&mut storing) => Meanwhile::Stored(out),
-                    op = self.rx.recv() => op.map_or(Meanwhile::Closed, Meanwhile::Op),
-                    _ = self.wake.notified() => Meanwhile::Op(Op::Cursors),
-                };
-                match meanwhile {
-                    Meanwhile::Stored(out) => {
-                        self.stored(storing.take(), out).await;
-                        break;
-                    }
-                    Meanwhile::Op(op) => ops.push(op),
-                    Meanwhile::Closed => {
-                        group.stop = true;
-                        break;
-                    }
-                }
-            }
+            let group = self.gather(&mut ops, &mut storing, &mut batches).await;
             // One group at a time, in id order.
-            if storing.is_some() {
-                let out = stored(&mut storing).await;
-                self.stored(storing.take(), out).await;
-            }
+            self.finish_store(&mut storing).await;
             stores += 1;
             let stop = group.stop;
             storing = self.start_store(group);
@@ -127,14 +72,75 @@ impl Worker {
                 break;
             }
         }
-        if storing.is_some() {
-            let out = stored(&mut storing).await;
-            self.stored(storing.take(), out).await;
-        }
+        self.finish_store(&mut storing).await;
         self.finish_index().await;
         self.start_index();
         self.finish_index().await;
         tracing::debug!(batches, stores, "writer stopped");
+    }
+
+    /// Routes what arrived (`ops` holds the first), lets the connections run
+    /// (recipients write, more publishers post), and goes on while more arrives: the
+    /// group is ready to store once the writer finds nothing new, or it is full, or
+    /// `store_within` old. A burst of messages from many connections then costs one
+    /// store write, not one each. While the group before is being stored (`storing`),
+    /// this one takes what arrives until that is done (or this one is full).
+    async fn gather(&mut self, ops: &mut Vec<Op>, storing: &mut Option<Storing>, batches: &mut u64) -> Group {
+        let mut group = Group::default();
+        let started = tokio::time::Instant::now();
+        loop {
+            let room = self.limits.batch_max.saturating_sub(group.messages);
+            while ops.len() < room {
+                match self.rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            *batches += 1;
+            self.route(ops, &mut group);
+            tokio::task::yield_now().await;
+            if let Some(mut done) = storing.take_if(|s| s.task.is_finished()) {
+                let out = join(&mut done.task).await;
+                self.stored(Some(done), out).await;
+            }
+            if group.stop || group.messages >= self.limits.batch_max {
+                return group;
+            }
+            if storing.is_none() && started.elapsed() >= self.limits.store_within {
+                return group;
+            }
+            if let Ok(op) = self.rx.try_recv() {
+                ops.push(op);
+                continue;
+            }
+            if storing.is_none() {
+                return group;
+            }
+            let meanwhile = tokio::select! {
+                out = stored(storing) => Meanwhile::Stored(out),
+                op = self.rx.recv() => op.map_or(Meanwhile::Closed, Meanwhile::Op),
+                _ = self.wake.notified() => Meanwhile::Op(Op::Cursors),
+            };
+            match meanwhile {
+                Meanwhile::Stored(out) => {
+                    self.stored(storing.take(), out).await;
+                    return group;
+                }
+                Meanwhile::Op(op) => ops.push(op),
+                Meanwhile::Closed => {
+                    group.stop = true;
+                    return group;
+                }
+            }
+        }
+    }
+
+    /// Waits for the group being stored, if any, and resolves it.
+    async fn finish_store(&mut self, storing: &mut Option<Storing>) {
+        if storing.is_some() {
+            let out = stored(storing).await;
+            self.stored(storing.take(), out).await;
+        }
     }
 
     /// At the index tick: starts an index write if entries wait and none is under
