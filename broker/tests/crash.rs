@@ -349,6 +349,15 @@ fn setup(dir: &Path) {
     }
 }
 
+/// Adds an operator rule to the config: each user may use `devices/{user}/#`.
+fn allow_own_devices(dir: &Path) {
+    let acl = "[[acl.rules]]\nfilter = \"devices/%u/#\"\naccess = \"readwrite\"\neffect = \"allow\"\nwho = \"all\"\n";
+    let config = dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(acl);
+    std::fs::write(&config, text).expect("config");
+}
+
 const RECIPIENTS: [(&str, Protocol); 3] = [("r1", Protocol::V311), ("r2", Protocol::V5), ("r3", Protocol::V311)];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,11 +558,7 @@ async fn a_device_is_known_from_its_first_subscription_through_a_kill() {
 async fn an_acknowledged_retained_message_survives_a_kill() {
     let dir = tempfile::tempdir().expect("tempdir");
     setup(dir.path());
-    let acl = "[[acl.rules]]\nfilter = \"devices/%u/#\"\naccess = \"readwrite\"\neffect = \"allow\"\nwho = \"all\"\n";
-    let config = dir.path().join("config.toml");
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str(acl);
-    std::fs::write(&config, text).expect("config");
+    allow_own_devices(dir.path());
     let broker = Broker::start(dir.path());
     let (mut p, _) = Mqtt::connect(broker.addr, "p1", "p1", true, Protocol::V311)
         .await
@@ -606,11 +611,7 @@ async fn an_acknowledged_retained_message_survives_a_kill() {
 async fn acknowledged_plain_messages_for_a_persistent_session_survive_a_kill() {
     let dir = tempfile::tempdir().expect("tempdir");
     setup(dir.path());
-    let acl = "[[acl.rules]]\nfilter = \"devices/%u/#\"\naccess = \"readwrite\"\neffect = \"allow\"\nwho = \"all\"\n";
-    let config = dir.path().join("config.toml");
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str(acl);
-    std::fs::write(&config, text).expect("config");
+    allow_own_devices(dir.path());
     let broker = Broker::start(dir.path());
     let (mut s, _) = Mqtt::connect(broker.addr, "p1", "p1-sub", false, Protocol::V311)
         .await

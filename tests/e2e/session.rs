@@ -235,6 +235,14 @@ async fn slow_consumers_are_bounded_by_the_queue_and_the_overflow_policy() {
     }
 }
 
+/// Connects with `connect` and subscribes to `filter`, the SUBACK read.
+async fn subscribed(addr: std::net::SocketAddr, connect: natter_shared::codec::Connect, filter: &str, qos: QoS) -> Raw {
+    let (mut c, _) = Raw::connect(addr, connect).await;
+    c.send(&subscribe(filter, qos)).await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+    c
+}
+
 /// A persistent v5 session (expiry one minute) for `user` with client id `id`.
 fn persistent(user: &str, id: &str) -> natter_shared::codec::Connect {
     let mut c = connect_packet(Protocol::V5, Some(user), id);
@@ -246,9 +254,7 @@ fn persistent(user: &str, id: &str) -> natter_shared::codec::Connect {
 #[tokio::test]
 async fn qos2_is_exactly_once_across_reconnects_in_both_directions() {
     let b = TestBroker::start().await;
-    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-sub")).await;
-    sub.send(&subscribe("q2/#", QoS::ExactlyOnce)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let mut sub = subscribed(b.addr, persistent("bob", "q2-sub"), "q2/#", QoS::ExactlyOnce).await;
 
     // Inbound: the publisher's connection drops after PUBREC; it resends the PUBLISH
     // (DUP) on its resumed session and the broker does not route it again.
@@ -392,9 +398,7 @@ async fn restored_subscriptions_keep_their_options_and_the_expiry_runs_on() {
 #[tokio::test]
 async fn queued_plain_messages_of_a_persistent_session_survive_a_restart() {
     let b = TestBroker::start().await;
-    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "kept-sub")).await;
-    sub.send(&subscribe("jobs/kept/#", QoS::ExactlyOnce)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let mut sub = subscribed(b.addr, persistent("bob", "kept-sub"), "jobs/kept/#", QoS::ExactlyOnce).await;
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "kept-pub").await;
     // One delivered and acknowledged while online: it is forgotten.
     alice
@@ -485,9 +489,7 @@ async fn queued_plain_messages_of_a_persistent_session_survive_a_restart() {
 #[tokio::test]
 async fn a_released_plain_qos2_flow_survives_a_restart() {
     let b = TestBroker::start().await;
-    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-kept")).await;
-    sub.send(&subscribe("q2/k/#", QoS::ExactlyOnce)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let mut sub = subscribed(b.addr, persistent("bob", "q2-kept"), "q2/k/#", QoS::ExactlyOnce).await;
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "q2k-pub").await;
     alice
         .send(&natter_e2e::publish_packet("q2/k/x", QoS::ExactlyOnce, 9, "once"))
@@ -531,9 +533,7 @@ async fn a_released_plain_qos2_flow_survives_a_restart() {
 #[tokio::test]
 async fn a_received_qos2_publish_is_known_across_a_restart() {
     let b = TestBroker::start().await;
-    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "q2-in-sub")).await;
-    sub.send(&subscribe("q2/in/#", QoS::AtLeastOnce)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let mut sub = subscribed(b.addr, persistent("bob", "q2-in-sub"), "q2/in/#", QoS::AtLeastOnce).await;
     let (mut publ, _) = Raw::connect(b.addr, persistent("alice", "q2-in-pub")).await;
     let p = natter_e2e::publish_packet("q2/in/x", QoS::ExactlyOnce, 5, "once");
     publ.send(&p).await;
@@ -572,10 +572,15 @@ async fn a_received_qos2_publish_is_known_across_a_restart() {
 #[tokio::test]
 async fn a_clean_start_discards_kept_messages_on_disk_too() {
     let b = TestBroker::start().await;
-    let (mut sub, _) = Raw::connect(b.addr, persistent("bob", "clean-kept")).await;
-    sub.send(&subscribe("jobs/clean/#", QoS::AtLeastOnce)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
-    drop(sub);
+    drop(
+        subscribed(
+            b.addr,
+            persistent("bob", "clean-kept"),
+            "jobs/clean/#",
+            QoS::AtLeastOnce,
+        )
+        .await,
+    );
     b.wait_offline("bob").await;
     let mut alice = Raw::login(b.addr, Protocol::V5, "alice", "clean-pub").await;
     alice

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bincode::Options;
 use tokio::sync::oneshot;
 
-use super::{encode, key_bytes, opts, Op, Persister};
+use super::{encode, opts, session_key_with, Op, Persister};
 use crate::hooks::Receipt;
 use crate::model::SessionKey;
 use crate::store::{Kept, Store, StoreError};
@@ -20,9 +20,7 @@ use crate::store::{Kept, Store, StoreError};
 pub type IncomingBySession = HashMap<SessionKey, Vec<u16>>;
 
 fn record_key(key: &SessionKey, pkid: u16) -> Vec<u8> {
-    let mut k = key_bytes(key.username.as_deref(), &key.client_id);
-    k.extend_from_slice(&pkid.to_be_bytes());
-    k
+    session_key_with(key, &pkid.to_be_bytes())
 }
 
 impl Persister {

@@ -187,8 +187,14 @@ impl Persister {
 }
 
 fn outgoing_key(key: &SessionKey, pkid: u16) -> Vec<u8> {
+    session_key_with(key, &pkid.to_be_bytes())
+}
+
+/// A record key within a session's: the session key, then `suffix` (a packet id, a
+/// record number), so a session's records share its key as their prefix.
+fn session_key_with(key: &SessionKey, suffix: &[u8]) -> Vec<u8> {
     let mut k = key_bytes(key.username.as_deref(), &key.client_id);
-    k.extend_from_slice(&pkid.to_be_bytes());
+    k.extend_from_slice(suffix);
     k
 }
 

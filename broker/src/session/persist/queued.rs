@@ -18,7 +18,7 @@ use natter_shared::codec::QoS;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{encode, key_bytes, opts, Op, Persister, RetainedRecord};
+use super::{encode, opts, session_key_with, Op, Persister, RetainedRecord};
 use crate::hooks::{NotStored, Receipt, Stored};
 use crate::model::{Delivery, Session, SessionKey};
 use crate::router::Keeper;
@@ -77,9 +77,7 @@ impl QueuedRecord {
 pub type QueuedBySession = HashMap<SessionKey, Vec<(NonZeroU64, QueuedRecord)>>;
 
 fn record_key(key: &SessionKey, seq: NonZeroU64) -> Vec<u8> {
-    let mut k = key_bytes(key.username.as_deref(), &key.client_id);
-    k.extend_from_slice(&seq.get().to_be_bytes());
-    k
+    session_key_with(key, &seq.get().to_be_bytes())
 }
 
 impl Persister {
