@@ -10,6 +10,8 @@
 #   ROUNDS=1 DURATION=2 CONNS=2000 bash benches/compare.sh   # quick look
 #   ONLY='pairs-qos1-unpaced' bash benches/compare.sh       # scenarios matching a regex;
 #                                  prints results, leaves docs/benchmarks.md alone
+#   ONLY='...' REPORT=docs/x.md bash benches/compare.sh    # the same, with its own report
+#                                  (docs/x.md and docs/x.svg) for the scenarios it ran
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-10000}
 ONLY=${ONLY:-}
+REPORT=${REPORT:-}
 RESULTS=${RESULTS:-target/bench-results.jsonl}
 NATTER_PORT=18931
 MOSQ_PORT=18932
@@ -157,6 +160,12 @@ for ROUND in $(seq "$ROUNDS"); do
     done
 done
 
+if [ -n "$ONLY" ] && [ -n "$REPORT" ]; then
+    python3 benches/report.py "$RESULTS" "$REPORT" "${REPORT%.md}.svg" \
+        --command "ONLY='$ONLY' REPORT=$REPORT ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS bash benches/compare.sh"
+    echo "wrote $REPORT and ${REPORT%.md}.svg"
+    exit 0
+fi
 if [ -n "$ONLY" ]; then
     echo "ONLY=$ONLY: results in $RESULTS, report not written"
     exit 0

@@ -290,6 +290,11 @@ def main():
         )
     lines += [
         "",
+        "In the 1,000 msg/s rows the ten pairs send in step, ten messages every 10 ms, so the p99 is the last of",
+        "a burst of ten and grows with the broker's cost per message. These rows alone, with more rounds:",
+        "`ONLY='^(pairs-qos1-unpaced|pairs-qos1-1k|im:pairs-qos1-unpaced|im:pairs-qos1-1k|im-relaxed:.*)$'",
+        "REPORT=docs/benchmarks-durability.md ROUNDS=5 bash benches/compare.sh` (last result in that file).",
+        "",
         "## Every run",
         "",
         "| round | scenario | broker | msg/s | deliveries/s | p50 us | p99 us | p999 us | lost | dup | connects/s | RSS/1000 KiB | gen CPU % |",
