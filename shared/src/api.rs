@@ -30,6 +30,10 @@ pub mod command {
     pub const ACCOUNT_WHOAMI: &str = "account.whoami";
     pub const ACCOUNT_REGISTER: &str = "account.register";
     pub const ACCOUNT_RESET: &str = "account.reset";
+    pub const TOKENS_CREATE: &str = "tokens.create";
+    pub const TOKENS_LIST: &str = "tokens.list";
+    pub const TOKENS_REVOKE: &str = "tokens.revoke";
+    pub const MAILBOX_STATUS: &str = "mailbox.status";
     pub const HISTORY: &str = "history";
     pub const ADMIN_USERS_ADD: &str = "admin.users.add";
     pub const ADMIN_USERS_DEL: &str = "admin.users.del";
@@ -79,6 +83,9 @@ pub struct Request {
     /// account.register: answer on `register/{reply}` (default: the client id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// tokens.create, tokens.revoke: the device token's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A response.

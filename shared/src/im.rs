@@ -28,6 +28,17 @@ pub const REGISTER: &str = "register";
 /// First topic levels owned by the IM layer.
 pub const NAMESPACES: &[&str] = &[DM, GROUP, API, INBOX, PRESENCE, REGISTER];
 
+/// The Reason String of a refused publish (MQTT 5 PUBACK/PUBREC 0x87): the cause,
+/// for people. A block is not told apart from a friends-only policy.
+pub mod refusal {
+    pub const LOG_IN: &str = "log in to send messages";
+    pub const NO_SUCH_USER: &str = "no such user";
+    pub const NOT_ACCEPTED: &str = "the recipient does not accept your messages";
+    pub const NOT_MEMBER: &str = "not a member of this group";
+    pub const FORBIDDEN_TOPIC: &str = "nobody may publish to this topic";
+    pub const NO_RULE: &str = "no rule allows you to publish to this topic";
+}
+
 /// What a published topic asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Publish<'a> {

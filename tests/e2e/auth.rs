@@ -389,3 +389,70 @@ async fn throttle_and_registration_state_outlive_a_restart() {
     assert_eq!(r["ok"], true, "{r}");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn owners_create_list_and_revoke_their_own_device_tokens() {
+    use natter_e2e::im::ImClient;
+    use serde_json::json;
+    let b = TestBroker::start().await;
+    let mut alice = ImClient::connect(b.addr, "alice", "alice-pw-login").await;
+    alice
+        .fails(
+            "tokens.create",
+            json!({"name": "laptop", "password": "wrong"}),
+            "bad_credentials",
+        )
+        .await;
+    alice
+        .fails(
+            "tokens.create",
+            json!({"name": "Laptop!", "password": "x"}),
+            "bad_request",
+        )
+        .await;
+    let pw = natter_e2e::password("alice");
+    let made = alice
+        .ok("tokens.create", json!({"name": "laptop", "password": pw}))
+        .await;
+    let token = made["token"].as_str().expect("the secret, once").to_owned();
+    assert!(token.starts_with("nt_"));
+    alice
+        .fails(
+            "tokens.create",
+            json!({"name": "laptop", "password": pw}),
+            "already_exists",
+        )
+        .await;
+    let listed = alice.ok("tokens.list", json!({})).await;
+    assert_eq!(listed["tokens"][0]["name"], json!("laptop"));
+    assert!(listed["tokens"][0].get("token").is_none(), "never the secret again");
+
+    // Two connections on the token; the one that revokes it is answered and stays,
+    // the other is closed, and the token logs in no more.
+    let mut o = v5::options(b.addr, "laptop-chat", None);
+    o.set_credentials("alice", token.clone());
+    let mut chat = ImClient::with_options(o, "alice").await;
+    let mut c = connect_packet(Protocol::V5, Some("alice"), "laptop-other");
+    c.password = Some(bytes::Bytes::from(token.clone()));
+    let (mut other, ack) = Raw::connect(b.addr, c.clone()).await;
+    assert_eq!(ack.code, 0);
+    chat.fails(
+        "tokens.create",
+        json!({"name": "more", "password": "guess"}),
+        "bad_credentials",
+    )
+    .await;
+    let revoked = chat.ok("tokens.revoke", json!({"name": "laptop"})).await;
+    assert_eq!(revoked["revoked"], json!(true));
+    let closed = other.until_closed().await;
+    assert!(
+        matches!(closed.last(), Some(Packet::Disconnect(d)) if d.reason == reason::ADMINISTRATIVE_ACTION),
+        "{closed:?}"
+    );
+    let (_, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.code, reason::BAD_USERNAME_OR_PASSWORD);
+    chat.fails("tokens.revoke", json!({"name": "laptop"}), "not_found")
+        .await;
+    assert_eq!(alice.ok("tokens.list", json!({})).await["tokens"], json!([]));
+    b.stop().await;
+}

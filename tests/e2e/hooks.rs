@@ -52,7 +52,7 @@ impl Hook for Probe {
 
     fn on_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
         if msg.topic.starts_with("forbidden") {
-            return PublishDecision::Refuse;
+            return PublishDecision::Refuse(None);
         }
         if let Some(rest) = msg.topic.strip_prefix("dm/") {
             // Take the message over: route it to the recipient's inbox, stamped with the sender.

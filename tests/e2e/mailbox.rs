@@ -190,3 +190,34 @@ async fn presence_goes_offline_on_disconnect_and_on_keepalive_timeout() {
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn mailbox_status_tells_a_device_how_far_it_has_read() {
+    let b = TestBroker::start().await;
+    let mut alice = ImClient::connect(b.addr, "alice", "alice-status").await;
+    let mut bob = ImClient::persistent(b.addr, "bob", "bob-phone").await;
+    befriend(&mut alice, &mut bob).await;
+    let before = bob.ok("mailbox.status", json!({})).await;
+    assert_eq!(before["device"], json!("bob-phone"));
+    for text in ["one", "two"] {
+        alice
+            .publish("dm/bob", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, text)
+            .await;
+    }
+    bob.next_on("inbox/bob/dm/alice").await;
+    let second = bob.next_on("inbox/bob/dm/alice").await;
+    let last: u64 = second.prop("id").expect("id").parse().unwrap();
+    // Acknowledged by the client library as it reads; the status catches up.
+    b.wait_until("the cursor at the last DM", || {
+        b.store().cursor("bob", "bob-phone").ok().flatten() == Some(last)
+    })
+    .await;
+    let now = bob.ok("mailbox.status", json!({})).await;
+    assert_eq!(now["last_id"], json!(last), "{now}");
+    assert_eq!(now["cursor"], json!(last), "{now}");
+    // A device never seen has no cursor.
+    let mut fresh = ImClient::connect(b.addr, "alice", "never-subscribed-before").await;
+    let s = fresh.ok("mailbox.status", json!({})).await;
+    assert!(s["last_id"].as_u64().unwrap() >= 1, "{s}");
+    b.stop().await;
+}

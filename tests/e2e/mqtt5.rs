@@ -9,6 +9,7 @@ use natter_e2e::{connect_packet, publish_packet, Raw, TestBroker};
 use natter_shared::codec::{
     reason, Ack, Packet, Properties, Protocol, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
+use natter_shared::im::refusal;
 
 fn sub(filter: &str, qos: QoS, id: Option<u32>, no_local: bool) -> Packet {
     Packet::Subscribe(Subscribe {
@@ -292,6 +293,23 @@ async fn refused_publish_gets_0x87_on_v5_and_a_plain_ack_on_v311() {
     ))
     .await;
     assert!(matches!(p.recv().await, Some(Packet::PubRec(a)) if a.reason == reason::NOT_AUTHORIZED));
+    // The cause comes as the Reason String.
+    let cases = [
+        ("dm/nobody", refusal::NO_SUCH_USER),
+        ("group/nogroup", refusal::NOT_MEMBER),
+        ("inbox/bob/dm/alice", refusal::FORBIDDEN_TOPIC),
+    ];
+    for (pkid, (topic, why)) in (3..).zip(cases) {
+        p.send(&publish(topic, QoS::AtLeastOnce, pkid, Properties::default(), b"x"))
+            .await;
+        match p.recv().await {
+            Some(Packet::PubAck(a)) => {
+                assert_eq!((a.pkid, a.reason), (pkid, reason::NOT_AUTHORIZED), "{topic}");
+                assert_eq!(a.properties.reason_string.as_deref(), Some(why), "{topic}");
+            }
+            other => panic!("{topic}: expected PUBACK, got {other:?}"),
+        }
+    }
     let mut p3 = Raw::login(b.addr, Protocol::V311, "alice", "p3").await;
     p3.send(&publish(
         "$SYS/forged",

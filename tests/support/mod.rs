@@ -759,6 +759,11 @@ pub mod im {
             Self::open(o, user).await
         }
 
+        /// A client with these options (a token login, say), subscribed to its mailbox.
+        pub async fn with_options(o: rumqttc::v5::MqttOptions, user: &str) -> ImClient {
+            Self::open(o, user).await
+        }
+
         async fn open(o: rumqttc::v5::MqttOptions, user: &str) -> ImClient {
             let mut c = v5::connect(o).await.expect("IM login");
             c.probe = format!("{}probe/alive", natter_shared::im::inbox_prefix(user));

@@ -46,7 +46,7 @@ impl Hook for PlainAcl {
         if !msg.topic.starts_with('$') && self.decide(c, Op::Publish, &msg.topic) {
             PublishDecision::Route
         } else {
-            PublishDecision::Refuse
+            PublishDecision::Refuse(None)
         }
     }
 }

@@ -116,8 +116,9 @@ pub type Receipt = tokio::sync::oneshot::Receiver<Stored>;
 pub enum PublishDecision {
     /// Authorized: the core routes it ([`crate::router::Router::route`]).
     Route,
-    /// Refused (v5: PUBACK/PUBREC 0x87; 3.1.1: acknowledged and dropped).
-    Refuse,
+    /// Refused (v5: PUBACK/PUBREC 0x87, with the reason for people as its Reason
+    /// String when given; 3.1.1: acknowledged and dropped).
+    Refuse(Option<&'static str>),
     /// The plugin takes the message over (stores and routes it itself, or answers it)
     /// and the core does not route it. The core acknowledges it when the receipt
     /// resolves, in arrival order: `Ok` is PUBACK/PUBREC 0x00, so an acknowledgement
@@ -320,7 +321,7 @@ impl Hooks {
                 d => return d,
             }
         }
-        PublishDecision::Refuse
+        PublishDecision::Refuse(None)
     }
     pub fn on_connected(&self, client: &ClientInfo, session: &Arc<Session>, present: bool) {
         let view = SessionView::new(session.clone());
@@ -378,7 +379,7 @@ mod tests {
         fn on_publish(&self, _: &ClientInfo, _: &Message) -> PublishDecision {
             match self.2 {
                 PublishDecision::Route => PublishDecision::Route,
-                PublishDecision::Refuse => PublishDecision::Refuse,
+                PublishDecision::Refuse(why) => PublishDecision::Refuse(why),
                 PublishDecision::TakenOver(_) => PublishDecision::TakenOver(receipt(Ok(()))),
                 PublishDecision::Abstain => PublishDecision::Abstain,
             }
@@ -416,7 +417,7 @@ mod tests {
     fn empty_registry_denies() {
         let h = Hooks::default();
         assert!(!h.authorize_subscribe(&client(), "a"));
-        assert!(matches!(h.on_publish(&client(), &msg()), PublishDecision::Refuse));
+        assert!(matches!(h.on_publish(&client(), &msg()), PublishDecision::Refuse(_)));
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let creds = Credentials {
             username: None,
@@ -441,7 +442,7 @@ mod tests {
         assert!(matches!(h.on_publish(&client(), &msg()), PublishDecision::TakenOver(_)));
         let h = Hooks::new(vec![
             Arc::new(Fixed("c", Access::Allow, PublishDecision::Route)),
-            Arc::new(Fixed("b", Access::Deny, PublishDecision::Refuse)),
+            Arc::new(Fixed("b", Access::Deny, PublishDecision::Refuse(None))),
         ]);
         assert!(h.authorize_subscribe(&client(), "a"));
         assert!(matches!(h.on_publish(&client(), &msg()), PublishDecision::Route));

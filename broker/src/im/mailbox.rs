@@ -137,7 +137,6 @@ impl Mailboxes {
     }
 
     /// A device's cursor as the writer sees it (what is acknowledged, stored or not).
-    #[cfg(test)]
     pub fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, crate::store::StoreError> {
         self.writer.cursor(user, device)
     }

@@ -17,7 +17,7 @@ mod tests;
 use std::sync::Arc;
 
 use natter_shared::codec::QoS;
-use natter_shared::im::{self, Publish};
+use natter_shared::im::{self, refusal, Publish};
 
 use tokio::sync::Semaphore;
 
@@ -121,19 +121,20 @@ impl ImPlugin {
     fn dm(&self, client: &ClientInfo, to: &str, msg: &Message) -> Result<PublishDecision, StoreError> {
         let s = &self.state;
         let Some(from) = client.username.as_deref() else {
-            return Ok(PublishDecision::Refuse);
+            return Ok(PublishDecision::Refuse(Some(refusal::LOG_IN)));
         };
         if !s.store.user_exists(to)? {
             tracing::info!(from, to, "DM refused: no such user");
-            return Ok(PublishDecision::Refuse);
+            return Ok(PublishDecision::Refuse(Some(refusal::NO_SUCH_USER)));
         }
+        // Blocked and not friends read the same to the sender: a block is not told.
         if s.store.blocked(to, from)? {
             tracing::info!(from, to, "DM refused: blocked by the recipient");
-            return Ok(PublishDecision::Refuse);
+            return Ok(PublishDecision::Refuse(Some(refusal::NOT_ACCEPTED)));
         }
         if s.config.dm_policy == DmPolicy::Friends && from != to && !s.store.are_friends(from, to)? {
             tracing::info!(from, to, "DM refused: not friends");
-            return Ok(PublishDecision::Refuse);
+            return Ok(PublishDecision::Refuse(Some(refusal::NOT_ACCEPTED)));
         }
         // The recipient's mailbox, and the sender's own for their other devices.
         let route = Route::Direct {
@@ -161,12 +162,12 @@ impl ImPlugin {
     fn group(&self, client: &ClientInfo, group: &str, msg: &Message) -> Result<PublishDecision, StoreError> {
         let s = &self.state;
         let Some(from) = client.username.as_deref() else {
-            return Ok(PublishDecision::Refuse);
+            return Ok(PublishDecision::Refuse(Some(refusal::LOG_IN)));
         };
         let members = s.store.members_shared(group)?;
         if !members.iter().any(|(m, _)| m == from) {
             tracing::info!(from, group, "group message refused: not a member");
-            return Ok(PublishDecision::Refuse);
+            return Ok(PublishDecision::Refuse(Some(refusal::NOT_MEMBER)));
         }
         // Every member's mailbox (the members now: one who joins later gets what
         // follows, one who left gets nothing more).
@@ -220,11 +221,11 @@ impl Hook for ImPlugin {
 
     fn on_publish(&self, client: &ClientInfo, msg: &Message) -> PublishDecision {
         let result = match acl::publish(&asker(client), &msg.topic) {
-            PublishClass::Deny => Ok(PublishDecision::Refuse),
+            PublishClass::Deny => Ok(PublishDecision::Refuse(Some(refusal::FORBIDDEN_TOPIC))),
             PublishClass::Rules => Ok(
                 match rules::decide(&self.state.rules, &subject(client), Op::Publish, &msg.topic) {
                     Some(Effect::Allow) => PublishDecision::Route,
-                    _ => PublishDecision::Refuse,
+                    _ => PublishDecision::Refuse(Some(refusal::NO_RULE)),
                 },
             ),
             PublishClass::Im(Publish::Dm { to }) => self.dm(client, to, msg),
@@ -233,7 +234,9 @@ impl Hook for ImPlugin {
                 let answered = api::spawn(self.state.clone(), client.clone(), command.to_owned(), msg.clone());
                 Ok(PublishDecision::TakenOver(answered))
             }
-            PublishClass::Im(Publish::Reserved | Publish::Other) => Ok(PublishDecision::Refuse),
+            PublishClass::Im(Publish::Reserved | Publish::Other) => {
+                Ok(PublishDecision::Refuse(Some(refusal::FORBIDDEN_TOPIC)))
+            }
         };
         result.unwrap_or_else(|e| {
             tracing::error!(topic = %msg.topic, error = %e, "message not stored");

@@ -55,7 +55,7 @@ impl Harness {
     }
 
     fn refused(&self, who: &ClientInfo, topic: &str) -> bool {
-        matches!(self.decide(who, topic, "x"), PublishDecision::Refuse)
+        matches!(self.decide(who, topic, "x"), PublishDecision::Refuse(_))
     }
 
     fn texts(&self, conversation: &str) -> Vec<(String, String)> {

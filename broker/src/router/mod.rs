@@ -239,8 +239,17 @@ impl Router {
     /// Kicks every connection of `username` (for example when the account is deleted),
     /// or only those logged in with the device token named `token`.
     pub fn kick_user(&self, username: &str, token: Option<&str>, why: Kick) -> usize {
+        self.kick_sparing(username, token, None, why)
+    }
+
+    /// As [`Router::kick_user`], sparing the connection of client `spare` (the one
+    /// that asked for it, which is answered and leaves by itself).
+    pub fn kick_sparing(&self, username: &str, token: Option<&str>, spare: Option<&str>, why: Kick) -> usize {
         let mut n = 0;
         for s in self.sessions_of(username) {
+            if spare.is_some_and(|c| *s.key.client_id == *c) {
+                continue;
+            }
             let mut st = s.lock();
             if token.is_some() && st.credential.as_deref() != token {
                 continue;

@@ -142,7 +142,7 @@ fn publish_will_from(ctx: &Context, info: &ClientInfo, origin: u64, w: LastWill)
                 }
             });
         }
-        PublishDecision::Refuse | PublishDecision::Abstain => {
+        PublishDecision::Refuse(_) | PublishDecision::Abstain => {
             tracing::info!(client_id = %info.client_id, topic = %msg.topic, "will refused by authorization")
         }
     }
@@ -171,7 +171,7 @@ mod tests {
 
         fn on_publish(&self, _: &ClientInfo, msg: &Message) -> PublishDecision {
             if msg.topic.starts_with("denied/") {
-                PublishDecision::Refuse
+                PublishDecision::Refuse(None)
             } else {
                 PublishDecision::Route
             }

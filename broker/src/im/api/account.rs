@@ -21,6 +21,10 @@ pub(super) fn account_error(e: AccountError) -> Fail {
         ),
         AccountError::Password(p) => Fail::new(ErrorCode::BadRequest, p.to_string()),
         AccountError::Store(StoreError::UserExists(u)) => Fail::new(ErrorCode::AlreadyExists, format!("{u} is taken")),
+        AccountError::Store(StoreError::TokenExists { name, .. }) => Fail::new(
+            ErrorCode::AlreadyExists,
+            format!("you already have a token named {name}"),
+        ),
         AccountError::Store(StoreError::NoSuchUser(u)) => Fail::new(ErrorCode::NotFound, format!("no such user: {u}")),
         e @ AccountError::NoSuchToken { .. } => Fail::new(ErrorCode::NotFound, e.to_string()),
         other => {
@@ -42,11 +46,18 @@ pub fn passwd(c: &Call<'_>) -> ApiResult {
     }
     let old = c.field(&c.req.password, "password")?;
     let new = c.field(&c.req.new_password, "new_password")?;
-    // The same door as CONNECT: a device-token holder guessing the account password
-    // here is throttled like a guesser at login (the caller holds an argon2 worker).
+    check_password(c, me, old, "password change")?;
+    accounts::passwd(&c.state.store, &c.state.hasher, me, new.as_bytes()).map_err(account_error)?;
+    Ok(json!({ "user": me, "changed": true }))
+}
+
+/// Checks the caller's account password, `what` naming the operation in the logs.
+/// The same door as CONNECT: a device-token holder guessing the account password
+/// here is throttled like a guesser at login (the caller holds an argon2 worker).
+pub(super) fn check_password(c: &Call<'_>, me: &str, password: &str, what: &str) -> Result<(), Fail> {
     let (guard, ip) = (&c.state.guard, c.client.addr.ip());
     if let Gate::Locked(left) = guard.gate(ip) {
-        tracing::warn!(user = me, addr = %c.client.addr, "password change throttled");
+        tracing::warn!(user = me, addr = %c.client.addr, what, "throttled: too many wrong passwords");
         return Err(Fail::new(
             ErrorCode::RateLimited,
             format!("too many wrong passwords; try again in {} s", left.as_secs().max(1)),
@@ -57,14 +68,13 @@ pub fn passwd(c: &Call<'_>) -> ApiResult {
         .store
         .user(me)?
         .ok_or_else(|| Fail::new(ErrorCode::NotFound, "account gone"))?;
-    if !password::verify(old.as_bytes(), &rec.password_hash) {
+    if !password::verify(password.as_bytes(), &rec.password_hash) {
         guard.failure(Some(me), ip);
-        tracing::info!(user = me, addr = %c.client.addr, "password change refused: wrong password");
+        tracing::info!(user = me, addr = %c.client.addr, what, "refused: wrong password");
         return Err(Fail::new(ErrorCode::BadCredentials, "wrong password"));
     }
     guard.success(me);
-    accounts::passwd(&c.state.store, &c.state.hasher, me, new.as_bytes()).map_err(account_error)?;
-    Ok(json!({ "user": me, "changed": true }))
+    Ok(())
 }
 
 pub fn register(c: &Call<'_>) -> ApiResult {

@@ -13,7 +13,9 @@ mod admin;
 mod contacts;
 mod groups;
 mod history;
+mod mailbox;
 mod presence;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -109,6 +111,7 @@ const HASHING: &[&str] = &[
     cmd::ACCOUNT_PASSWD,
     cmd::ACCOUNT_REGISTER,
     cmd::ACCOUNT_RESET,
+    cmd::TOKENS_CREATE,
     cmd::ADMIN_USERS_ADD,
     cmd::ADMIN_USERS_PASSWD,
 ];
@@ -249,6 +252,10 @@ fn dispatch(c: &Call<'_>, command: &str) -> ApiResult {
         cmd::ACCOUNT_REGISTER => account::register(c),
         cmd::ACCOUNT_RESET => account::reset(c),
         cmd::HISTORY => history::history(c),
+        cmd::TOKENS_CREATE => tokens::create(c),
+        cmd::TOKENS_LIST => tokens::list(c),
+        cmd::TOKENS_REVOKE => tokens::revoke(c),
+        cmd::MAILBOX_STATUS => mailbox::status(c),
         cmd::ADMIN_USERS_ADD
         | cmd::ADMIN_USERS_DEL
         | cmd::ADMIN_USERS_LIST
@@ -273,6 +280,8 @@ fn read_only(command: &str) -> bool {
             | cmd::PRESENCE_GET
             | cmd::ACCOUNT_WHOAMI
             | cmd::HISTORY
+            | cmd::TOKENS_LIST
+            | cmd::MAILBOX_STATUS
             | cmd::ADMIN_USERS_LIST
             | cmd::ADMIN_STATS
     )

@@ -89,7 +89,10 @@ impl Handler {
     /// answer behind what is (acknowledgements keep the publishes' order).
     pub(super) fn answer(&mut self, pkid: u16, qos: QoS, outcome: Outcome) -> Option<End> {
         match outcome {
-            Outcome::Ready(code) if self.owed.is_empty() => self.acknowledge(pkid, qos, code),
+            Outcome::Ready(code) if self.owed.is_empty() => self.acknowledge(pkid, qos, code, None),
+            Outcome::Refused(why) if self.owed.is_empty() => {
+                self.acknowledge(pkid, qos, reason::NOT_AUTHORIZED, Some(why))
+            }
             outcome => {
                 self.owed.push_back(OwedAck {
                     ack: Owed::Publish { pkid, qos },
@@ -104,7 +107,8 @@ impl Handler {
     pub(super) fn settle(&mut self) -> Option<End> {
         while let Some(front) = self.owed.front_mut() {
             let known = match &mut front.outcome {
-                Outcome::Ready(code) => Ok(*code),
+                Outcome::Ready(code) => Ok((*code, None)),
+                Outcome::Refused(why) => Ok((reason::NOT_AUTHORIZED, Some(*why))),
                 Outcome::Waiting(receipt) => match receipt.try_recv() {
                     Ok(stored) => Err(stored),
                     Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(Err(NotStored::Stopped)),
@@ -114,19 +118,19 @@ impl Handler {
             let Some(OwedAck { ack, .. }) = self.owed.pop_front() else {
                 break;
             };
-            let code = match (known, &ack) {
-                (Ok(code), _) => code,
+            let (code, why) = match (known, &ack) {
+                (Ok(known), _) => known,
                 (Err(stored), Owed::Write) => {
                     if let Err(why) = stored {
                         tracing::warn!(client_id = %self.info.client_id, %why, "a QoS 2 packet id was not written: a restart forgets it");
                     }
                     continue;
                 }
-                (Err(stored), _) => stored_code(stored),
+                (Err(stored), _) => (stored_code(stored), None),
             };
             match ack {
                 Owed::Publish { pkid, qos } => {
-                    if let Some(end) = self.acknowledge(pkid, qos, code) {
+                    if let Some(end) = self.acknowledge(pkid, qos, code, why) {
                         return Some(end);
                     }
                 }
@@ -143,14 +147,22 @@ impl Handler {
         None
     }
 
-    pub(super) fn acknowledge(&mut self, pkid: u16, qos: QoS, code: u8) -> Option<End> {
+    pub(super) fn acknowledge(&mut self, pkid: u16, qos: QoS, code: u8, why: Option<&'static str>) -> Option<End> {
         if code == reason::UNSPECIFIED_ERROR && self.protocol == Protocol::V311 && qos != QoS::AtMostOnce {
             // 3.1.1 has no negative acknowledgement: close rather than falsely acknowledge.
             return Some(End::Protocol(code, "the message could not be stored"));
         }
+        let mut ack = Ack::with_reason(pkid, code);
+        // MQTT 5: the cause as a Reason String, unless it would pass the client's
+        // Maximum Packet Size (MQTT-3.4.2-2).
+        if let Some(why) =
+            why.filter(|w| self.protocol == Protocol::V5 && w.len() + 16 <= self.client_max_packet as usize)
+        {
+            ack.properties.reason_string = Some(why.to_owned());
+        }
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(pkid, code))),
+            QoS::AtLeastOnce => self.send(Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
                 if code >= 0x80 && self.protocol == Protocol::V5 {
                     // Refused: the flow ends with this PUBREC.
@@ -159,7 +171,7 @@ impl Handler {
                         self.ctx.persist.relieved(&self.session.key, pkid);
                     }
                 }
-                self.send(Packet::PubRec(Ack::with_reason(pkid, code)));
+                self.send(Packet::PubRec(ack));
             }
         }
         None
@@ -252,12 +264,21 @@ impl Handler {
                 }
             }
             PublishDecision::TakenOver(receipt) => return Outcome::Waiting(receipt),
-            PublishDecision::Refuse | PublishDecision::Abstain => {
+            PublishDecision::Refuse(why) => {
                 tracing::info!(
                     client_id = %self.info.client_id,
                     user = self.info.username.as_deref().unwrap_or(""),
                     topic = %msg.topic,
+                    why = why.unwrap_or(""),
                     "publish refused by authorization"
+                );
+                return why.map_or(Outcome::Ready(reason::NOT_AUTHORIZED), Outcome::Refused);
+            }
+            PublishDecision::Abstain => {
+                tracing::info!(
+                    client_id = %self.info.client_id,
+                    topic = %msg.topic,
+                    "publish refused: no hook decided"
                 );
                 reason::NOT_AUTHORIZED
             }

@@ -51,6 +51,8 @@ enum Owed {
 enum Outcome {
     /// The reason code is known.
     Ready(u8),
+    /// Refused by authorization (0x87), with the reason for people.
+    Refused(&'static str),
     /// A plugin is storing the message.
     Waiting(Receipt),
 }
