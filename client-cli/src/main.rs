@@ -1,103 +1,48 @@
-//! `natter`: Natter's terminal client.
+//! `natter`: Natter's terminal client. One-shot commands for people and scripts
+//! (`--json`), over the public protocol of `docs/protocol.md`, on the `shared`
+//! crate's MQTT 5 codec.
 //!
-//! This first version has one command, `natter check`, which logs in to a broker
-//! and reports whether the credentials are accepted. Messaging, contacts, groups,
-//! presence, history, files and end-to-end encryption arrive with the CLI step of
-//! the roadmap.
+//! | module | job |
+//! |---|---|
+//! | `cli` | the command line |
+//! | `profile` | profiles and their device tokens on disk |
+//! | `session` | who and where; the one-shot and the device connections |
+//! | `link` | one MQTT 5 connection: publish, subscribe, API calls, events |
+//! | `commands` | the one-shot commands |
+//! | `inbox` | `natter inbox [-f]` |
+//! | `format` | how things look on a terminal |
+//! | `error` | failures and exit codes |
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+mod cli;
+mod commands;
+mod error;
+mod format;
+mod inbox;
+mod link;
+mod profile;
+mod session;
 
-use anyhow::{bail, Context, Result};
-use bytes::{Bytes, BytesMut};
-use clap::{Parser, Subcommand};
-use natter_shared::codec::{self, reason, Connect, Packet, Properties, Protocol};
-
-#[derive(Parser)]
-#[command(name = "natter", version, about = "Natter's terminal client")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Log in to a broker and report whether it accepts the credentials.
-    #[command(after_help = "Example: echo secret | natter check --server 127.0.0.1:1883 --user alice")]
-    Check {
-        /// Broker address.
-        #[arg(long, default_value = "127.0.0.1:1883", env = "NATTER_SERVER")]
-        server: String,
-        /// User name (password read from stdin).
-        #[arg(long, env = "NATTER_USER")]
-        user: Option<String>,
-    },
-}
+use clap::Parser;
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("natter: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn run() -> Result<()> {
-    match Cli::parse().command {
-        Command::Check { server, user } => check(&server, user),
-    }
-}
-
-fn check(server: &str, user: Option<String>) -> Result<()> {
-    let password = match &user {
-        Some(_) => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("reading the password from stdin")?;
-            Some(Bytes::from(s.trim_end_matches(['\n', '\r']).to_owned()))
+    let cli = cli::Cli::parse();
+    let json = cli.global.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("natter: cannot start: {e}");
+            std::process::exit(error::exit::OTHER);
         }
-        None => None,
     };
-    let mut stream = TcpStream::connect(server).with_context(|| format!("cannot reach {server}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let connect = Packet::Connect(Box::new(Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
-        keep_alive: 30,
-        client_id: String::new(),
-        will: None,
-        username: user.clone(),
-        password,
-        properties: Properties::default(),
-    }));
-    let mut out = BytesMut::new();
-    connect.encode(&mut out, Protocol::V5);
-    stream.write_all(&out)?;
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 1024];
-    let ack = loop {
-        if let Some(p) = codec::decode(&mut buf, Protocol::V5, 64 * 1024)? {
-            break p;
-        }
-        let n = stream.read(&mut chunk).context("waiting for CONNACK")?;
-        if n == 0 {
-            bail!("{server} closed the connection without CONNACK");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    match ack {
-        Packet::ConnAck(a) if a.code == reason::SUCCESS => {
-            let mut out = BytesMut::new();
-            Packet::Disconnect(Default::default()).encode(&mut out, Protocol::V5);
-            let _ = stream.write_all(&out);
+    let result = runtime.block_on(commands::run(cli.command, &cli.global));
+    if let Err(e) = result {
+        if json {
             println!(
-                "ok: logged in to {server} as {}",
-                user.as_deref().unwrap_or("anonymous")
+                "{}",
+                serde_json::json!({ "ok": false, "error": e.kind(), "message": e.to_string() })
             );
-            Ok(())
         }
-        Packet::ConnAck(a) => bail!("refused by {server}: reason code {:#04x}", a.code),
-        other => bail!("unexpected {} from {server}", other.name()),
+        eprintln!("natter: {e}");
+        std::process::exit(e.exit_code());
     }
 }

@@ -20,6 +20,10 @@ struct UserPresence {
     /// The client ids of the user's connections up now (one entry per connection).
     clients: Vec<Arc<str>>,
     status: Status,
+    /// What the user chose (`presence.set`): their status whenever a connection is up,
+    /// until they choose again (or the broker restarts).
+    chosen: Status,
+    /// The chosen status's text, shown while online.
     text: Option<Box<str>>,
     /// When `status` began; for an offline user who was seen, also when last seen.
     since: u64,
@@ -31,7 +35,9 @@ impl UserPresence {
         Presence {
             user: user.to_owned(),
             status: self.status,
-            text: self.text.as_deref().map(str::to_owned),
+            text: (self.status != Status::Offline)
+                .then(|| self.text.as_deref().map(str::to_owned))
+                .flatten(),
             since: self.since,
             last_seen: seen.then_some(self.since),
         }
@@ -107,6 +113,7 @@ impl PresenceBook {
             Box::new(UserPresence {
                 clients: Vec::new(),
                 status: Status::Offline,
+                chosen: Status::Online,
                 text: None,
                 since: 0,
             })
@@ -115,7 +122,7 @@ impl PresenceBook {
         p.clients.reserve_exact(1);
         p.clients.push(client.clone());
         if p.clients.len() == 1 {
-            p.status = Status::Online;
+            p.status = p.chosen;
             p.since = now_secs();
             let snapshot = p.to_api(user);
             drop(users);
@@ -143,8 +150,9 @@ impl PresenceBook {
         }
     }
 
-    /// Sets away/busy/online and the status text of a connected user. False when the
-    /// user has no connection (offline is not something one sets).
+    /// Sets away/busy/online and the status text of a connected user, kept for the
+    /// user's later connections too. False when the user has no connection (offline
+    /// is not something one sets).
     pub fn set(&self, user: &str, status: Status, text: Option<String>) -> bool {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = users.get_mut(user).filter(|p| !p.clients.is_empty()) else {
@@ -154,6 +162,7 @@ impl PresenceBook {
             p.since = now_secs();
         }
         p.status = status;
+        p.chosen = status;
         p.text = text.map(String::into_boxed_str);
         let snapshot = p.to_api(user);
         drop(users);
@@ -224,5 +233,28 @@ mod tests {
             Status::Offline,
             "an unknown connection ending changes nothing"
         );
+    }
+
+    #[test]
+    fn a_chosen_status_holds_for_later_connections_and_is_hidden_while_offline() {
+        let book = PresenceBook::new(Router::new(Config::default_config().limits));
+        let (cli, chat): (Arc<str>, Arc<str>) = ("natter-once".into(), "natter-chat".into());
+        assert!(!book.set("alice", Status::Away, Some("lunch".into())), "not connected");
+        book.connected("alice", &cli);
+        assert!(book.set("alice", Status::Away, Some("lunch".into())));
+        book.disconnected("alice", "natter-once");
+        let away = book.get("alice");
+        assert_eq!(
+            (away.status, away.text),
+            (Status::Offline, None),
+            "offline shows no text"
+        );
+        book.connected("alice", &chat);
+        let back = book.get("alice");
+        assert_eq!((back.status, back.text.as_deref()), (Status::Away, Some("lunch")));
+        assert!(book.set("alice", Status::Online, None));
+        book.disconnected("alice", "natter-chat");
+        book.connected("alice", &chat);
+        assert_eq!(book.get("alice").status, Status::Online);
     }
 }

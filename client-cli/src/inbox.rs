@@ -1,0 +1,122 @@
+//! `natter inbox`: what arrived on this machine's device session since it last
+//! looked, each message printed before it is acknowledged (so a message counts as
+//! read only once it is on the screen or in the pipe). The backlog is read when the
+//! newest id `mailbox.status` named has come, or when nothing more comes and the
+//! device's cursor stopped moving. With `-f` it stays and reconnects with backoff.
+
+use std::io::Write;
+use std::time::Duration;
+
+use natter_shared::api::{command as cmd, Request};
+use natter_shared::codec::reason;
+use natter_shared::im;
+use tokio::sync::mpsc;
+
+use crate::cli::Global;
+use crate::commands::{Out, SETTLE};
+use crate::error::Failure;
+use crate::format;
+use crate::link::{Closed, Event, Link};
+use crate::session::{self, Target};
+
+pub async fn run(g: &Global, out: &Out, follow: bool) -> Result<(), Failure> {
+    let t = session::target(g)?;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match session::device(&t, g).await {
+            Ok((link, events)) => {
+                backoff = Duration::from_millis(250);
+                match read(&t, &link, events, out, follow).await {
+                    Ok(()) => {
+                        link.disconnect().await;
+                        return Ok(());
+                    }
+                    Err(e) if follow && reconnectable(&e) => {
+                        eprintln!("natter: {e}; reconnecting");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if follow && reconnectable(&e) => eprintln!("natter: {e}; retrying in {} s", backoff.as_secs_f32()),
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Worth trying again after: the network or the broker, not the login.
+fn reconnectable(e: &Failure) -> bool {
+    matches!(e, Failure::Unreachable { .. } | Failure::Lost(_) | Failure::Timeout(..))
+}
+
+async fn read(
+    t: &Target,
+    link: &Link,
+    mut events: mpsc::Receiver<Event>,
+    out: &Out,
+    follow: bool,
+) -> Result<(), Failure> {
+    let status = link.call(cmd::MAILBOX_STATUS, Request::default()).await?;
+    let last_id = status["last_id"].as_u64().unwrap_or(0);
+    let mut cursor = status["cursor"].as_u64().unwrap_or(0);
+    let mut shown = 0u64;
+    if !follow && cursor >= last_id {
+        return done(out, shown);
+    }
+    let api = format!("{}api/", im::inbox_prefix(&t.user));
+    loop {
+        let next = tokio::time::timeout(SETTLE, events.recv()).await;
+        let event = match next {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err(Failure::lost("the connection ended")),
+            Err(_) if follow => continue,
+            Err(_) => {
+                // Quiet: caught up, unless the cursor is still moving.
+                let now = link.call(cmd::MAILBOX_STATUS, Request::default()).await?;
+                let c = now["cursor"].as_u64().unwrap_or(0);
+                if c >= last_id || c == cursor {
+                    return done(out, shown);
+                }
+                cursor = c;
+                continue;
+            }
+        };
+        match event {
+            Event::Message(m) if m.topic.starts_with(&api) => link.ack(m.pkid).await,
+            Event::Message(m) => {
+                if out.json {
+                    println!("{}", format::message_json(&t.user, &m));
+                } else {
+                    println!("{}", format::message_line(&t.user, &m));
+                }
+                // On the screen (or in the pipe) before the cursor moves past it.
+                let _ = std::io::stdout().flush();
+                link.ack(m.pkid).await;
+                shown += 1;
+                let id = m.prop("id").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                if !follow && id >= last_id {
+                    return done(out, shown);
+                }
+            }
+            Event::Closed(closed @ Closed::ByBroker(code, _)) => {
+                return Err(match code {
+                    // Another natter took this device's session: no tug of war.
+                    reason::SESSION_TAKEN_OVER => Failure::Local(format!(
+                        "{closed}: another natter runs as this device (give it --profile, or stop one)"
+                    )),
+                    reason::ADMINISTRATIVE_ACTION | reason::NOT_AUTHORIZED => Failure::Login(closed.to_string()),
+                    _ => Failure::lost(closed.to_string()),
+                });
+            }
+            Event::Closed(c) => return Err(Failure::lost(c.to_string())),
+        }
+    }
+}
+
+fn done(out: &Out, shown: u64) -> Result<(), Failure> {
+    if shown == 0 && !out.json {
+        eprintln!("nothing new");
+    }
+    Ok(())
+}

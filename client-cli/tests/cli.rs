@@ -1,0 +1,337 @@
+//! End to end: the `natter` binary against a real natterd (in this process, on
+//! 127.0.0.1 port 0), each user with a HOME and XDG dirs of their own.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use natter_e2e::TestBroker;
+use natterd::config::Registration;
+use serde_json::Value;
+
+/// One person at a terminal (or a script): their own config and downloads.
+struct Person {
+    home: tempfile::TempDir,
+    server: String,
+}
+
+/// What a run of `natter` did.
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn ok(self) -> Ran {
+        assert_eq!(self.code, 0, "natter failed: {self:?}");
+        self
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
+    }
+}
+
+impl Person {
+    fn new(addr: SocketAddr) -> Person {
+        Person {
+            home: tempfile::tempdir().expect("temp home"),
+            server: addr.to_string(),
+        }
+    }
+
+    /// Runs `natter ARGS` with `stdin` piped in.
+    async fn run(&self, args: &[&str], stdin: &str) -> Ran {
+        self.run_env(args, stdin, &[]).await
+    }
+
+    /// The same with environment variables set.
+    async fn run_env(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Ran {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let home = self.home.path().to_owned();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stdin = stdin.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
+                .args(&args)
+                .env_clear()
+                .env("HOME", &home)
+                .env("XDG_CONFIG_HOME", home.join("config"))
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .envs(env)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run natter");
+            if let Some(mut i) = child.stdin.take() {
+                let _ = i.write_all(stdin.as_bytes());
+            }
+            let out = child.wait_with_output().expect("natter ends");
+            Ran {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .await
+        .expect("natter task")
+    }
+
+    async fn login(&self, user: &str, password: &str) -> Ran {
+        let server = self.server.clone();
+        self.run(
+            &["login", "--server", &server, "--user", user],
+            &format!("{password}\n"),
+        )
+        .await
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        self.home.path().join("config").join("natter").join("config.toml")
+    }
+}
+
+#[tokio::test]
+async fn two_people_register_befriend_chat_and_read_their_history() {
+    let b = TestBroker::start_config(|c| c.im.registration = Registration::Open).await;
+    let (dave, erin) = (Person::new(b.addr), Person::new(b.addr));
+    let server = dave.server.clone();
+    let r = dave
+        .run(&["register", "--server", &server, "--user", "dave"], "dave-secret-1\n")
+        .await
+        .ok();
+    assert!(
+        r.stdout.contains("registered dave") && r.stdout.contains("logged in as dave"),
+        "{r:?}"
+    );
+    erin.run(&["register", "--server", &server, "--user", "erin"], "erin-secret-1\n")
+        .await
+        .ok();
+    // The profile holds a device token, never the password, and is private.
+    let text = std::fs::read_to_string(dave.config()).unwrap();
+    assert!(text.contains("nt_") && !text.contains("dave-secret-1"), "{text}");
+    let mode = std::fs::metadata(dave.config()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let r = dave.run(&["whoami", "--json"], "").await.ok();
+    assert_eq!(r.json_lines()[0]["user"], "dave");
+
+    dave.run(&["friends", "add", "erin"], "").await.ok();
+    let r = erin.run(&["friends"], "").await.ok();
+    assert!(r.stdout.contains("dave asked to be friends"), "{r:?}");
+    erin.run(&["friends", "accept", "dave"], "").await.ok();
+    let r = dave.run(&["friends", "list", "--json"], "").await.ok();
+    assert_eq!(r.json_lines()[0]["friends"], serde_json::json!(["erin"]));
+
+    dave.run(&["send", "erin", "hello", "erin"], "").await.ok();
+    dave.run(&["send", "erin", "-"], "second line\nand a third\n")
+        .await
+        .ok();
+
+    // erin reads what arrived: the friend request, the answer, both messages.
+    let r = erin.run(&["inbox"], "").await.ok();
+    assert!(r.stdout.contains("dave: hello erin"), "{r:?}");
+    assert!(r.stdout.contains("dave wants to be friends"), "{r:?}");
+    assert!(r.stdout.contains("dave: second line\nand a third"), "{r:?}");
+    // ...and it is read: nothing again.
+    let r = erin.run(&["inbox"], "").await.ok();
+    assert!(r.stdout.is_empty() && r.stderr.contains("nothing new"), "{r:?}");
+
+    dave.run(&["send", "erin", "third"], "").await.ok();
+    let r = erin.run(&["inbox", "--json"], "").await.ok();
+    let lines = r.json_lines();
+    assert_eq!(lines.len(), 1, "{r:?}");
+    assert_eq!(
+        (
+            lines[0]["type"].as_str(),
+            lines[0]["from"].as_str(),
+            lines[0]["text"].as_str()
+        ),
+        (Some("dm"), Some("dave"), Some("third"))
+    );
+    assert!(lines[0]["id"].as_u64().is_some());
+
+    let r = erin.run(&["history", "dave", "--json"], "").await.ok();
+    let texts: Vec<String> = r
+        .json_lines()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(texts, ["hello erin", "second line\nand a third", "third"]);
+    let r = erin.run(&["history", "dave", "--limit", "1"], "").await.ok();
+    assert!(
+        r.stdout.trim_end().ends_with("dave: third") && r.stdout.lines().count() == 1,
+        "{r:?}"
+    );
+
+    let r = dave.run(&["who"], "").await.ok();
+    assert!(r.stdout.contains("erin") && r.stdout.contains("offline"), "{r:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn groups_from_the_command_line() {
+    let b = TestBroker::start().await;
+    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
+    alice.login("alice", "alice-pw").await.ok();
+    bob.login("bob", "bob-pw").await.ok();
+    alice.run(&["groups", "create", "team"], "").await.ok();
+    alice.run(&["groups", "invite", "team", "bob"], "").await.ok();
+    let r = bob.run(&["inbox"], "").await.ok();
+    assert!(r.stdout.contains("alice invited you to team"), "{r:?}");
+    bob.run(&["groups", "join", "team"], "").await.ok();
+    alice.run(&["send", "--group", "team", "welcome"], "").await.ok();
+    let r = bob.run(&["inbox"], "").await.ok();
+    assert!(r.stdout.contains("[team] alice: welcome"), "{r:?}");
+    let r = bob.run(&["groups", "members", "team"], "").await.ok();
+    assert!(
+        r.stdout.contains("alice  owner") && r.stdout.contains("bob  member"),
+        "{r:?}"
+    );
+    let r = bob.run(&["groups", "list"], "").await.ok();
+    assert!(r.stdout.contains("team  (member)"), "{r:?}");
+    alice.run(&["groups", "promote", "team", "bob"], "").await.ok();
+    alice.run(&["groups", "kick", "team", "bob"], "").await.ok();
+    let r = bob.run(&["send", "-g", "team", "still here?"], "").await;
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("not a member"), "{r:?}");
+    let r = bob.run(&["history", "--group", "team"], "").await;
+    assert_eq!(r.code, 6, "{r:?}");
+    let r = alice.run(&["history", "--group", "team"], "").await.ok();
+    assert!(r.stdout.contains("you: welcome"), "{r:?}");
+    alice.run(&["groups", "delete", "team"], "").await.ok();
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn every_error_has_its_exit_code_and_a_line_naming_the_cause() {
+    let b = TestBroker::start().await;
+    let alice = Person::new(b.addr);
+    // Not logged in.
+    let r = alice.run(&["send", "bob", "hi"], "").await;
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("not logged in"), "{r:?}");
+    // A wrong password.
+    let r = alice.login("alice", "wrong").await;
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("login refused"), "{r:?}");
+    alice.login("alice", "alice-pw").await.ok();
+    // An unknown user, as the broker's reason.
+    let r = alice.run(&["send", "nobody", "hi"], "").await;
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("nobody: no such user"), "{r:?}");
+    let r = alice.run(&["friends", "add", "nobody"], "").await;
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("no such user"), "{r:?}");
+    // --json errors are JSON too.
+    let r = alice.run(&["groups", "members", "nogroup", "--json"], "").await;
+    assert_eq!(r.code, 6, "{r:?}");
+    assert_eq!(r.json_lines()[0]["ok"], false);
+    // Nobody listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let pw = [("NATTER_PASSWORD", "alice-pw")];
+    let r = alice.run_env(&["whoami", "--server", &dead], "", &pw).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("cannot reach"), "{r:?}");
+    // A listener that never answers: the timeout.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap().to_string();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    let r = alice
+        .run_env(&["whoami", "--server", &mute_addr, "--timeout", "0.5"], "", &pw)
+        .await;
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stderr.contains("timed out"), "{r:?}");
+    holder.abort();
+    // Bad usage is clap's 2.
+    let r = alice.run(&["send"], "").await;
+    assert_eq!(r.code, 2, "{r:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn logout_revokes_the_token_and_a_new_login_replaces_it() {
+    let b = TestBroker::start().await;
+    let alice = Person::new(b.addr);
+    alice.login("alice", "alice-pw").await.ok();
+    let first = std::fs::read_to_string(alice.config()).unwrap();
+    alice.login("alice", "alice-pw").await.ok();
+    let r = alice.run(&["tokens", "--json"], "").await.ok();
+    assert_eq!(
+        r.json_lines()[0]["tokens"].as_array().map(Vec::len),
+        Some(1),
+        "the first login's token went with the second login: {r:?} {first}"
+    );
+    let token = std::fs::read_to_string(alice.config())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("token = ").map(|t| t.trim_matches('"').to_owned()))
+        .expect("a token");
+    let r = alice.run(&["logout"], "").await.ok();
+    assert!(r.stdout.contains("logged out of alice"), "{r:?}");
+    assert!(!std::fs::read_to_string(alice.config()).unwrap().contains("nt_"));
+    // The old token is dead on the broker too.
+    let server = alice.server.clone();
+    let home = alice.home.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(["whoami", "--server", &server, "--user", "alice"])
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("NATTER_TOKEN", &token)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn what_arrived_while_the_broker_restarted_is_read_after_it() {
+    let b = TestBroker::start().await;
+    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
+    alice.login("alice", "alice-pw").await.ok();
+    bob.login("bob", "bob-pw").await.ok();
+    // bob's device is known (its cursor stored) before he goes away.
+    bob.run(&["inbox"], "").await.ok();
+    alice.run(&["send", "bob", "before the restart"], "").await.ok();
+    let b = b.restart().await;
+    let (alice, bob) = (alice.moved(b.addr), bob.moved(b.addr));
+    alice.run(&["send", "bob", "after the restart"], "").await.ok();
+    let r = bob.run(&["inbox"], "").await.ok();
+    let first = r.stdout.find("alice: before the restart");
+    let second = r.stdout.find("alice: after the restart");
+    assert!(first.is_some() && second.is_some() && first < second, "{r:?}");
+    b.stop().await;
+}
+
+impl Person {
+    /// The same person, the broker now at `addr` (after a restart on a new port):
+    /// the profile is pointed there, as a person would log in again.
+    fn moved(self, addr: SocketAddr) -> Person {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace(&self.server, &addr.to_string());
+        std::fs::write(&path, text).unwrap();
+        Person {
+            home: self.home,
+            server: addr.to_string(),
+        }
+    }
+}
