@@ -144,6 +144,19 @@ pub enum Command {
         status: String,
         text: Vec<String>,
     },
+    /// The full-screen chat, opened on a conversation if given.
+    #[command(after_help = "Keys: Enter sends, Alt+Enter adds a line, Tab completes /commands and names,\n\
+Ctrl+N/Ctrl+P (or Alt+Down/Up) switch conversations, PgUp/PgDn and the mouse wheel scroll,\n\
+Up recalls what you sent, Ctrl+C quits. /help lists the commands.\n\n\
+Examples:\n  natter chat\n  natter chat bob\n  natter chat --group team")]
+    Chat {
+        with: Option<String>,
+        #[arg(long, short = 'g', conflicts_with = "with")]
+        group: Option<String>,
+        /// No terminal bell for messages in conversations not on screen.
+        #[arg(long)]
+        no_bell: bool,
+    },
     /// Your device tokens (one per logged-in machine or browser).
     Tokens {
         #[command(subcommand)]

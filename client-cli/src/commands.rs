@@ -43,6 +43,14 @@ pub async fn run(command: Command, g: &Global) -> Result<(), Failure> {
         Command::Logout => logout(g, &out).await,
         Command::Passwd { token } => passwd(g, &out, token).await,
         Command::Inbox { follow } => crate::inbox::run(g, &out, follow).await,
+        Command::Chat { with, group, no_bell } => {
+            let open = match (group, with) {
+                (Some(g), _) => Some(crate::chat::Conv::Group(g)),
+                (None, Some(u)) => Some(crate::chat::Conv::Dm(u)),
+                (None, None) => None,
+            };
+            crate::chat::run(g, open, !no_bell).await
+        }
         command => {
             let t = session::target(g)?;
             let (link, _events) = session::one_shot(&t, g).await?;
@@ -290,7 +298,12 @@ async fn one_shot(command: Command, t: &Target, link: &Link, out: &Out) -> Resul
             }
         },
         // Handled by `run`, before a connection is made.
-        Command::Register | Command::Login | Command::Logout | Command::Passwd { .. } | Command::Inbox { .. } => {}
+        Command::Register
+        | Command::Login
+        | Command::Logout
+        | Command::Passwd { .. }
+        | Command::Inbox { .. }
+        | Command::Chat { .. } => {}
     }
     Ok(())
 }

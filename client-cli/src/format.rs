@@ -29,6 +29,18 @@ pub fn datetime_ms(ms: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
 }
 
+/// `17:05` for a time in milliseconds.
+pub fn clock_ms(ms: u64) -> String {
+    let (_, _, _, h, mi) = local((ms / 1000) as i64);
+    format!("{h:02}:{mi:02}")
+}
+
+/// The day of a time in milliseconds, `2026-12-03`.
+pub fn day_ms(ms: u64) -> String {
+    let (y, mo, d, _, _) = local((ms / 1000) as i64);
+    format!("{y:04}-{mo:02}-{d:02}")
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -10,9 +10,11 @@
 //! | `link` | one MQTT 5 connection: publish, subscribe, API calls, events |
 //! | `commands` | the one-shot commands |
 //! | `inbox` | `natter inbox [-f]` |
+//! | `chat` | the full-screen chat: state (`app`), drawing (`view`), the loop |
 //! | `format` | how things look on a terminal |
 //! | `error` | failures and exit codes |
 
+mod chat;
 mod cli;
 mod commands;
 mod error;
