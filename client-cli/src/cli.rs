@@ -145,10 +145,12 @@ pub enum Command {
         text: Vec<String>,
     },
     /// The full-screen chat, opened on a conversation if given.
-    #[command(after_help = "Keys: Enter sends, Alt+Enter adds a line, Tab completes /commands and names,\n\
+    #[command(
+        after_help = "Keys: Enter sends, Alt+Enter adds a line, Tab completes /commands and names,\n\
 Ctrl+N/Ctrl+P (or Alt+Down/Up) switch conversations, PgUp/PgDn and the mouse wheel scroll,\n\
 Up recalls what you sent, Ctrl+C quits. /help lists the commands.\n\n\
-Examples:\n  natter chat\n  natter chat bob\n  natter chat --group team")]
+Examples:\n  natter chat\n  natter chat bob\n  natter chat --group team"
+    )]
     Chat {
         with: Option<String>,
         #[arg(long, short = 'g', conflicts_with = "with")]

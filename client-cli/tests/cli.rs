@@ -1,103 +1,14 @@
 //! End to end: the `natter` binary against a real natterd (in this process, on
 //! 127.0.0.1 port 0), each user with a HOME and XDG dirs of their own.
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::Person;
 use natter_e2e::TestBroker;
 use natterd::config::Registration;
-use serde_json::Value;
-
-/// One person at a terminal (or a script): their own config and downloads.
-struct Person {
-    home: tempfile::TempDir,
-    server: String,
-}
-
-/// What a run of `natter` did.
-#[derive(Debug)]
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn ok(self) -> Ran {
-        assert_eq!(self.code, 0, "natter failed: {self:?}");
-        self
-    }
-
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-            .collect()
-    }
-}
-
-impl Person {
-    fn new(addr: SocketAddr) -> Person {
-        Person {
-            home: tempfile::tempdir().expect("temp home"),
-            server: addr.to_string(),
-        }
-    }
-
-    /// Runs `natter ARGS` with `stdin` piped in.
-    async fn run(&self, args: &[&str], stdin: &str) -> Ran {
-        self.run_env(args, stdin, &[]).await
-    }
-
-    /// The same with environment variables set.
-    async fn run_env(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Ran {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let home = self.home.path().to_owned();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let stdin = stdin.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
-                .args(&args)
-                .env_clear()
-                .env("HOME", &home)
-                .env("XDG_CONFIG_HOME", home.join("config"))
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .envs(env)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("run natter");
-            if let Some(mut i) = child.stdin.take() {
-                let _ = i.write_all(stdin.as_bytes());
-            }
-            let out = child.wait_with_output().expect("natter ends");
-            Ran {
-                code: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        })
-        .await
-        .expect("natter task")
-    }
-
-    async fn login(&self, user: &str, password: &str) -> Ran {
-        let server = self.server.clone();
-        self.run(
-            &["login", "--server", &server, "--user", user],
-            &format!("{password}\n"),
-        )
-        .await
-    }
-
-    fn config(&self) -> std::path::PathBuf {
-        self.home.path().join("config").join("natter").join("config.toml")
-    }
-}
-
 #[tokio::test]
 async fn two_people_register_befriend_chat_and_read_their_history() {
     let b = TestBroker::start_config(|c| c.im.registration = Registration::Open).await;
@@ -319,19 +230,4 @@ async fn what_arrived_while_the_broker_restarted_is_read_after_it() {
     let second = r.stdout.find("alice: after the restart");
     assert!(first.is_some() && second.is_some() && first < second, "{r:?}");
     b.stop().await;
-}
-
-impl Person {
-    /// The same person, the broker now at `addr` (after a restart on a new port):
-    /// the profile is pointed there, as a person would log in again.
-    fn moved(self, addr: SocketAddr) -> Person {
-        let path = self.config();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text = text.replace(&self.server, &addr.to_string());
-        std::fs::write(&path, text).unwrap();
-        Person {
-            home: self.home,
-            server: addr.to_string(),
-        }
-    }
 }

@@ -185,6 +185,13 @@ impl TestBroker {
         self
     }
 
+    /// As [`TestBroker::restart`], on the same address: clients that reconnect by
+    /// themselves find it again.
+    pub async fn restart_same_port(mut self) -> TestBroker {
+        self.config.server.listen = self.addr;
+        self.restart().await
+    }
+
     /// Stops the broker and hands back its data dir and config (to look at the files,
     /// or to start it again differently).
     pub async fn stop_keeping(mut self) -> (tempfile::TempDir, Config) {

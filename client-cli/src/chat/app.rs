@@ -98,7 +98,11 @@ pub enum Link {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Publish `text` to the conversation; `seq` finds the pending line again.
-    Send { conv: Conv, text: String, seq: u64 },
+    Send {
+        conv: Conv,
+        text: String,
+        seq: u64,
+    },
     /// Ask for a conversation's history.
     History(Conv),
     /// An API call (a /command): command name and JSON body.
@@ -252,7 +256,11 @@ impl App {
         let t = self.threads.entry(conv.clone()).or_default();
         // Our own line, sent from here and now coming back (a replay): it is the same.
         if ours {
-            if let Some(l) = t.lines.iter_mut().find(|l| l.id.is_none() && l.from == from && l.text == text) {
+            if let Some(l) = t
+                .lines
+                .iter_mut()
+                .find(|l| l.id.is_none() && l.from == from && l.text == text)
+            {
                 l.id = id;
                 l.stored = true;
                 if let Some(id) = id {
@@ -624,7 +632,10 @@ mod tests {
         app.on_history(&alice, &serde_json::json!([{"id":3,"from":"alice","ts":900,"text":"earlier"},{"id":5,"from":"alice","ts":1000,"text":"hi"}]));
         let texts: Vec<&str> = app.threads[&alice].lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["earlier", "hi"]);
-        assert!(!app.on_message(&delivered("inbox/bob/dm/alice", 6, "on screen")), "no bell when open");
+        assert!(
+            !app.on_message(&delivered("inbox/bob/dm/alice", 6, "on screen")),
+            "no bell when open"
+        );
     }
 
     #[test]
@@ -678,6 +689,9 @@ mod tests {
         app.on_key(alt);
         typed(&mut app, "lines");
         assert_eq!(app.input_text(), "two\nlines");
-        assert_eq!(app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)), vec![Action::Quit]);
+        assert_eq!(
+            app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            vec![Action::Quit]
+        );
     }
 }

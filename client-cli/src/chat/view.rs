@@ -19,7 +19,11 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
     let input_rows = (app.input.lines().len() as u16).clamp(1, 5) + 2;
     let rows = Layout::default()
         .direction(Direction::Vertical)
-        .constraints([Constraint::Min(3), Constraint::Length(input_rows), Constraint::Length(1)])
+        .constraints([
+            Constraint::Min(3),
+            Constraint::Length(input_rows),
+            Constraint::Length(1),
+        ])
         .split(area);
     let cols = Layout::default()
         .direction(Direction::Horizontal)
@@ -144,7 +148,10 @@ fn message_rows<'a>(app: &App, l: &'a Line, width: usize) -> Vec<TextLine<'a>> {
                     Span::raw(chunk),
                 ]));
             } else {
-                out.push(TextLine::from(vec![Span::raw(" ".repeat(indent.min(6))), Span::raw(chunk)]));
+                out.push(TextLine::from(vec![
+                    Span::raw(" ".repeat(indent.min(6))),
+                    Span::raw(chunk),
+                ]));
             }
         }
         first = false;
@@ -196,7 +203,10 @@ fn draw_status(f: &mut Frame<'_>, app: &App, area: Rect) {
     let (text, style) = match &app.link {
         Link::Connected => ("connected".to_owned(), Style::default().fg(Color::Green)),
         Link::Connecting => ("connecting…".to_owned(), Style::default().fg(Color::Yellow)),
-        Link::Reconnecting(n, why) => (format!("reconnecting (try {n}): {why}"), Style::default().fg(Color::Red)),
+        Link::Reconnecting(n, why) => (
+            format!("reconnecting (try {n}): {why}"),
+            Style::default().fg(Color::Red),
+        ),
     };
     let mut spans = vec![
         Span::raw(format!(" {}@{} · ", app.me, app.server)),

@@ -1,0 +1,106 @@
+//! The full-screen chat for real: the `natter` binary in a pseudo-terminal against
+//! a real broker; the test reads the screen through a terminal emulator and types.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::pty::Pty;
+use common::Person;
+use natter_e2e::TestBroker;
+
+const SEE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
+    let b = TestBroker::start().await;
+    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
+    alice.login("alice", "alice-pw").await.ok();
+    bob.login("bob", "bob-pw").await.ok();
+    alice.run(&["friends", "add", "bob"], "").await.ok();
+    bob.run(&["friends", "accept", "alice"], "").await.ok();
+    alice.run(&["send", "bob", "hello from the shell"], "").await.ok();
+
+    let mut chat = Pty::spawn(&["chat", "alice"], &bob.env(), 30, 100);
+    // Opened on alice, with the history loaded.
+    chat.wait_for("connected", SEE).await;
+    chat.wait_for("alice: hello from the shell", SEE).await;
+
+    // Send: marked stored once the broker has it; alice gets it.
+    chat.keys("hi alice, from the chat\r");
+    chat.wait_for("you: hi alice, from the chat ✓", SEE).await;
+    let r = alice.run(&["inbox"], "").await.ok();
+    assert!(r.stdout.contains("bob: hi alice, from the chat"), "{r:?}");
+
+    // Receive, live.
+    alice.run(&["send", "bob", "a live one"], "").await.ok();
+    chat.wait_for("alice: a live one", SEE).await;
+
+    // Presence: alice comes online (a following inbox) and goes.
+    let env = alice.env();
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(["inbox", "-f"])
+        .env_clear()
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("natter inbox -f");
+    chat.wait_for("● alice  online", SEE).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    chat.wait_for("○ alice  offline", SEE).await;
+
+    // A multi-line message.
+    chat.keys("first line\x1b\rsecond line\r");
+    chat.wait_for("second line ✓", SEE).await;
+
+    // A group: invited from the shell, joined and opened with /commands.
+    alice.run(&["groups", "create", "crew"], "").await.ok();
+    alice.run(&["groups", "invite", "crew", "bob"], "").await.ok();
+    chat.wait_for("alice invited you to crew", SEE).await;
+    chat.keys("/join crew\r");
+    // Its answer and the members' event race for the status line: either says so.
+    chat.wait_for_any(&["groups.join: done", "bob joined crew"], SEE).await;
+    chat.keys("/open #crew\r");
+    chat.wait_for(" to #crew ", SEE).await;
+    chat.keys("hello crew\r");
+    chat.wait_for("you: hello crew ✓", SEE).await;
+    // Back to alice with Ctrl+P, and to the group again with Ctrl+N.
+    chat.keys("\x10");
+    chat.wait_for(" to alice ", SEE).await;
+    chat.keys("\x0e");
+    chat.wait_for(" to #crew ", SEE).await;
+
+    // An unknown command says so.
+    chat.keys("/frobnicate\r");
+    chat.wait_for("unknown command /frobnicate", SEE).await;
+
+    // Quit: the terminal is given back and natter ends well.
+    chat.keys("\x03");
+    assert_eq!(chat.exit_code(SEE).await, Some(0));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn chat_reconnects_after_a_broker_restart_and_catches_up_without_duplicates() {
+    let b = TestBroker::start().await;
+    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
+    alice.login("alice", "alice-pw").await.ok();
+    bob.login("bob", "bob-pw").await.ok();
+    alice.run(&["friends", "add", "bob"], "").await.ok();
+    bob.run(&["friends", "accept", "alice"], "").await.ok();
+    alice.run(&["send", "bob", "before the restart"], "").await.ok();
+    let mut chat = Pty::spawn(&["chat", "alice"], &bob.env(), 24, 80);
+    chat.wait_for("alice: before the restart", SEE).await;
+    let b = b.restart_same_port().await;
+    alice.run(&["send", "bob", "after the restart"], "").await.ok();
+    let s = chat.wait_for("alice: after the restart", Duration::from_secs(20)).await;
+    assert_eq!(s.matches("before the restart").count(), 1, "shown once:\n{s}");
+    chat.wait_for("connected", SEE).await;
+    chat.keys("\x03");
+    assert_eq!(chat.exit_code(SEE).await, Some(0));
+    b.stop().await;
+}
