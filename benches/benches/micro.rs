@@ -169,7 +169,8 @@ fn auth_benches(c: &mut Criterion) {
         &config.auth,
         config.im.registrations_per_hour.get(),
     ));
-    let im = ImPlugin::new(admin, router, config.im.clone(), acl, writer.clone(), presence, guard);
+    let with_rules = Config { acl, ..config.clone() };
+    let im = ImPlugin::new(admin, router, &with_rules, writer.clone(), presence, guard);
     let client = ClientInfo {
         username: Some("alice".into()),
         client_id: "phone".into(),

@@ -164,8 +164,7 @@ pub async fn start_with(
         list.push(Arc::new(ImPlugin::new(
             admin.clone(),
             router.clone(),
-            config.im.clone(),
-            config.acl.clone(),
+            &config,
             writer.clone(),
             presence,
             guard,

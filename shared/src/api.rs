@@ -34,6 +34,11 @@ pub mod command {
     pub const TOKENS_LIST: &str = "tokens.list";
     pub const TOKENS_REVOKE: &str = "tokens.revoke";
     pub const MAILBOX_STATUS: &str = "mailbox.status";
+    pub const FILES_LIMITS: &str = "files.limits";
+    pub const FILES_START: &str = "files.start";
+    pub const FILES_FINISH: &str = "files.finish";
+    pub const FILES_INFO: &str = "files.info";
+    pub const FILES_FETCH: &str = "files.fetch";
     pub const HISTORY: &str = "history";
     pub const ADMIN_USERS_ADD: &str = "admin.users.add";
     pub const ADMIN_USERS_DEL: &str = "admin.users.del";
@@ -83,9 +88,39 @@ pub struct Request {
     /// account.register: answer on `register/{reply}` (default: the client id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
-    /// tokens.create, tokens.revoke: the device token's name.
+    /// tokens.create, tokens.revoke: the device token's name; files.start: the
+    /// file's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// files.*: the file's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// files.start: the file's size in bytes, MIME type and SHA-256 (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// files.fetch: which chunks (default: all, within the fetch window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<u32>>,
+}
+
+/// The payload of a file message (content type [`crate::im::FILE_CONTENT_TYPE`]):
+/// what the recipients need to fetch and check the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMessage {
+    /// Always `"file"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub file: String,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+    pub chunk_size: u32,
+    pub chunks: u32,
 }
 
 /// A response.

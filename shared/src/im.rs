@@ -24,9 +24,14 @@ pub const API: &str = "api";
 pub const INBOX: &str = "inbox";
 pub const PRESENCE: &str = "presence";
 pub const REGISTER: &str = "register";
+/// `files/{id}/{index}`: a chunk of a file being uploaded (stored, never fanned out).
+pub const FILES: &str = "files";
 
 /// First topic levels owned by the IM layer.
-pub const NAMESPACES: &[&str] = &[DM, GROUP, API, INBOX, PRESENCE, REGISTER];
+pub const NAMESPACES: &[&str] = &[DM, GROUP, API, INBOX, PRESENCE, REGISTER, FILES];
+
+/// The content type of a file message (its payload is a [`crate::api::FileMessage`]).
+pub const FILE_CONTENT_TYPE: &str = "application/vnd.natter.file+json";
 
 /// The Reason String of a refused publish (MQTT 5 PUBACK/PUBREC 0x87): the cause,
 /// for people. A block is not told apart from a friends-only policy.
@@ -51,6 +56,11 @@ pub enum Publish<'a> {
     Api {
         command: &'a str,
     },
+    /// A chunk of an upload: `files/{id}/{index}`.
+    FileChunk {
+        id: &'a str,
+        index: u32,
+    },
     /// Under an IM namespace but not a valid target (e.g. `dm/a/b`, `inbox/...`).
     Reserved,
     /// Not an IM topic.
@@ -64,9 +74,32 @@ pub fn classify(topic: &str) -> Publish<'_> {
         DM if is_valid_name(rest) => Publish::Dm { to: rest },
         GROUP if is_valid_name(rest) => Publish::Group { group: rest },
         API if !rest.is_empty() && !rest.contains('/') => Publish::Api { command: rest },
+        FILES => match rest.split_once('/') {
+            // The index in its plain decimal form only (not `07` or `+7`).
+            Some((id, text)) if is_file_id(id) => match text.parse::<u32>() {
+                Ok(index) if index.to_string() == text => Publish::FileChunk { id, index },
+                _ => Publish::Reserved,
+            },
+            _ => Publish::Reserved,
+        },
         f if NAMESPACES.contains(&f) => Publish::Reserved,
         _ => Publish::Other,
     }
+}
+
+/// A file id: 32 lowercase hex digits.
+pub fn is_file_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `files/{id}/{index}`: where an uploader publishes a chunk.
+pub fn file_chunk(id: &str, index: u32) -> String {
+    format!("{FILES}/{id}/{index}")
+}
+
+/// `inbox/{me}/file/{id}/{index}`: where a fetched chunk arrives.
+pub fn inbox_file_chunk(me: &str, id: &str, index: u32) -> String {
+    format!("{INBOX}/{me}/file/{id}/{index}")
 }
 
 pub fn dm(to: &str) -> String {
@@ -150,12 +183,23 @@ mod tests {
             "inbox/bob/dm/x",
             "presence/bob",
             "register/x",
+            "files/abc/1",
+            "files/0123456789abcdef0123456789abcdef/01",
+            "files/0123456789abcdef0123456789abcdef/x",
+            "files/0123456789abcdef0123456789abcdef",
         ] {
             assert_eq!(classify(reserved), Publish::Reserved, "{reserved}");
         }
         for other in ["devices/x", "dmx/bob", "inboxes/a", "$SYS/x", "a"] {
             assert_eq!(classify(other), Publish::Other, "{other}");
         }
+    }
+
+    #[test]
+    fn file_chunks_have_an_id_and_an_index() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(classify(&file_chunk(id, 7)), Publish::FileChunk { id, index: 7 });
+        assert_eq!(classify(&format!("files/{id}/0")), Publish::FileChunk { id, index: 0 });
     }
 
     #[test]

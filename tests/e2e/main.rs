@@ -4,6 +4,7 @@
 mod at_rest;
 mod auth;
 mod durability;
+mod files;
 mod hooks;
 mod hostile;
 mod im;

@@ -37,10 +37,14 @@ pub fn digest(token: &[u8]) -> [u8; 32] {
 
 /// A fresh random token.
 pub fn generate() -> String {
-    let mut bytes = [0u8; 32];
+    format!("{TOKEN_PREFIX}{}", random_hex(32))
+}
+
+/// `n` random bytes from the OS, in lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
     rand_core::OsRng.fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{TOKEN_PREFIX}{hex}")
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The broker's in-memory index of token digests, loaded from the store at start and

@@ -35,7 +35,29 @@ pub struct Config {
     pub limits: Limits,
     pub im: ImConfig,
     pub store: StoreConfig,
+    pub files: FilesConfig,
     pub acl: AclConfig,
+}
+
+/// File transfer (see docs/protocol.md, Files): the limits the broker enforces and
+/// announces (`files.limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Largest file, in bytes.
+    pub max_file_bytes: NonZeroU64,
+    /// The size of every chunk but the last; a chunk's PUBLISH must fit
+    /// `limits.max_packet_size`.
+    pub chunk_bytes: NonZeroU32,
+    /// Bytes of files (uploaded or under way) one user may keep.
+    pub quota_bytes: NonZeroU64,
+    /// An upload not finished within this many seconds is removed.
+    pub upload_ttl_secs: NonZeroU32,
+    /// A file is removed this many days after it was sent.
+    #[serde(rename = "file_ttl_days", deserialize_with = "whole_days")]
+    pub file_ttl: Duration,
+    /// Chunks sent for one `files.fetch` at most (the rest on the next request).
+    pub fetch_window: NonZeroU32,
 }
 
 /// When a QoS 1/2 publish is acknowledged, relative to the disk.
@@ -306,6 +328,13 @@ impl Config {
                 key: "acl.rules",
                 reason: format!("rule {}: {reason}", i + 1),
             })?;
+        }
+        let f = &self.files;
+        if u64::from(f.chunk_bytes.get()) + 1024 > u64::from(self.limits.max_packet_size.get()) {
+            return Err(invalid(
+                "files.chunk_bytes",
+                "must leave 1024 bytes of limits.max_packet_size for the chunk's topic and properties",
+            ));
         }
         let l = &self.limits;
         if l.max_packet_size.get() < 64 || l.max_packet_size.get() as usize > natter_shared::codec::MAX_PACKET_SIZE {

@@ -3,6 +3,7 @@
 //! the API over MQTT. The MQTT core knows none of this.
 
 pub mod api;
+mod files;
 pub mod indexer;
 pub mod mailbox;
 pub mod presence;
@@ -26,7 +27,7 @@ use crate::accounts::password::PasswordHasherConfig;
 use crate::acl::rules::{self, Effect, Op, Subject};
 use crate::acl::{self, Asker, Builtin, PublishClass};
 use crate::admin::Admin;
-use crate::config::{AclConfig, DmPolicy, ImConfig, PresenceVisibility};
+use crate::config::{Config, DmPolicy, FilesConfig, ImConfig, PresenceVisibility};
 use crate::hooks::{self, Access, Hook, NotStored, PublishDecision, Receipt, SessionView};
 use crate::model::Subscription;
 use crate::model::{ClientInfo, Message};
@@ -42,6 +43,8 @@ pub struct ImState {
     pub store: Store,
     pub router: Router,
     pub config: ImConfig,
+    /// File transfer limits (`[files]`).
+    pub files: FilesConfig,
     pub rules: Vec<rules::Rule>,
     pub mailboxes: Mailboxes,
     pub presence: Arc<PresenceBook>,
@@ -85,14 +88,14 @@ impl ImPlugin {
     pub fn new(
         admin: Admin,
         router: Router,
-        config: ImConfig,
-        acl: AclConfig,
+        config: &Config,
         writer: Writer,
         presence: Arc<PresenceBook>,
         guard: Arc<LoginGuard>,
     ) -> ImPlugin {
         let store = admin.store.clone();
-        ImPlugin {
+        let (config, files, acl) = (config.im.clone(), config.files.clone(), config.acl.clone());
+        let plugin = ImPlugin {
             state: Arc::new(ImState {
                 mailboxes: Mailboxes::new(store.clone(), writer),
                 presence,
@@ -102,10 +105,13 @@ impl ImPlugin {
                 store,
                 router,
                 config,
+                files,
                 rules: acl.rules,
                 admin,
             }),
-        }
+        };
+        files::start_sweeper(plugin.state.clone());
+        plugin
     }
 
     fn stored(&self, from: &str, msg: &Message) -> StoredMessage {
@@ -234,6 +240,7 @@ impl Hook for ImPlugin {
                 let answered = api::spawn(self.state.clone(), client.clone(), command.to_owned(), msg.clone());
                 Ok(PublishDecision::TakenOver(answered))
             }
+            PublishClass::Im(Publish::FileChunk { id, index }) => Ok(files::chunk(&self.state, client, id, index, msg)),
             PublishClass::Im(Publish::Reserved | Publish::Other) => {
                 Ok(PublishDecision::Refuse(Some(refusal::FORBIDDEN_TOPIC)))
             }

@@ -86,7 +86,7 @@ pub fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
     };
     Harness {
         _dir: dir,
-        plugin: ImPlugin::new(admin, router, cfg.im, cfg.acl, writer, presence, guard),
+        plugin: ImPlugin::new(admin, router, &cfg, writer, presence, guard),
     }
 }
 

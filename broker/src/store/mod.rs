@@ -9,6 +9,7 @@
 
 mod backup;
 mod check;
+mod files;
 mod guard;
 mod hot;
 mod journal;
@@ -30,6 +31,7 @@ use std::path::Path;
 use thiserror::Error;
 
 pub use backup::restore;
+pub use files::{Audience, FileRecord};
 pub use guard::{GuardChange, GuardRecord};
 pub use kept::{Kept, KeptEntry};
 pub use messages::{MailboxEntry, MailboxMeta, MailboxPage, NewMessage, Replayed, Retention, StoredMessage};
@@ -97,8 +99,18 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The trees whose values are sealed (see [`sealed`]).
-const SEALED_TREES: [&str; 9] = [
-    "journal", "contacts", "groups", "members", "sessions", "retained", "outgoing", "queued", "incoming",
+const SEALED_TREES: [&str; 11] = [
+    "journal",
+    "contacts",
+    "groups",
+    "members",
+    "sessions",
+    "retained",
+    "outgoing",
+    "queued",
+    "incoming",
+    "files",
+    "file_chunks",
 ];
 /// The meta record that tells whether a data key is this store's.
 const KEY_CHECK: &str = "key_check";
@@ -175,6 +187,9 @@ pub struct Store {
     queued: SealedTree,
     /// QoS 2 packet ids received from persistent sessions' clients, PUBREL awaited.
     incoming: SealedTree,
+    /// File records and their chunks (see [`files`]).
+    files: SealedTree,
+    file_chunks: SealedTree,
     /// The next message id (one increasing sequence for every message).
     next_id: Arc<AtomicU64>,
     /// The first id not reserved on disk (see [`messages::ID_BLOCK`]).
@@ -317,6 +332,8 @@ impl Store {
             outgoing: tree("outgoing")?,
             queued: tree("queued")?,
             incoming: tree("incoming")?,
+            files: tree("files")?,
+            file_chunks: tree("file_chunks")?,
             meta,
             next_id: Arc::new(AtomicU64::new(first_id)),
             ids_reserved: Arc::new(AtomicU64::new(reserve_to)),
@@ -396,6 +413,8 @@ impl Store {
             &self.outgoing,
             &self.queued,
             &self.incoming,
+            &self.files,
+            &self.file_chunks,
         ] {
             n += tree.reseal(&to)?;
         }

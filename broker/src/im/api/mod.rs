@@ -11,6 +11,7 @@
 pub mod account;
 mod admin;
 mod contacts;
+mod files;
 mod groups;
 mod history;
 mod mailbox;
@@ -256,6 +257,11 @@ fn dispatch(c: &Call<'_>, command: &str) -> ApiResult {
         cmd::TOKENS_LIST => tokens::list(c),
         cmd::TOKENS_REVOKE => tokens::revoke(c),
         cmd::MAILBOX_STATUS => mailbox::status(c),
+        cmd::FILES_LIMITS => files::limits(c),
+        cmd::FILES_START => files::start(c),
+        cmd::FILES_FINISH => files::finish(c),
+        cmd::FILES_INFO => files::info(c),
+        cmd::FILES_FETCH => files::fetch(c),
         cmd::ADMIN_USERS_ADD
         | cmd::ADMIN_USERS_DEL
         | cmd::ADMIN_USERS_LIST
@@ -282,6 +288,9 @@ fn read_only(command: &str) -> bool {
             | cmd::HISTORY
             | cmd::TOKENS_LIST
             | cmd::MAILBOX_STATUS
+            | cmd::FILES_LIMITS
+            | cmd::FILES_INFO
+            | cmd::FILES_FETCH
             | cmd::ADMIN_USERS_LIST
             | cmd::ADMIN_STATS
     )
