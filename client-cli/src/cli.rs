@@ -96,6 +96,26 @@ pub enum Command {
         /// Keep running and print messages as they arrive.
         #[arg(short, long)]
         follow: bool,
+        /// Do not download incoming files (they stay on the broker: natter files get ID).
+        #[arg(long)]
+        no_download: bool,
+    },
+    /// Send a file to a user or a group (checked by size and SHA-256 on the broker).
+    #[command(after_help = "Examples:\n  natter send-file bob report.pdf\n  natter send-file --group team build.log")]
+    SendFile {
+        /// The recipient, then the file (with --group: only the file).
+        #[arg(required = true, num_args = 1..=2, value_name = "USER PATH")]
+        words: Vec<String>,
+        #[arg(long, short = 'g')]
+        group: Option<String>,
+    },
+    /// Files sent to you: fetch one (resuming a cut-off download), see one, the limits.
+    #[command(
+        after_help = "Examples:\n  natter files get 3f2a...e1\n  natter files get 3f2a...e1 --out /tmp\n  natter files limits"
+    )]
+    Files {
+        #[command(subcommand)]
+        action: FilesCmd,
     },
     /// A conversation's history, oldest first.
     #[command(after_help = "Examples:\n  natter history bob --limit 20\n  natter history --group team --before 1200")]
@@ -229,6 +249,21 @@ pub enum Groups {
     Members { group: String },
     /// Delete a group you own.
     Delete { group: String },
+}
+
+#[derive(Subcommand)]
+pub enum FilesCmd {
+    /// Download a file into the downloads dir (or --out), checking its SHA-256.
+    Get {
+        id: String,
+        /// The directory to put it in.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// A file's name, size, type and hash.
+    Info { id: String },
+    /// The broker's limits and what your files take.
+    Limits,
 }
 
 #[derive(Subcommand)]

@@ -42,7 +42,9 @@ pub async fn run(command: Command, g: &Global) -> Result<(), Failure> {
         Command::Login => login(g, &out, None).await,
         Command::Logout => logout(g, &out).await,
         Command::Passwd { token } => passwd(g, &out, token).await,
-        Command::Inbox { follow } => crate::inbox::run(g, &out, follow).await,
+        Command::Inbox { follow, no_download } => crate::inbox::run(g, &out, follow, !no_download).await,
+        Command::SendFile { words, group } => send_file(g, &out, words, group).await,
+        Command::Files { action } => files(g, &out, action).await,
         Command::Chat { with, group, no_bell } => {
             let open = match (group, with) {
                 (Some(g), _) => Some(crate::chat::Conv::Group(g)),
@@ -303,9 +305,100 @@ async fn one_shot(command: Command, t: &Target, link: &Link, out: &Out) -> Resul
         | Command::Logout
         | Command::Passwd { .. }
         | Command::Inbox { .. }
+        | Command::SendFile { .. }
+        | Command::Files { .. }
         | Command::Chat { .. } => {}
     }
     Ok(())
+}
+
+/// `natter send-file USER PATH` / `--group G PATH`.
+async fn send_file(g: &Global, out: &Out, words: Vec<String>, group: Option<String>) -> Result<(), Failure> {
+    let (to, path) = match (group, words.as_slice()) {
+        (Some(gr), [path]) => (crate::files::To::Group(gr), path.clone()),
+        (None, [user, path]) => (crate::files::To::User(user.clone()), path.clone()),
+        _ => return Err(Failure::Usage("natter send-file USER PATH, or --group G PATH".into())),
+    };
+    let shown = match &to {
+        crate::files::To::User(u) => u.clone(),
+        crate::files::To::Group(gr) => format!("group {gr}"),
+    };
+    let t = session::target(g)?;
+    let (link, _events) = session::one_shot(&t, g).await?;
+    let path = std::path::PathBuf::from(path);
+    let bar = crate::files::bar(0, &format!("sending {}", path.display()), out.json);
+    let sent = crate::files::send(&link, to, &path, &bar).await;
+    link.disconnect().await;
+    let sent = sent?;
+    let v = serde_json::to_value(&sent).unwrap_or_default();
+    out.show(&v, || {
+        format!(
+            "sent {} ({}) to {shown}; file {}",
+            sent.name,
+            crate::files::size_text(sent.size),
+            sent.file
+        )
+    });
+    Ok(())
+}
+
+/// `natter files get|info|limits`.
+async fn files(g: &Global, out: &Out, action: crate::cli::FilesCmd) -> Result<(), Failure> {
+    use crate::cli::FilesCmd;
+    let t = session::target(g)?;
+    let (link, mut events) = crate::files::link_for_files(&t, g).await?;
+    let done = match action {
+        FilesCmd::Limits => link.call(cmd::FILES_LIMITS, Request::default()).await.map(|r| {
+            out.show(&r, || {
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                format!(
+                    "files up to {}; {} of {} used; unfinished uploads kept {} s, files {} days",
+                    crate::files::size_text(n("max_file_bytes")),
+                    crate::files::size_text(n("used_bytes")),
+                    crate::files::size_text(n("quota_bytes")),
+                    n("upload_ttl_secs"),
+                    n("file_ttl_days")
+                )
+            })
+        }),
+        FilesCmd::Info { id } => link
+            .call(
+                cmd::FILES_INFO,
+                Request {
+                    file: Some(id),
+                    ..Request::default()
+                },
+            )
+            .await
+            .map(|r| {
+                out.show(&r, || {
+                    format!(
+                        "{}  {}  {}  from {}  sha256 {}",
+                        r["name"].as_str().unwrap_or("?"),
+                        crate::files::size_text(r["size"].as_u64().unwrap_or(0)),
+                        r["mime"].as_str().unwrap_or("?"),
+                        r["from"].as_str().unwrap_or("?"),
+                        r["sha256"].as_str().unwrap_or("?")
+                    )
+                })
+            }),
+        FilesCmd::Get { id, out: dir } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => crate::files::downloads_dir(&t)?,
+            };
+            let bar = crate::files::bar(0, &format!("fetching {id}"), out.json);
+            crate::files::fetch(&link, &mut events, &t.user, &id, &dir, &bar)
+                .await
+                .map(|f| {
+                    out.show(&crate::files::fetched_json(&id, &f), || {
+                        format!("saved {} ({})", f.path.display(), crate::files::size_text(f.size))
+                    })
+                })
+        }
+    };
+    link.disconnect().await;
+    done
 }
 
 /// The text of `natter send`: the words given, or stdin for "-".

@@ -15,18 +15,19 @@ use tokio::sync::mpsc;
 use crate::cli::Global;
 use crate::commands::{Out, SETTLE};
 use crate::error::Failure;
+use crate::files;
 use crate::format;
 use crate::link::{Closed, Event, Link};
 use crate::session::{self, Target};
 
-pub async fn run(g: &Global, out: &Out, follow: bool) -> Result<(), Failure> {
+pub async fn run(g: &Global, out: &Out, follow: bool, download: bool) -> Result<(), Failure> {
     let t = session::target(g)?;
     let mut backoff = Duration::from_millis(250);
     loop {
         match session::device(&t, g).await {
             Ok((link, events)) => {
                 backoff = Duration::from_millis(250);
-                match read(&t, &link, events, out, follow).await {
+                match read(&t, g, &link, events, out, follow, download).await {
                     Ok(()) => {
                         link.disconnect().await;
                         return Ok(());
@@ -52,10 +53,12 @@ fn reconnectable(e: &Failure) -> bool {
 
 async fn read(
     t: &Target,
+    g: &Global,
     link: &Link,
     mut events: mpsc::Receiver<Event>,
     out: &Out,
     follow: bool,
+    download: bool,
 ) -> Result<(), Failure> {
     let status = link.call(cmd::MAILBOX_STATUS, Request::default()).await?;
     let last_id = status["last_id"].as_u64().unwrap_or(0);
@@ -85,10 +88,26 @@ async fn read(
         match event {
             Event::Message(m) if m.topic.starts_with(&api) => link.ack(m.pkid).await,
             Event::Message(m) => {
-                if out.json {
-                    println!("{}", format::message_json(&t.user, &m));
-                } else {
-                    println!("{}", format::message_line(&t.user, &m));
+                let file = files::file_message(&m);
+                match (&file, out.json) {
+                    (Some(f), true) => {
+                        let mut v = format::message_json(&t.user, &m);
+                        v["type"] = serde_json::json!("file");
+                        v["file"] = serde_json::to_value(f).unwrap_or_default();
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("text");
+                        }
+                        println!("{v}");
+                    }
+                    (Some(f), false) => println!("{}", file_line(&t.user, &m, f)),
+                    (None, true) => println!("{}", format::message_json(&t.user, &m)),
+                    (None, false) => println!("{}", format::message_line(&t.user, &m)),
+                }
+                // Files sent to us come down now, unless asked not to.
+                let ours = matches!(format::kind(&t.user, &m.topic), format::Kind::Sent { .. });
+                if let (Some(f), true, false) = (&file, download, ours) {
+                    let _ = std::io::stdout().flush();
+                    fetch(t, g, out, &f.file).await;
                 }
                 // On the screen (or in the pipe) before the cursor moves past it.
                 let _ = std::io::stdout().flush();
@@ -111,6 +130,41 @@ async fn read(
             }
             Event::Closed(c) => return Err(Failure::lost(c.to_string())),
         }
+    }
+}
+
+/// `2026-12-03 17:05  ann sent a file: notes.pdf (1.2 MiB)  natter files get ID`.
+fn file_line(me: &str, m: &crate::link::Incoming, f: &natter_shared::api::FileMessage) -> String {
+    let when = format::datetime_ms(m.prop("ts").and_then(|t| t.parse().ok()).unwrap_or(0));
+    let who = match format::kind(me, &m.topic) {
+        format::Kind::Dm { from } => from,
+        format::Kind::Group { group, from } => format!("[{group}] {from}"),
+        format::Kind::Sent { to } => format!("you to {to}"),
+        _ => "?".into(),
+    };
+    format!(
+        "{when}  {who} sent a file: {} ({})  natter files get {}",
+        f.name,
+        files::size_text(f.size),
+        f.file
+    )
+}
+
+/// Downloads a file that arrived; says where it went (or why not) and goes on.
+async fn fetch(t: &Target, g: &Global, out: &Out, id: &str) {
+    let result = async {
+        let dir = files::downloads_dir(t)?;
+        let (link, mut events) = files::link_for_files(t, g).await?;
+        let bar = files::bar(0, &format!("fetching {id}"), out.json);
+        let r = files::fetch(&link, &mut events, &t.user, id, &dir, &bar).await;
+        link.disconnect().await;
+        r
+    }
+    .await;
+    match result {
+        Ok(f) if out.json => println!("{}", files::fetched_json(id, &f)),
+        Ok(f) => println!("    saved {}", f.path.display()),
+        Err(e) => eprintln!("natter: file {id} not downloaded: {e} (natter files get {id})"),
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `commands` | the one-shot commands |
 //! | `inbox` | `natter inbox [-f]` |
 //! | `chat` | the full-screen chat: state (`app`), drawing (`view`), the loop |
+//! | `files` | sending and fetching files |
 //! | `format` | how things look on a terminal |
 //! | `error` | failures and exit codes |
 
@@ -18,6 +19,7 @@ mod chat;
 mod cli;
 mod commands;
 mod error;
+mod files;
 mod format;
 mod inbox;
 mod link;

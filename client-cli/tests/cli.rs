@@ -231,3 +231,96 @@ async fn what_arrived_while_the_broker_restarted_is_read_after_it() {
     assert!(first.is_some() && second.is_some() && first < second, "{r:?}");
     b.stop().await;
 }
+
+/// Bytes that do not repeat in any short stretch.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn files_of_a_few_mib_go_through_and_a_cut_download_resumes() {
+    let b = TestBroker::start_config(|c| {
+        c.files.chunk_bytes = 16_384.try_into().unwrap();
+        c.files.fetch_window = 1.try_into().unwrap();
+    })
+    .await;
+    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
+    alice.login("alice", "alice-pw").await.ok();
+    bob.login("bob", "bob-pw").await.ok();
+    let data = noise(3 * 1024 * 1024 + 123, 7);
+    let path = alice.home.path().join("report.bin");
+    std::fs::write(&path, &data).unwrap();
+    let p = path.display().to_string();
+    let r = alice.run(&["send-file", "bob", &p, "--json"], "").await.ok();
+    let sent = &r.json_lines()[0];
+    assert_eq!(sent["size"], data.len());
+    assert_eq!(sent["name"], "report.bin");
+
+    // bob's inbox shows it and downloads it into ~/Downloads/natter.
+    let r = bob.run(&["inbox"], "").await.ok();
+    assert!(r.stdout.contains("alice sent a file: report.bin (3.0 MiB)"), "{r:?}");
+    let got = bob.home.path().join("Downloads/natter/report.bin");
+    assert!(r.stdout.contains(&format!("saved {}", got.display())), "{r:?}");
+    assert_eq!(std::fs::read(&got).unwrap(), data);
+
+    // A second file, its download cut off half way, then resumed.
+    let data2 = noise(4 * 1024 * 1024, 11);
+    let path2 = alice.home.path().join("second.bin");
+    std::fs::write(&path2, &data2).unwrap();
+    let p2 = path2.display().to_string();
+    let r = alice.run(&["send-file", "bob", &p2, "--json"], "").await.ok();
+    let id = r.json_lines()[0]["file"].as_str().unwrap().to_owned();
+    let out = bob.home.path().join("got");
+    let o = out.display().to_string();
+    let env = bob.env();
+    let (id2, o2) = (id.clone(), o.clone());
+    let mut child = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(["files", "get", &id2, "--out", &o2])
+            .env_clear()
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let have = out.join(format!(".second.bin.{id}.have"));
+    let start = std::time::Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&have).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the download never got going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let _ = child.kill();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    assert!(!out.join("second.bin").exists(), "cut off before the end");
+    let r = bob.run(&["files", "get", &id, "--out", &o, "--json"], "").await.ok();
+    let done = &r.json_lines()[0];
+    assert!(done["resumed_chunks"].as_u64().unwrap() >= 20, "{done}");
+    assert_eq!(std::fs::read(out.join("second.bin")).unwrap(), data2);
+    assert!(!have.exists(), "no leftovers");
+
+    // Someone else may not have it.
+    let carol = Person::new(b.addr);
+    carol.login("carol", "carol-pw").await.ok();
+    let r = carol.run(&["files", "get", &id], "").await;
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("no such file"), "{r:?}");
+    b.stop().await;
+}
