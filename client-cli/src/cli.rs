@@ -178,6 +178,9 @@ Examples:\n  natter chat\n  natter chat bob\n  natter chat --group team"
         /// No terminal bell for messages in conversations not on screen.
         #[arg(long)]
         no_bell: bool,
+        /// Do not download incoming files.
+        #[arg(long)]
+        no_download: bool,
     },
     /// Your device tokens (one per logged-in machine or browser).
     Tokens {

@@ -45,13 +45,18 @@ pub async fn run(command: Command, g: &Global) -> Result<(), Failure> {
         Command::Inbox { follow, no_download } => crate::inbox::run(g, &out, follow, !no_download).await,
         Command::SendFile { words, group } => send_file(g, &out, words, group).await,
         Command::Files { action } => files(g, &out, action).await,
-        Command::Chat { with, group, no_bell } => {
+        Command::Chat {
+            with,
+            group,
+            no_bell,
+            no_download,
+        } => {
             let open = match (group, with) {
                 (Some(g), _) => Some(crate::chat::Conv::Group(g)),
                 (None, Some(u)) => Some(crate::chat::Conv::Dm(u)),
                 (None, None) => None,
             };
-            crate::chat::run(g, open, !no_bell).await
+            crate::chat::run(g, open, !no_bell, !no_download).await
         }
         command => {
             let t = session::target(g)?;

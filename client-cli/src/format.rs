@@ -98,6 +98,15 @@ pub fn kind(me: &str, topic: &str) -> Kind {
     }
 }
 
+/// Whether a delivery is one of ours (a sent DM's copy, our own group message).
+pub fn from_me(me: &str, topic: &str) -> bool {
+    match kind(me, topic) {
+        Kind::Sent { .. } => true,
+        Kind::Group { from, .. } => from == me,
+        _ => false,
+    }
+}
+
 /// The payload as text (binary shown by its size).
 pub fn text(payload: &[u8]) -> String {
     match std::str::from_utf8(payload) {

@@ -104,7 +104,7 @@ async fn read(
                     (None, false) => println!("{}", format::message_line(&t.user, &m)),
                 }
                 // Files sent to us come down now, unless asked not to.
-                let ours = matches!(format::kind(&t.user, &m.topic), format::Kind::Sent { .. });
+                let ours = format::from_me(&t.user, &m.topic);
                 if let (Some(f), true, false) = (&file, download, ours) {
                     let _ = std::io::stdout().flush();
                     fetch(t, g, out, &f.file).await;

@@ -74,6 +74,22 @@ async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
     chat.keys("\x0e");
     chat.wait_for(" to #crew ", SEE).await;
 
+    // A file from alice comes down by itself; one goes up with /send-file.
+    let notes = alice.home.path().join("notes.txt");
+    std::fs::write(&notes, "the notes, in full\n").unwrap();
+    alice
+        .run(&["send-file", "bob", &notes.display().to_string()], "")
+        .await
+        .ok();
+    let saved = bob.home.path().join("Downloads/natter/notes.txt");
+    chat.wait_for("saved ", SEE).await;
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), "the notes, in full\n");
+    let plan = bob.home.path().join("plan.txt");
+    std::fs::write(&plan, "step one").unwrap();
+    chat.keys(&format!("/send-file {}\r", plan.display()));
+    chat.wait_for("sent plan.txt (8 B) to #crew", SEE).await;
+    chat.wait_for("you: 📎 plan.txt (8 B)", SEE).await;
+
     // An unknown command says so.
     chat.keys("/frobnicate\r");
     chat.wait_for("unknown command /frobnicate", SEE).await;

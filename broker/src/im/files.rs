@@ -113,17 +113,21 @@ pub fn sweep(store: &Store, now_secs: u64, upload_ttl: Duration, file_ttl: Durat
     Ok(n)
 }
 
-/// Runs [`sweep`] every minute on the blocking pool while the runtime lives.
-pub fn start_sweeper(state: Arc<ImState>) {
+/// Runs [`sweep`] every minute on the blocking pool while the plugin lives (it
+/// holds the state weakly: a stopped broker's store closes).
+pub fn start_sweeper(state: &Arc<ImState>) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let state = Arc::downgrade(state);
     rt.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let s = state.clone();
+            let Some(s) = state.upgrade() else {
+                return;
+            };
             let swept = tokio::task::spawn_blocking(move || {
                 let upload_ttl = Duration::from_secs(u64::from(s.files.upload_ttl_secs.get()));
                 sweep(&s.store, crate::clock::unix_secs(), upload_ttl, s.files.file_ttl)

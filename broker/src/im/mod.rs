@@ -110,7 +110,7 @@ impl ImPlugin {
                 admin,
             }),
         };
-        files::start_sweeper(plugin.state.clone());
+        files::start_sweeper(&plugin.state);
         plugin
     }
 

@@ -107,6 +107,11 @@ pub enum Action {
     History(Conv),
     /// An API call (a /command): command name and JSON body.
     Call(String, Value),
+    /// Send a file to the conversation.
+    SendFile {
+        conv: Conv,
+        path: String,
+    },
     Quit,
 }
 
@@ -121,7 +126,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("/block", "USER: block a user"),
     ("/status", "online|away|busy [TEXT]: your status"),
     ("/open", "USER|#GROUP: open a conversation"),
-    ("/send-file", "PATH: (not yet: files come with the file protocol)"),
+    ("/send-file", "PATH: send a file to this conversation"),
     ("/help", ": this list"),
     ("/quit", ": leave natter"),
 ];
@@ -150,6 +155,8 @@ pub struct App {
     /// Pending lines of ours: seq to conversation.
     pending: HashMap<u64, Conv>,
     pub bell: bool,
+    /// Files going up or down: what, and how far (for the status bar).
+    pub transfers: Vec<(String, indicatif::ProgressBar)>,
 }
 
 impl App {
@@ -174,6 +181,7 @@ impl App {
             next_seq: 1,
             pending: HashMap::new(),
             bell,
+            transfers: Vec::new(),
         }
     }
 
@@ -240,7 +248,10 @@ impl App {
     pub fn on_message(&mut self, m: &Incoming) -> bool {
         let id = m.prop("id").and_then(|v| v.parse().ok());
         let ts = m.prop("ts").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let text = format::text(&m.payload);
+        let text = match crate::files::file_message(m) {
+            Some(f) => format!("📎 {} ({})", f.name, crate::files::size_text(f.size)),
+            None => format::text(&m.payload),
+        };
         let (conv, from) = match format::kind(&self.me, &m.topic) {
             Kind::Dm { from } => (Conv::Dm(from.clone()), from),
             Kind::Sent { to } => (Conv::Dm(to), self.me.clone()),
@@ -579,10 +590,17 @@ impl App {
                     (call("presence.set", json!({ "status": status, "text": text })), None)
                 }
             }
-            ("send-file", _, _) => (
-                Vec::new(),
-                Some("files are not supported yet: the file protocol comes next".into()),
-            ),
+            ("send-file", "", _) => (Vec::new(), need("a file's path")),
+            ("send-file", p, _) => match self.current().cloned() {
+                Some(conv) => (
+                    vec![Action::SendFile {
+                        conv,
+                        path: p.to_owned(),
+                    }],
+                    None,
+                ),
+                None => (Vec::new(), Some("open a conversation first".into())),
+            },
             (other, _, _) => (Vec::new(), Some(format!("unknown command /{other}: /help lists them"))),
         };
         if notice.is_some() {

@@ -34,6 +34,8 @@ enum Done {
     Called(String, Result<Value, String>),
     Friends(Vec<String>, Vec<String>),
     Groups(Vec<String>),
+    /// A transfer (by its label) ended: what to say.
+    Transferred(String, String),
 }
 
 /// Puts the terminal back however the chat ends.
@@ -56,7 +58,7 @@ impl Drop for Screen {
     }
 }
 
-pub async fn run(g: &Global, open: Option<Conv>, bell: bool) -> Result<(), Failure> {
+pub async fn run(g: &Global, open: Option<Conv>, bell: bool, download: bool) -> Result<(), Failure> {
     let t = session::target(g)?;
     let bell = bell && t.profile.as_ref().is_none_or(|(_, p)| p.bell);
     let mut app = App::new(&t.user, &t.server, bell);
@@ -114,9 +116,12 @@ pub async fn run(g: &Global, open: Option<Conv>, bell: bool) -> Result<(), Failu
         attempt = 0;
         app.link = LinkState::Connected;
         start(&link, &app, &done_tx);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let ended = loop {
             draw(&mut term, &app)?;
             tokio::select! {
+                // Progress of transfers shows without other events.
+                _ = tick.tick(), if !app.transfers.is_empty() => {}
                 Some(k) = keys.recv() => if on_term(&mut app, k, Some(&link), &done_tx) {
                     link.disconnect().await;
                     break 'outer;
@@ -130,8 +135,14 @@ pub async fn run(g: &Global, open: Option<Conv>, bell: bool) -> Result<(), Failu
                                     app.on_presence(p);
                                 }
                             }
-                        } else if app.on_message(&m) {
-                            let _ = std::io::stdout().write_all(b"\x07");
+                        } else {
+                            if app.on_message(&m) {
+                                let _ = std::io::stdout().write_all(b"\x07");
+                            }
+                            let ours = crate::format::from_me(&t.user, &m.topic);
+                            if let (Some(f), false, true) = (crate::files::file_message(&m), ours, download) {
+                                fetch_file(&mut app, &t, g, f, &done_tx);
+                            }
                         }
                         // Shown (or known) before the cursor moves past it.
                         link.ack(m.pkid).await;
@@ -251,6 +262,10 @@ fn on_term(app: &mut App, e: TermEvent, link: Option<&Link>, done: &mpsc::Sender
     for a in actions {
         match a {
             Action::Quit => return true,
+            Action::SendFile { conv, path } => match link {
+                Some(l) => send_file(app, l, conv, path, done),
+                None => app.notice = Some("not connected: send it once the connection is back".into()),
+            },
             a => match link {
                 Some(l) => act(l, a, done),
                 None => app.notice = Some("not connected: it goes once the connection is back".into()),
@@ -258,6 +273,35 @@ fn on_term(app: &mut App, e: TermEvent, link: Option<&Link>, done: &mpsc::Sender
         }
     }
     false
+}
+
+/// Sends a file to a conversation, its progress in the status bar.
+fn send_file(app: &mut App, link: &Link, conv: Conv, path: String, done: &mpsc::Sender<Done>) {
+    let path = std::path::PathBuf::from(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let label = format!("↑ {name}");
+    let bar = indicatif::ProgressBar::hidden();
+    app.transfers.push((label.clone(), bar.clone()));
+    let (l, d) = (link.clone(), done.clone());
+    tokio::spawn(async move {
+        let to = match &conv {
+            Conv::Dm(u) => crate::files::To::User(u.clone()),
+            Conv::Group(g) => crate::files::To::Group(g.clone()),
+        };
+        let said = match crate::files::send(&l, to, &path, &bar).await {
+            Ok(f) => format!(
+                "sent {} ({}) to {}",
+                f.name,
+                crate::files::size_text(f.size),
+                conv.title()
+            ),
+            Err(e) => format!("{name} not sent: {e}"),
+        };
+        let _ = d.send(Done::Transferred(label, said)).await;
+    });
 }
 
 fn act(link: &Link, a: Action, done: &mpsc::Sender<Done>) {
@@ -291,12 +335,40 @@ fn act(link: &Link, a: Action, done: &mpsc::Sender<Done>) {
                 let _ = d.send(Done::Called(command, r)).await;
             });
         }
-        Action::Quit => {}
+        Action::Quit | Action::SendFile { .. } => {}
     }
+}
+
+/// Downloads a file that arrived, its progress in the status bar.
+fn fetch_file(app: &mut App, t: &Target, g: &Global, f: natter_shared::api::FileMessage, done: &mpsc::Sender<Done>) {
+    let label = format!("↓ {}", f.name);
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_length(f.size);
+    app.transfers.push((label.clone(), bar.clone()));
+    let (t, g, d) = (t.clone(), g.clone(), done.clone());
+    tokio::spawn(async move {
+        let r = async {
+            let dir = crate::files::downloads_dir(&t)?;
+            let (link, mut events) = crate::files::link_for_files(&t, &g).await?;
+            let r = crate::files::fetch(&link, &mut events, &t.user, &f.file, &dir, &bar).await;
+            link.disconnect().await;
+            r
+        }
+        .await;
+        let said = match r {
+            Ok(got) => format!("saved {}", got.path.display()),
+            Err(e) => format!("{} not downloaded: {e}", f.name),
+        };
+        let _ = d.send(Done::Transferred(label, said)).await;
+    });
 }
 
 fn on_done(app: &mut App, d: Done, link: &Link, done: &mpsc::Sender<Done>) {
     match d {
+        Done::Transferred(label, said) => {
+            app.transfers.retain(|(l, _)| *l != label);
+            app.notice = Some(said);
+        }
         Done::History(conv, Ok(r)) => app.on_history(&conv, &r["messages"]),
         Done::History(conv, Err(e)) => app.notice = Some(format!("history of {}: {e}", conv.title())),
         Done::Sent(seq, refused) => app.on_sent(seq, refused),

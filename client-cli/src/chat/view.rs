@@ -212,6 +212,15 @@ fn draw_status(f: &mut Frame<'_>, app: &App, area: Rect) {
         Span::raw(format!(" {}@{} · ", app.me, app.server)),
         Span::styled(text, style),
     ];
+    for (what, bar) in &app.transfers {
+        let pct = (bar.position() * 100)
+            .checked_div(bar.length().unwrap_or(0))
+            .unwrap_or(0);
+        spans.push(Span::styled(
+            format!(" · {what} {pct}%"),
+            Style::default().fg(Color::Cyan),
+        ));
+    }
     if let Some(n) = &app.notice {
         spans.push(Span::raw(format!(" · {n}")));
     }
