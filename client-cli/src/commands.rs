@@ -427,11 +427,20 @@ fn history_line(me: &str, m: &Value) -> String {
     let from = m["from"].as_str().unwrap_or("?");
     let who = if from == me { "you" } else { from };
     let text = match (m["text"].as_str(), m["data"].as_str()) {
+        (Some(t), _) if m["content_type"] == im::FILE_CONTENT_TYPE => file_text(t),
         (Some(t), _) => t.to_owned(),
         (None, Some(d)) => format!("[binary, {} base64 characters]", d.len()),
         _ => String::new(),
     };
     format!("{}  {who}: {text}", format::datetime_ms(ts))
+}
+
+/// A file message's text for people: `📎 name (size), file ID`.
+pub fn file_text(json: &str) -> String {
+    match serde_json::from_str::<natter_shared::api::FileMessage>(json) {
+        Ok(f) => format!("📎 {} ({}), file {}", f.name, crate::files::size_text(f.size), f.file),
+        Err(_) => json.to_owned(),
+    }
 }
 
 fn names(v: &Value) -> Vec<&str> {

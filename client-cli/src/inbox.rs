@@ -68,6 +68,7 @@ async fn read(
         return done(out, shown);
     }
     let api = format!("{}api/", im::inbox_prefix(&t.user));
+    let mailbox = im::inbox_prefix(&t.user);
     loop {
         let next = tokio::time::timeout(SETTLE, events.recv()).await;
         let event = match next {
@@ -86,7 +87,9 @@ async fn read(
             }
         };
         match event {
-            Event::Message(m) if m.topic.starts_with(&api) => link.ack(m.pkid).await,
+            // API answers, and what is not the mailbox (the presence a chat on this
+            // device subscribed to) are not shown here.
+            Event::Message(m) if m.topic.starts_with(&api) || !m.topic.starts_with(&mailbox) => link.ack(m.pkid).await,
             Event::Message(m) => {
                 let file = files::file_message(&m);
                 match (&file, out.json) {

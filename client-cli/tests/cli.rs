@@ -270,6 +270,11 @@ async fn files_of_a_few_mib_go_through_and_a_cut_download_resumes() {
     let got = bob.home.path().join("Downloads/natter/report.bin");
     assert!(r.stdout.contains(&format!("saved {}", got.display())), "{r:?}");
     assert_eq!(std::fs::read(&got).unwrap(), data);
+    let r = bob.run(&["history", "alice"], "").await.ok();
+    assert!(
+        r.stdout.contains("alice: 📎 report.bin (3.0 MiB), file "),
+        "a file message in the history: {r:?}"
+    );
 
     // A second file, its download cut off half way, then resumed.
     let data2 = noise(4 * 1024 * 1024, 11);

@@ -241,6 +241,10 @@ pub struct HistoryItem {
     /// The payload in base64 when it is binary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// The sender's content type, when given (a file message has
+    /// [`crate::im::FILE_CONTENT_TYPE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 impl HistoryItem {
@@ -253,6 +257,7 @@ impl HistoryItem {
                 ts,
                 text: Some(t.to_owned()),
                 data: None,
+                content_type: None,
             },
             Err(_) => HistoryItem {
                 id,
@@ -260,6 +265,7 @@ impl HistoryItem {
                 ts,
                 text: None,
                 data: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+                content_type: None,
             },
         }
     }

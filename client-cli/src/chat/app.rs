@@ -228,6 +228,12 @@ impl App {
         let t = self.threads.entry(conv.clone()).or_default();
         for m in messages.as_array().into_iter().flatten() {
             let text = match (m["text"].as_str(), m["data"].as_str()) {
+                (Some(t), _) if m["content_type"] == natter_shared::im::FILE_CONTENT_TYPE => {
+                    match serde_json::from_str::<natter_shared::api::FileMessage>(t) {
+                        Ok(f) => format!("📎 {} ({})", f.name, crate::files::size_text(f.size)),
+                        Err(_) => t.to_owned(),
+                    }
+                }
                 (Some(t), _) => t.to_owned(),
                 (None, Some(d)) => format!("[binary, {} base64 characters]", d.len()),
                 _ => String::new(),

@@ -44,7 +44,10 @@ pub fn history(c: &Call<'_>) -> ApiResult {
         .store
         .history(&conversation, c.req.before, c.req.after, limit as usize)?
         .into_iter()
-        .map(|(id, m)| HistoryItem::new(id, m.from, m.ts, &m.payload))
+        .map(|(id, m)| HistoryItem {
+            content_type: m.content_type.clone(),
+            ..HistoryItem::new(id, m.from, m.ts, &m.payload)
+        })
         .collect();
     Ok(json!({ "with": with, "messages": items }))
 }
