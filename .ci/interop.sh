@@ -132,6 +132,29 @@ if command -v mosquitto_rr >/dev/null; then
     echo "ok mosquitto_rr (MQTT 5 Response Topic)"
 fi
 
+# A file, as docs/protocol.md (Files) tells any client to send one: announce, a chunk,
+# finish; bob gets the file message and fetches the chunk back.
+if command -v mosquitto_rr >/dev/null; then
+    RR=(timeout 10 mosquitto_rr -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -W 5)
+    SHA=$(printf hello | sha256sum | cut -d' ' -f1)
+    START=$("${RR[@]}" -t api/files.start -e inbox/alice/rr/f1 \
+        -m "{\"name\":\"a.txt\",\"size\":5,\"sha256\":\"$SHA\",\"user\":\"bob\"}")
+    FILE=$(echo "$START" | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"]["file"])') \
+        || fail "files.start: $START"
+    timeout 10 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -i bob-files \
+        -t inbox/bob/dm/alice -t "inbox/bob/file/#" -C 2 -v -d > "$WORK/file.txt" &
+    SUB=$!
+    subscribed "$WORK/file.txt"
+    mosquitto_pub -h 127.0.0.1 -p "$PORT" -u alice -P alice-pw -t "files/$FILE/0" -m hello -q 1
+    DONE=$("${RR[@]}" -t api/files.finish -e inbox/alice/rr/f2 -m "{\"file\":\"$FILE\"}")
+    echo "$DONE" | grep -q '"ok":true' || fail "files.finish: $DONE"
+    mosquitto_pub -h 127.0.0.1 -p "$PORT" -u bob -P bob-pw -t api/files.fetch -m "{\"file\":\"$FILE\"}" -q 1
+    wait "$SUB" || fail "no file message or chunk: $(cat "$WORK/file.txt")"
+    grep -q "\"type\":\"file\"" "$WORK/file.txt" || fail "file message: $(cat "$WORK/file.txt")"
+    grep -q "^inbox/bob/file/$FILE/0 hello" "$WORK/file.txt" || fail "chunk: $(cat "$WORK/file.txt")"
+    echo "ok mosquitto file: announce, chunk, finish, message, fetch"
+fi
+
 python3 .ci/paho_interop.py 127.0.0.1 "$PORT" || fail "paho interop"
 
 # Registration without an account (registration open), then a login with it.
