@@ -168,7 +168,8 @@ pub enum Command {
     #[command(
         after_help = "Keys: Enter sends, Alt+Enter adds a line, Tab completes /commands and names,\n\
 Ctrl+N/Ctrl+P (or Alt+Down/Up) switch conversations, PgUp/PgDn and the mouse wheel scroll,\n\
-Up recalls what you sent, Ctrl+C quits. /help lists the commands.\n\n\
+Up recalls what you sent, Ctrl+A/Ctrl+D accept/decline the first friend request,\n\
+Ctrl+C quits. /help lists the commands.\n\n\
 Examples:\n  natter chat\n  natter chat bob\n  natter chat --group team"
     )]
     Chat {

@@ -682,8 +682,10 @@ async fn login(g: &Global, out: &Out, password: Option<String>) -> Result<(), Fa
             device: p.device.clone(),
             profile: None,
         };
-        let (link, _events) = session::device(&t, g).await?;
-        link.disconnect().await;
+        for d in [session::Device::Inbox, session::Device::Chat] {
+            let (link, _events) = session::device(&t, g, d).await?;
+            link.disconnect().await;
+        }
     }
     let v = json!({ "user": user, "server": server, "profile": name, "token_name": token_name });
     out.show(&v, || format!("logged in as {user} on {server} (profile {name})"));

@@ -24,7 +24,7 @@ pub async fn run(g: &Global, out: &Out, follow: bool, download: bool) -> Result<
     let t = session::target(g)?;
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session::device(&t, g).await {
+        match session::device(&t, g, session::Device::Inbox).await {
             Ok((link, events)) => {
                 backoff = Duration::from_millis(250);
                 match read(&t, g, &link, events, out, follow, download).await {

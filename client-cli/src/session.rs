@@ -132,12 +132,29 @@ pub async fn one_shot(t: &Target, g: &Global) -> Result<(Link, mpsc::Receiver<Ev
     Ok((link, events))
 }
 
+/// Which of this machine's two devices: `natter inbox`'s, or the chat's (its own
+/// session and cursor, so an `inbox` in another terminal never takes the chat's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Inbox,
+    Chat,
+}
+
+impl Target {
+    pub fn client_id(&self, d: Device) -> String {
+        match d {
+            Device::Inbox => self.device.clone(),
+            Device::Chat => format!("{}-chat", self.device),
+        }
+    }
+}
+
 /// This machine's persistent session, subscribed to the whole mailbox.
 ///
 /// # Errors
 /// Connection and login failures.
-pub async fn device(t: &Target, g: &Global) -> Result<(Link, mpsc::Receiver<Event>), Failure> {
-    let (link, events) = Link::connect(&options(t, g, t.device.clone(), DEVICE_SESSION_SECS)).await?;
+pub async fn device(t: &Target, g: &Global, d: Device) -> Result<(Link, mpsc::Receiver<Event>), Failure> {
+    let (link, events) = Link::connect(&options(t, g, t.client_id(d), DEVICE_SESSION_SECS)).await?;
     let codes = link.subscribe(&[im::inbox_all(&t.user)]).await?;
     expect_granted(&codes)?;
     Ok((link, events))

@@ -53,6 +53,16 @@ async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
     let _ = follow.wait();
     chat.wait_for("○ alice  offline", SEE).await;
 
+    // A friend request, accepted from the list.
+    let carol = Person::new(b.addr);
+    carol.login("carol", "carol-pw").await.ok();
+    carol.run(&["friends", "add", "bob"], "").await.ok();
+    chat.wait_for("? carol asks", SEE).await;
+    chat.keys("\x01");
+    chat.wait_for_any(&["friends.accept: done", "carol and you are friends now"], SEE)
+        .await;
+    chat.wait_for("○ carol", SEE).await;
+
     // A multi-line message.
     chat.keys("first line\x1b\rsecond line\r");
     chat.wait_for("second line ✓", SEE).await;

@@ -380,6 +380,16 @@ impl App {
         let alt = k.modifiers.contains(KeyModifiers::ALT);
         match k.code {
             KeyCode::Char('c') | KeyCode::Char('q') if ctrl => return vec![Action::Quit],
+            // The first friend request in the list: accept or decline it.
+            KeyCode::Char('a') | KeyCode::Char('d') if ctrl && !self.requests.is_empty() => {
+                let who = self.requests.remove(0);
+                let command = if k.code == KeyCode::Char('a') {
+                    "friends.accept"
+                } else {
+                    "friends.decline"
+                };
+                return vec![Action::Call(command.into(), serde_json::json!({ "user": who }))];
+            }
             KeyCode::Enter if alt || k.modifiers.contains(KeyModifiers::SHIFT) => {
                 self.input.insert_newline();
                 return Vec::new();

@@ -63,7 +63,7 @@ pub async fn run(g: &Global, open: Option<Conv>, bell: bool, download: bool) -> 
     let bell = bell && t.profile.as_ref().is_none_or(|(_, p)| p.bell);
     let mut app = App::new(&t.user, &t.server, bell);
     // The first connection before the screen changes: a wrong login is one line.
-    let first = session::device(&t, g).await?;
+    let first = session::device(&t, g, session::Device::Chat).await?;
     let _screen = Screen::enter()?;
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -103,7 +103,7 @@ pub async fn run(g: &Global, open: Option<Conv>, bell: bool, download: bool) -> 
                         Some(k) = keys.recv() => if on_term(&mut app, k, None, &done_tx) { break 'outer; },
                     }
                 }
-                match session::device(&t, g).await {
+                match session::device(&t, g, session::Device::Chat).await {
                     Ok(c) => c,
                     Err(e @ (Failure::Login(_) | Failure::NotLoggedIn(_))) => return Err(e),
                     Err(e) => {

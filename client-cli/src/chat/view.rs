@@ -45,7 +45,7 @@ fn draw_list(f: &mut Frame<'_>, app: &App, area: Rect) {
     for r in &app.requests {
         items.push(ListItem::new(TextLine::from(vec![
             Span::styled("? ", Style::default().fg(Color::Yellow)),
-            Span::raw(format!("{r} asks (/accept)")),
+            Span::raw(format!("{r} asks ^A/^D")),
         ])));
     }
     let offset = items.len();
