@@ -658,6 +658,7 @@ async fn login(g: &Global, out: &Out, password: Option<String>) -> Result<(), Fa
         device: device.clone(),
         downloads: None,
         bell: true,
+        notify: true,
     });
     file.profiles.insert(
         name.clone(),

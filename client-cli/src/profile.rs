@@ -43,6 +43,9 @@ pub struct Profile {
     /// Ring the terminal bell for a message in a conversation not on screen.
     #[serde(default = "yes")]
     pub bell: bool,
+    /// And show a desktop notification, where there is a desktop (`notify-send`).
+    #[serde(default = "yes")]
+    pub notify: bool,
 }
 
 fn yes() -> bool {
@@ -163,6 +166,7 @@ mod tests {
                 device: new_device("alice"),
                 downloads: None,
                 bell: true,
+                notify: true,
             },
         );
         f.default = Some("work".into());

@@ -22,7 +22,21 @@ async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
     bob.run(&["friends", "accept", "alice"], "").await.ok();
     alice.run(&["send", "bob", "hello from the shell"], "").await.ok();
 
-    let mut chat = Pty::spawn(&["chat", "alice"], &bob.env(), 30, 100);
+    // A desktop to notify: a stand-in notify-send that writes down what it is told.
+    let bin = bob.home.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let told = bob.home.path().join("notified.txt");
+    let script = bin.join("notify-send");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", told.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut env = bob.env();
+    for (k, v) in env.iter_mut() {
+        if k == "PATH" {
+            *v = format!("{}:{v}", bin.display());
+        }
+    }
+    env.push(("DISPLAY".into(), ":99".into()));
+    let mut chat = Pty::spawn(&["chat", "alice"], &env, 30, 100);
     // Opened on alice, with the history loaded.
     chat.wait_for("connected", SEE).await;
     chat.wait_for("alice: hello from the shell", SEE).await;
@@ -99,6 +113,18 @@ async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
     chat.keys(&format!("/send-file {}\r", plan.display()));
     chat.wait_for("sent plan.txt (8 B) to #crew", SEE).await;
     chat.wait_for("you: 📎 plan.txt (8 B)", SEE).await;
+
+    // A message in a conversation not on screen: a bell and a desktop notification.
+    alice.run(&["send", "bob", "ping while you are in crew"], "").await.ok();
+    chat.wait_for("○ alice (2)", SEE).await; // the file before, and this
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&told)
+        .unwrap_or_default()
+        .contains("natter: alice ping while you are in crew")
+    {
+        assert!(start.elapsed() < SEE, "no desktop notification");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // An unknown command says so.
     chat.keys("/frobnicate\r");

@@ -61,6 +61,7 @@ impl Drop for Screen {
 pub async fn run(g: &Global, open: Option<Conv>, bell: bool, download: bool) -> Result<(), Failure> {
     let t = session::target(g)?;
     let bell = bell && t.profile.as_ref().is_none_or(|(_, p)| p.bell);
+    let notify = bell && t.profile.as_ref().is_none_or(|(_, p)| p.notify);
     let mut app = App::new(&t.user, &t.server, bell);
     // The first connection before the screen changes: a wrong login is one line.
     let first = session::device(&t, g, session::Device::Chat).await?;
@@ -138,6 +139,9 @@ pub async fn run(g: &Global, open: Option<Conv>, bell: bool, download: bool) -> 
                         } else {
                             if app.on_message(&m) {
                                 let _ = std::io::stdout().write_all(b"\x07");
+                                if notify {
+                                    desktop_notification(&t.user, &m);
+                                }
                             }
                             let ours = crate::format::from_me(&t.user, &m.topic);
                             if let (Some(f), false, true) = (crate::files::file_message(&m), ours, download) {
@@ -178,6 +182,31 @@ fn draw(
     term.draw(|f| view::draw(f, app))
         .map(|_| ())
         .map_err(|e| Failure::Local(format!("drawing the screen: {e}")))
+}
+
+/// A desktop notification for a message, where a desktop is (a display and
+/// `notify-send` on the PATH); nothing otherwise. Fire and forget.
+fn desktop_notification(me: &str, m: &crate::link::Incoming) {
+    let desktop = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !desktop {
+        return;
+    }
+    let title = match crate::format::kind(me, &m.topic) {
+        crate::format::Kind::Dm { from } => format!("natter: {from}"),
+        crate::format::Kind::Group { group, from } => format!("natter: {from} in {group}"),
+        _ => return,
+    };
+    let mut body: String = crate::format::text(&m.payload).chars().take(200).collect();
+    if crate::files::file_message(m).is_some() {
+        body = "sent a file".into();
+    }
+    let _ = std::process::Command::new("notify-send")
+        .args(["--app-name=natter", &title, &body])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(|mut c| std::thread::spawn(move || c.wait()));
 }
 
 /// A friend accepted: their presence becomes visible.
