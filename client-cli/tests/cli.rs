@@ -329,3 +329,86 @@ async fn files_of_a_few_mib_go_through_and_a_cut_download_resumes() {
     assert!(r.stderr.contains("no such file"), "{r:?}");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn passwords_change_with_the_old_one_or_a_reset_token() {
+    use natterd::admin::Request;
+    let b = TestBroker::start().await;
+    let bob = Person::new(b.addr);
+    bob.login("bob", "bob-pw").await.ok();
+    let r = bob.run(&["passwd"], "wrong\nnew-pw-1\n").await;
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("wrong password"), "{r:?}");
+    bob.run(&["passwd"], "bob-pw\nnew-pw-1\n").await.ok();
+    let other = Person::new(b.addr);
+    assert_eq!(other.login("bob", "bob-pw").await.code, 4, "the old one is gone");
+    other.login("bob", "new-pw-1").await.ok();
+    // A reset token from an admin sets a new one without the old.
+    let issued = natterd::control::request(b.dir.path(), &Request::UserReset { name: "bob".into() })
+        .await
+        .unwrap();
+    let token = issued.token.expect("a reset token");
+    let fresh = Person::new(b.addr);
+    let server = fresh.server.clone();
+    let r = fresh
+        .run(
+            &["passwd", "--token", &token, "--server", &server, "--user", "bob"],
+            "new-pw-2\n",
+        )
+        .await
+        .ok();
+    assert!(r.stdout.contains("password changed for bob"), "{r:?}");
+    fresh.login("bob", "new-pw-2").await.ok();
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn inbox_follows_as_messages_arrive_and_blocking_refuses_them() {
+    let b = TestBroker::start().await;
+    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
+    alice.login("alice", "alice-pw").await.ok();
+    bob.login("bob", "bob-pw").await.ok();
+    let env = bob.env();
+    let mut follow = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(["inbox", "-f", "--json"])
+            .env_clear()
+            .envs(env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("while you follow"))
+    });
+    // Live, or from the mailbox if the follower connects after it: either way it shows.
+    alice.run(&["send", "bob", "while you follow"], "").await.ok();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines)
+        .await
+        .expect("followed in time")
+        .unwrap()
+        .expect("a line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (v["from"].as_str(), v["text"].as_str()),
+        (Some("alice"), Some("while you follow"))
+    );
+    let _ = follow.kill();
+    let _ = tokio::task::spawn_blocking(move || follow.wait()).await;
+
+    bob.run(&["block", "alice"], "").await.ok();
+    let r = alice.run(&["send", "bob", "hello?"], "").await;
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("does not accept your messages"), "{r:?}");
+    bob.run(&["unblock", "alice"], "").await.ok();
+    alice.run(&["send", "bob", "hello again"], "").await.ok();
+    b.stop().await;
+}
