@@ -15,11 +15,7 @@ const SEE: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
     let b = TestBroker::start().await;
-    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
-    alice.login("alice", "alice-pw").await.ok();
-    bob.login("bob", "bob-pw").await.ok();
-    alice.run(&["friends", "add", "bob"], "").await.ok();
-    bob.run(&["friends", "accept", "alice"], "").await.ok();
+    let (alice, bob) = common::friends(b.addr).await;
     alice.run(&["send", "bob", "hello from the shell"], "").await.ok();
 
     // A desktop to notify: a stand-in notify-send that writes down what it is told.
@@ -92,10 +88,11 @@ async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
     chat.wait_for(" to #crew ", SEE).await;
     chat.keys("hello crew\r");
     chat.wait_for("you: hello crew ✓", SEE).await;
-    // Back to alice with Ctrl+P, and to the group again with Ctrl+N.
-    chat.keys("\x10");
-    chat.wait_for(" to alice ", SEE).await;
+    // The list by last activity: #crew, alice, carol. Ctrl+N goes down to alice,
+    // Ctrl+P back up to the group.
     chat.keys("\x0e");
+    chat.wait_for(" to alice ", SEE).await;
+    chat.keys("\x10");
     chat.wait_for(" to #crew ", SEE).await;
 
     // A file from alice comes down by itself; one goes up with /send-file.
@@ -139,11 +136,7 @@ async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
 #[tokio::test]
 async fn chat_reconnects_after_a_broker_restart_and_catches_up_without_duplicates() {
     let b = TestBroker::start().await;
-    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
-    alice.login("alice", "alice-pw").await.ok();
-    bob.login("bob", "bob-pw").await.ok();
-    alice.run(&["friends", "add", "bob"], "").await.ok();
-    bob.run(&["friends", "accept", "alice"], "").await.ok();
+    let (alice, bob) = common::friends(b.addr).await;
     alice.run(&["send", "bob", "before the restart"], "").await.ok();
     let mut chat = Pty::spawn(&["chat", "alice"], &bob.env(), 24, 80);
     chat.wait_for("alice: before the restart", SEE).await;

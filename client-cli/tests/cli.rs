@@ -90,9 +90,7 @@ async fn two_people_register_befriend_chat_and_read_their_history() {
 #[tokio::test]
 async fn groups_from_the_command_line() {
     let b = TestBroker::start().await;
-    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
-    alice.login("alice", "alice-pw").await.ok();
-    bob.login("bob", "bob-pw").await.ok();
+    let (alice, bob) = common::alice_and_bob(b.addr).await;
     alice.run(&["groups", "create", "team"], "").await.ok();
     alice.run(&["groups", "invite", "team", "bob"], "").await.ok();
     let r = bob.run(&["inbox"], "").await.ok();
@@ -216,9 +214,7 @@ async fn logout_revokes_the_token_and_a_new_login_replaces_it() {
 #[tokio::test]
 async fn what_arrived_while_the_broker_restarted_is_read_after_it() {
     let b = TestBroker::start().await;
-    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
-    alice.login("alice", "alice-pw").await.ok();
-    bob.login("bob", "bob-pw").await.ok();
+    let (alice, bob) = common::alice_and_bob(b.addr).await;
     // bob's device is known (its cursor stored) before he goes away.
     bob.run(&["inbox"], "").await.ok();
     alice.run(&["send", "bob", "before the restart"], "").await.ok();
@@ -252,9 +248,7 @@ async fn files_of_a_few_mib_go_through_and_a_cut_download_resumes() {
         c.files.fetch_window = 1.try_into().unwrap();
     })
     .await;
-    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
-    alice.login("alice", "alice-pw").await.ok();
-    bob.login("bob", "bob-pw").await.ok();
+    let (alice, bob) = common::alice_and_bob(b.addr).await;
     let data = noise(3 * 1024 * 1024 + 123, 7);
     let path = alice.home.path().join("report.bin");
     std::fs::write(&path, &data).unwrap();
@@ -365,9 +359,7 @@ async fn passwords_change_with_the_old_one_or_a_reset_token() {
 #[tokio::test]
 async fn inbox_follows_as_messages_arrive_and_blocking_refuses_them() {
     let b = TestBroker::start().await;
-    let (alice, bob) = (Person::new(b.addr), Person::new(b.addr));
-    alice.login("alice", "alice-pw").await.ok();
-    bob.login("bob", "bob-pw").await.ok();
+    let (alice, bob) = common::alice_and_bob(b.addr).await;
     let env = bob.env();
     let mut follow = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_natter"))

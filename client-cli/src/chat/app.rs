@@ -532,7 +532,7 @@ impl App {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.insert(seq, conv.clone());
-        let now = format::now_secs() * 1000;
+        let now = format::now_ms();
         if let Some(t) = self.threads.get_mut(&conv) {
             t.add(Line {
                 id: None,

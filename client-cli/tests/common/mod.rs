@@ -124,3 +124,19 @@ impl Person {
         ]
     }
 }
+
+/// alice and bob, each logged in at a terminal of their own.
+pub async fn alice_and_bob(addr: SocketAddr) -> (Person, Person) {
+    let (alice, bob) = (Person::new(addr), Person::new(addr));
+    alice.login("alice", "alice-pw").await.ok();
+    bob.login("bob", "bob-pw").await.ok();
+    (alice, bob)
+}
+
+/// The same, and friends.
+pub async fn friends(addr: SocketAddr) -> (Person, Person) {
+    let (alice, bob) = alice_and_bob(addr).await;
+    alice.run(&["friends", "add", "bob"], "").await.ok();
+    bob.run(&["friends", "accept", "alice"], "").await.ok();
+    (alice, bob)
+}
