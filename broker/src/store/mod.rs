@@ -198,8 +198,11 @@ pub struct Store {
     /// Index entries not yet written, and mailbox counters (see [`messages`]).
     index: Arc<std::sync::Mutex<messages::Index>>,
     /// Held for a whole [`Store::index`] write (one at a time; appends and reads only
-    /// take `index`, briefly).
-    indexing: Arc<std::sync::Mutex<()>>,
+    /// take `index`, briefly). It holds how many messages had been journaled at the
+    /// last write's trim, which paces the trimming (see `messages::index`).
+    indexing: Arc<std::sync::Mutex<u64>>,
+    /// Messages journaled since the store opened.
+    journaled: Arc<AtomicU64>,
     /// Answers every DM asks, kept in memory.
     hot: Arc<Hot>,
     /// The last message known on disk, noted beside the files (see [`check`]).
@@ -339,6 +342,7 @@ impl Store {
             ids_reserved: Arc::new(AtomicU64::new(reserve_to)),
             index: Arc::default(),
             indexing: Arc::default(),
+            journaled: Arc::default(),
             hot: Arc::default(),
             check: Arc::new(check),
             sync: options.sync,

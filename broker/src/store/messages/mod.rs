@@ -367,6 +367,8 @@ impl Store {
         if let Some(first) = chunk.first() {
             self.messages
                 .insert(first.id().to_be_bytes(), journal::encode_chunk(chunk)?)?;
+            self.journaled
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

@@ -125,10 +125,10 @@ impl Store {
     /// every mailbox it went to (retention dropped it there, or the mailbox is empty)
     /// and is indexed (`through`): the journal, history included, is bounded by the
     /// mailboxes' retention. A message still in one mailbox keeps its chunk, and the
-    /// chunks after it. At most `max_chunks` per call; returns how many went.
-    pub(super) fn trim_journal(&self, through: u64, max_chunks: usize) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        while removed < max_chunks {
+    /// chunks after it. Stops once `max_messages` went; returns how many chunks went.
+    pub(super) fn trim_journal(&self, through: u64, max_messages: usize) -> Result<usize, StoreError> {
+        let (mut removed, mut messages) = (0, 0);
+        while messages < max_messages {
             let Some(kv) = self.messages.iter().next() else {
                 break;
             };
@@ -151,6 +151,7 @@ impl Store {
             }
             self.messages.remove(&key)?;
             removed += 1;
+            messages += chunk.len();
             // Their history goes with them: every history chunk of their
             // conversations that holds only ids up to the chunk's last.
             let last = chunk.last().map_or(0, |m| m.id);
