@@ -332,10 +332,12 @@ async fn send_file(g: &Global, out: &Out, words: Vec<String>, group: Option<Stri
     let (link, _events) = session::one_shot(&t, g).await?;
     let path = std::path::PathBuf::from(path);
     let bar = crate::files::bar(0, &format!("sending {}", path.display()), out.json);
-    let sent = crate::files::send(&link, to, &path, &bar).await;
+    let uploads = crate::files::Uploads::for_target(&t)?;
+    let sent = crate::files::send(&link, to, &path, &bar, &uploads).await;
     link.disconnect().await;
-    let sent = sent?;
-    let v = serde_json::to_value(&sent).unwrap_or_default();
+    let crate::files::Sent { message: sent, resumed } = sent?;
+    let mut v = serde_json::to_value(&sent).unwrap_or_default();
+    v["resumed_chunks"] = serde_json::json!(resumed);
     out.show(&v, || {
         format!(
             "sent {} ({}) to {shown}; file {}",

@@ -77,12 +77,57 @@ pub fn mime_of(path: &Path) -> &'static str {
     }
 }
 
+/// Where unfinished uploads are remembered, so sending the same file to the same
+/// place again sends only the chunks the broker is missing: `uploads.json` in the
+/// config dir, keyed by server, user, recipient and the file's SHA-256.
+pub struct Uploads {
+    pub path: PathBuf,
+    /// `server|user`, the first part of every key.
+    pub account: String,
+}
+
+impl Uploads {
+    pub fn for_target(t: &Target) -> Result<Uploads, Failure> {
+        Ok(Uploads {
+            path: crate::profile::config_dir()?.join("uploads.json"),
+            account: format!("{}|{}", t.server, t.user),
+        })
+    }
+
+    fn load(&self) -> std::collections::BTreeMap<String, String> {
+        std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn set(&self, key: &str, id: Option<&str>) {
+        let mut all = self.load();
+        match id {
+            Some(id) => all.insert(key.to_owned(), id.to_owned()),
+            None => all.remove(key),
+        };
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        // Best effort: without it an upload starts over, nothing worse.
+        let _ = std::fs::write(&self.path, serde_json::to_vec(&all).unwrap_or_default());
+    }
+}
+
+/// What sending a file came to.
+pub struct Sent {
+    pub message: FileMessage,
+    /// Chunks the broker had already from an earlier, cut-off try.
+    pub resumed: u64,
+}
+
 /// Sends `path` to `to`; returns the file message the recipients got.
 ///
 /// # Errors
 /// The file cannot be read, the broker refuses it (limits, quota, recipient), the
 /// connection fails.
-pub async fn send(link: &Link, to: To, path: &Path, bar: &ProgressBar) -> Result<FileMessage, Failure> {
+pub async fn send(link: &Link, to: To, path: &Path, bar: &ProgressBar, uploads: &Uploads) -> Result<Sent, Failure> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -101,30 +146,54 @@ pub async fn send(link: &Link, to: To, path: &Path, bar: &ProgressBar) -> Result
         )));
     }
     let sha = hash_file(path)?;
-    let mut req = Request {
-        name: Some(name.clone()),
-        size: Some(size),
-        sha256: Some(sha),
-        mime: Some(mime_of(path).to_owned()),
-        ..Request::default()
+    let key = format!(
+        "{}|{}|{sha}",
+        uploads.account,
+        match &to {
+            To::User(u) => format!("user:{u}"),
+            To::Group(g) => format!("group:{g}"),
+        }
+    );
+    // The same file to the same place, cut off before: only what is missing.
+    let earlier = match uploads.load().get(&key) {
+        Some(id) => resumable(link, id).await,
+        None => None,
     };
-    match to {
-        To::User(u) => req.user = Some(u),
-        To::Group(g) => req.group = Some(g),
-    }
-    let started = link.call(cmd::FILES_START, req).await?;
-    let id = started["file"]
-        .as_str()
-        .ok_or_else(|| Failure::Local("the broker gave no file id".into()))?
-        .to_owned();
-    let chunk_size = started["chunk_size"].as_u64().unwrap_or(0).max(1);
-    let chunks = started["chunks"].as_u64().unwrap_or(0);
+    let (id, chunk_size, chunks, missing) = match earlier {
+        Some(e) => e,
+        None => {
+            let mut req = Request {
+                name: Some(name.clone()),
+                size: Some(size),
+                sha256: Some(sha),
+                mime: Some(mime_of(path).to_owned()),
+                ..Request::default()
+            };
+            match to {
+                To::User(u) => req.user = Some(u),
+                To::Group(g) => req.group = Some(g),
+            }
+            let started = link.call(cmd::FILES_START, req).await?;
+            let id = started["file"]
+                .as_str()
+                .ok_or_else(|| Failure::Local("the broker gave no file id".into()))?
+                .to_owned();
+            let chunk_size = started["chunk_size"].as_u64().unwrap_or(0).max(1);
+            let chunks = started["chunks"].as_u64().unwrap_or(0);
+            uploads.set(&key, Some(&id));
+            (id, chunk_size, chunks, (0..chunks).collect())
+        }
+    };
+    let resumed = chunks - missing.len() as u64;
     bar.set_length(size);
+    bar.set_position((resumed * chunk_size).min(size));
     let mut file = std::fs::File::open(path).map_err(|e| local(e, "cannot read", path))?;
     let mut flying: JoinSet<Result<(u64, usize), Failure>> = JoinSet::new();
-    for i in 0..chunks {
+    for i in missing {
         let mut buf = vec![0u8; chunk_size.min(size - i * chunk_size) as usize];
-        file.read_exact(&mut buf).map_err(|e| local(e, "cannot read", path))?;
+        file.seek(SeekFrom::Start(i * chunk_size))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|e| local(e, "cannot read", path))?;
         while flying.len() >= IN_FLIGHT {
             settle(&mut flying, bar).await?;
         }
@@ -154,9 +223,44 @@ pub async fn send(link: &Link, to: To, path: &Path, bar: &ProgressBar) -> Result
                 ..Request::default()
             },
         )
-        .await?;
+        .await;
+    // Finished, or refused for good (a hash that does not match): either way a new
+    // try starts over.
+    if !matches!(
+        done,
+        Err(Failure::Lost(_) | Failure::Timeout(..) | Failure::Unreachable { .. })
+    ) {
+        uploads.set(&key, None);
+    }
     bar.finish_and_clear();
-    serde_json::from_value(done).map_err(|e| Failure::Local(format!("unreadable answer to files.finish: {e}")))
+    let message =
+        serde_json::from_value(done?).map_err(|e| Failure::Local(format!("unreadable answer to files.finish: {e}")))?;
+    Ok(Sent { message, resumed })
+}
+
+/// An earlier upload the broker still has, unfinished: its id, chunk size, chunk
+/// count and the chunks it lacks.
+async fn resumable(link: &Link, id: &str) -> Option<(String, u64, u64, Vec<u64>)> {
+    let info = link
+        .call(
+            cmd::FILES_INFO,
+            Request {
+                file: Some(id.to_owned()),
+                ..Request::default()
+            },
+        )
+        .await
+        .ok()?;
+    if info["finished"] != Value::Bool(false) {
+        return None;
+    }
+    let missing = info["missing"].as_array()?.iter().filter_map(Value::as_u64).collect();
+    Some((
+        id.to_owned(),
+        info["chunk_size"].as_u64()?.max(1),
+        info["chunks"].as_u64()?,
+        missing,
+    ))
 }
 
 async fn settle(flying: &mut JoinSet<Result<(u64, usize), Failure>>, bar: &ProgressBar) -> Result<(), Failure> {

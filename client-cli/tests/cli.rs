@@ -404,3 +404,60 @@ async fn inbox_follows_as_messages_arrive_and_blocking_refuses_them() {
     alice.run(&["send", "bob", "hello again"], "").await.ok();
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_cut_off_upload_sends_only_what_the_broker_lacks() {
+    let b = TestBroker::start_config(|c| c.files.chunk_bytes = 16_384.try_into().unwrap()).await;
+    let (alice, bob) = common::alice_and_bob(b.addr).await;
+    let data = noise(4 * 1024 * 1024, 5);
+    let path = alice.home.path().join("big.bin");
+    std::fs::write(&path, &data).unwrap();
+    let p = path.display().to_string();
+    let env = alice.env();
+    let p2 = p.clone();
+    let mut child = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(["send-file", "bob", &p2])
+            .env_clear()
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    // Cut off once the broker has some of it.
+    let uploads = alice.home.path().join("config/natter/uploads.json");
+    let start = std::time::Instant::now();
+    loop {
+        let id = std::fs::read_to_string(&uploads)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()))
+            .and_then(|v| v.as_str().map(str::to_owned));
+        if let Some(id) = id {
+            if b.store().chunk_indexes(&id).map(|c| c.len()).unwrap_or(0) >= 20 {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the upload never got going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let _ = child.kill();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let r = alice.run(&["send-file", "bob", &p, "--json"], "").await.ok();
+    let sent = &r.json_lines()[0];
+    assert!(sent["resumed_chunks"].as_u64().unwrap() >= 20, "{sent}");
+    let id = sent["file"].as_str().unwrap().to_owned();
+    let out = bob.home.path().join("got").display().to_string();
+    bob.run(&["files", "get", &id, "--out", &out], "").await.ok();
+    assert_eq!(std::fs::read(bob.home.path().join("got/big.bin")).unwrap(), data);
+    // Done: the next send of the same file is a new one, from the start.
+    let r = alice.run(&["send-file", "bob", &p, "--json"], "").await.ok();
+    assert_eq!(r.json_lines()[0]["resumed_chunks"], 0);
+    b.stop().await;
+}

@@ -101,7 +101,7 @@ pub async fn run(g: &Global, open: Option<Conv>, bell: bool, download: bool) -> 
                     draw(&mut term, &app)?;
                     tokio::select! {
                         _ = tokio::time::sleep_until(deadline) => break,
-                        Some(k) = keys.recv() => if on_term(&mut app, k, None, &done_tx) { break 'outer; },
+                        Some(k) = keys.recv() => if on_term(&mut app, &t, k, None, &done_tx) { break 'outer; },
                     }
                 }
                 match session::device(&t, g, session::Device::Chat).await {
@@ -123,7 +123,7 @@ pub async fn run(g: &Global, open: Option<Conv>, bell: bool, download: bool) -> 
             tokio::select! {
                 // Progress of transfers shows without other events.
                 _ = tick.tick(), if !app.transfers.is_empty() => {}
-                Some(k) = keys.recv() => if on_term(&mut app, k, Some(&link), &done_tx) {
+                Some(k) = keys.recv() => if on_term(&mut app, &t, k, Some(&link), &done_tx) {
                     link.disconnect().await;
                     break 'outer;
                 },
@@ -279,7 +279,7 @@ fn subscribe_presence(link: &Link, users: Vec<String>, _done: &mpsc::Sender<Done
 }
 
 /// A key, the mouse, or a resize. Returns true to quit.
-fn on_term(app: &mut App, e: TermEvent, link: Option<&Link>, done: &mpsc::Sender<Done>) -> bool {
+fn on_term(app: &mut App, t: &Target, e: TermEvent, link: Option<&Link>, done: &mpsc::Sender<Done>) -> bool {
     let actions = match e {
         TermEvent::Key(k) => app.on_key(k),
         TermEvent::Mouse(m) => {
@@ -292,7 +292,7 @@ fn on_term(app: &mut App, e: TermEvent, link: Option<&Link>, done: &mpsc::Sender
         match a {
             Action::Quit => return true,
             Action::SendFile { conv, path } => match link {
-                Some(l) => send_file(app, l, conv, path, done),
+                Some(l) => send_file(app, t, l, conv, path, done),
                 None => app.notice = Some("not connected: send it once the connection is back".into()),
             },
             a => match link {
@@ -305,7 +305,7 @@ fn on_term(app: &mut App, e: TermEvent, link: Option<&Link>, done: &mpsc::Sender
 }
 
 /// Sends a file to a conversation, its progress in the status bar.
-fn send_file(app: &mut App, link: &Link, conv: Conv, path: String, done: &mpsc::Sender<Done>) {
+fn send_file(app: &mut App, t: &Target, link: &Link, conv: Conv, path: String, done: &mpsc::Sender<Done>) {
     let path = std::path::PathBuf::from(path);
     let name = path
         .file_name()
@@ -314,17 +314,21 @@ fn send_file(app: &mut App, link: &Link, conv: Conv, path: String, done: &mpsc::
     let label = format!("↑ {name}");
     let bar = indicatif::ProgressBar::hidden();
     app.transfers.push((label.clone(), bar.clone()));
-    let (l, d) = (link.clone(), done.clone());
+    let (l, d, t) = (link.clone(), done.clone(), t.clone());
     tokio::spawn(async move {
         let to = match &conv {
             Conv::Dm(u) => crate::files::To::User(u.clone()),
             Conv::Group(g) => crate::files::To::Group(g.clone()),
         };
-        let said = match crate::files::send(&l, to, &path, &bar).await {
-            Ok(f) => format!(
+        let sent = match crate::files::Uploads::for_target(&t) {
+            Ok(uploads) => crate::files::send(&l, to, &path, &bar, &uploads).await,
+            Err(e) => Err(e),
+        };
+        let said = match sent {
+            Ok(s) => format!(
                 "sent {} ({}) to {}",
-                f.name,
-                crate::files::size_text(f.size),
+                s.message.name,
+                crate::files::size_text(s.message.size),
                 conv.title()
             ),
             Err(e) => format!("{name} not sent: {e}"),
