@@ -238,19 +238,22 @@ pub async fn send(link: &Link, to: To, path: &Path, bar: &ProgressBar, uploads: 
     Ok(Sent { message, resumed })
 }
 
+/// `files.info` for file `id`.
+async fn info(link: &Link, id: &str) -> Result<Value, Failure> {
+    link.call(
+        cmd::FILES_INFO,
+        Request {
+            file: Some(id.to_owned()),
+            ..Request::default()
+        },
+    )
+    .await
+}
+
 /// An earlier upload the broker still has, unfinished: its id, chunk size, chunk
 /// count and the chunks it lacks.
 async fn resumable(link: &Link, id: &str) -> Option<(String, u64, u64, Vec<u64>)> {
-    let info = link
-        .call(
-            cmd::FILES_INFO,
-            Request {
-                file: Some(id.to_owned()),
-                ..Request::default()
-            },
-        )
-        .await
-        .ok()?;
+    let info = info(link, id).await.ok()?;
     if info["finished"] != Value::Bool(false) {
         return None;
     }
@@ -329,15 +332,7 @@ pub async fn fetch(
     dir: &Path,
     bar: &ProgressBar,
 ) -> Result<Fetched, Failure> {
-    let info = link
-        .call(
-            cmd::FILES_INFO,
-            Request {
-                file: Some(id.to_owned()),
-                ..Request::default()
-            },
-        )
-        .await?;
+    let info = info(link, id).await?;
     let name = safe_name(info["name"].as_str().unwrap_or("file"));
     let size = info["size"].as_u64().unwrap_or(0);
     let chunks = info["chunks"].as_u64().unwrap_or(0) as u32;

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::pty::Pty;
@@ -48,19 +47,9 @@ async fn chat_opens_sends_receives_shows_presence_switches_and_quits() {
     chat.wait_for("alice: a live one", SEE).await;
 
     // Presence: alice comes online (a following inbox) and goes.
-    let env = alice.env();
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_natter"))
-        .args(["inbox", "-f"])
-        .env_clear()
-        .envs(env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("natter inbox -f");
+    let follow = alice.spawn(&["inbox", "-f"]).await;
     chat.wait_for("● alice  online", SEE).await;
-    let _ = follow.kill();
-    let _ = follow.wait();
+    common::cut_off(follow).await;
     chat.wait_for("○ alice  offline", SEE).await;
 
     // A friend request, accepted from the list.

@@ -279,35 +279,13 @@ async fn files_of_a_few_mib_go_through_and_a_cut_download_resumes() {
     let id = r.json_lines()[0]["file"].as_str().unwrap().to_owned();
     let out = bob.home.path().join("got");
     let o = out.display().to_string();
-    let env = bob.env();
-    let (id2, o2) = (id.clone(), o.clone());
-    let mut child = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(["files", "get", &id2, "--out", &o2])
-            .env_clear()
-            .envs(env)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let child = bob.spawn(&["files", "get", &id, "--out", &o]).await;
     let have = out.join(format!(".second.bin.{id}.have"));
-    let start = std::time::Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&have).map(|t| t.lines().count()).unwrap_or(0);
-        if lines >= 20 {
-            break;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "the download never got going"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    let _ = child.kill();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    common::poll("the download never got going", || {
+        std::fs::read_to_string(&have).map(|t| t.lines().count()).unwrap_or(0) >= 20
+    })
+    .await;
+    common::cut_off(child).await;
     assert!(!out.join("second.bin").exists(), "cut off before the end");
     let r = bob.run(&["files", "get", &id, "--out", &o, "--json"], "").await.ok();
     let done = &r.json_lines()[0];
@@ -413,42 +391,19 @@ async fn a_cut_off_upload_sends_only_what_the_broker_lacks() {
     let path = alice.home.path().join("big.bin");
     std::fs::write(&path, &data).unwrap();
     let p = path.display().to_string();
-    let env = alice.env();
-    let p2 = p.clone();
-    let mut child = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(["send-file", "bob", &p2])
-            .env_clear()
-            .envs(env)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let child = alice.spawn(&["send-file", "bob", &p]).await;
     // Cut off once the broker has some of it.
     let uploads = alice.home.path().join("config/natter/uploads.json");
-    let start = std::time::Instant::now();
-    loop {
+    common::poll("the upload never got going", || {
         let id = std::fs::read_to_string(&uploads)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()))
             .and_then(|v| v.as_str().map(str::to_owned));
-        if let Some(id) = id {
-            if b.store().chunk_indexes(&id).map(|c| c.len()).unwrap_or(0) >= 20 {
-                break;
-            }
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "the upload never got going"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    let _ = child.kill();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        id.is_some_and(|id| b.store().chunk_indexes(&id).map(|c| c.len()).unwrap_or(0) >= 20)
+    })
+    .await;
+    common::cut_off(child).await;
     let r = alice.run(&["send-file", "bob", &p, "--json"], "").await.ok();
     let sent = &r.json_lines()[0];
     assert!(sent["resumed_chunks"].as_u64().unwrap() >= 20, "{sent}");

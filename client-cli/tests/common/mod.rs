@@ -140,3 +140,38 @@ pub async fn friends(addr: SocketAddr) -> (Person, Person) {
     bob.run(&["friends", "accept", "alice"], "").await.ok();
     (alice, bob)
 }
+
+impl Person {
+    /// Starts `natter ARGS` in the background (output discarded), to be cut off.
+    pub async fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let env = self.env();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_natter"))
+                .args(&args)
+                .env_clear()
+                .envs(env)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("natter starts")
+        })
+        .await
+        .expect("spawn task")
+    }
+}
+
+/// Kills a natter started with [`Person::spawn`] and reaps it.
+pub async fn cut_off(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+/// Polls `cond` every 2 ms; panics with `what` after 20 s.
+pub async fn poll(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
