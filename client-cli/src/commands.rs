@@ -292,15 +292,7 @@ async fn one_shot(command: Command, t: &Target, link: &Link, out: &Out) -> Resul
                 });
             }
             Tokens::Revoke { name } => {
-                let r = link
-                    .call(
-                        cmd::TOKENS_REVOKE,
-                        Request {
-                            name: Some(name.clone()),
-                            ..Request::default()
-                        },
-                    )
-                    .await?;
+                let r = revoke_token(link, &name).await?;
                 out.show(&r, || format!("revoked {name}"));
             }
         },
@@ -315,6 +307,18 @@ async fn one_shot(command: Command, t: &Target, link: &Link, out: &Out) -> Resul
         | Command::Chat { .. } => {}
     }
     Ok(())
+}
+
+/// Revokes one of the caller's device tokens.
+async fn revoke_token(link: &Link, name: &str) -> Result<Value, Failure> {
+    link.call(
+        cmd::TOKENS_REVOKE,
+        Request {
+            name: Some(name.to_owned()),
+            ..Request::default()
+        },
+    )
+    .await
 }
 
 /// `natter send-file USER PATH` / `--group G PATH`.
@@ -631,15 +635,7 @@ async fn login(g: &Global, out: &Out, password: Option<String>) -> Result<(), Fa
     // A login again on the same profile replaces its token.
     if let Some(old) = old.as_ref().filter(|o| o.user == user && o.server == server) {
         if let Some(n) = &old.token_name {
-            let _ = link
-                .call(
-                    cmd::TOKENS_REVOKE,
-                    Request {
-                        name: Some(n.clone()),
-                        ..Request::default()
-                    },
-                )
-                .await;
+            let _ = revoke_token(&link, n).await;
         }
     }
     link.disconnect().await;
@@ -713,15 +709,7 @@ async fn logout(g: &Global, out: &Out) -> Result<(), Failure> {
         };
         match session::one_shot(&t, g).await {
             Ok((link, _events)) => {
-                let r = link
-                    .call(
-                        cmd::TOKENS_REVOKE,
-                        Request {
-                            name: Some(token_name.clone()),
-                            ..Request::default()
-                        },
-                    )
-                    .await;
+                let r = revoke_token(&link, token_name).await;
                 link.disconnect().await;
                 match r {
                     Ok(_) => revoked = true,

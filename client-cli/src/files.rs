@@ -363,7 +363,7 @@ pub async fn fetch(
         .map_err(|e| local(e, "cannot write", &have_path))?;
     bar.set_length(size);
     bar.set_position((have.len() as u64 * chunk_size).min(size));
-    let prefix = format!("{}/", im::inbox_file_chunk(me, id, 0).trim_end_matches("/0"));
+    let prefix = im::inbox_file_prefix(me, id);
     while have.len() < chunks as usize {
         let missing: Vec<u32> = (0..chunks).filter(|i| !have.contains(i)).collect();
         let r = link

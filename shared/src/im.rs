@@ -97,9 +97,14 @@ pub fn file_chunk(id: &str, index: u32) -> String {
     format!("{FILES}/{id}/{index}")
 }
 
+/// `inbox/{me}/file/{id}/`: where the fetched chunks of a file arrive, by index.
+pub fn inbox_file_prefix(me: &str, id: &str) -> String {
+    format!("{INBOX}/{me}/file/{id}/")
+}
+
 /// `inbox/{me}/file/{id}/{index}`: where a fetched chunk arrives.
 pub fn inbox_file_chunk(me: &str, id: &str, index: u32) -> String {
-    format!("{INBOX}/{me}/file/{id}/{index}")
+    format!("{}{index}", inbox_file_prefix(me, id))
 }
 
 pub fn dm(to: &str) -> String {

@@ -16,7 +16,7 @@ const RETAINED_BODY: &[u8] = b"thermostat secret setpoint";
 const QUEUED_BODY: &[u8] = b"door opens with 55-21";
 
 /// Every file under `dir` but the key file, whole.
-fn raw_files(dir: &Path, skip: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+pub(crate) fn raw_files(dir: &Path, skip: &Path, out: &mut Vec<(String, Vec<u8>)>) {
     for e in std::fs::read_dir(dir).expect("read dir") {
         let p = e.expect("entry").path();
         if p == skip {
@@ -30,7 +30,7 @@ fn raw_files(dir: &Path, skip: &Path, out: &mut Vec<(String, Vec<u8>)>) {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 

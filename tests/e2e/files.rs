@@ -209,25 +209,13 @@ async fn a_file_is_announced_sent_in_chunks_checked_delivered_and_fetched() {
     let mid = m["result"]["file"].as_str().unwrap().to_owned();
     assert_eq!(chunk(&mut alice, &mid, 0, 41, &marker).await.0, reason::SUCCESS);
     let (dir, _) = b.stop_keeping().await;
-    let mut found = false;
-    for entry in walk(dir.path()) {
-        let bytes = std::fs::read(&entry).unwrap_or_default();
-        if bytes.windows(marker.len()).any(|w| w == marker.as_slice()) {
-            found = true;
-        }
+    let mut files = Vec::new();
+    crate::at_rest::raw_files(dir.path(), &dir.path().join("natter.key"), &mut files);
+    assert!(!files.is_empty());
+    for (path, bytes) in &files {
+        assert!(
+            !crate::at_rest::contains(bytes, &marker),
+            "a chunk's bytes are in the clear in {path}"
+        );
     }
-    assert!(!found, "a chunk's bytes are in the clear under the data dir");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
