@@ -61,6 +61,11 @@ pub struct Thread {
     ids: HashSet<u64>,
 }
 
+/// Lines a conversation keeps on screen (older ones are in `history`).
+const MAX_LINES: usize = 5_000;
+/// Sent inputs Up can recall.
+const MAX_RECALL: usize = 500;
+
 impl Thread {
     /// Adds a line unless its id is there already (a replay after a reconnect, or a
     /// message that came both live and in the history). Returns whether it was new.
@@ -81,6 +86,13 @@ impl Thread {
             None => self.lines.len(),
         };
         self.lines.insert(pos, line);
+        // Bounded: the oldest go (and with them their ids).
+        if self.lines.len() > MAX_LINES {
+            let gone: Vec<Line> = self.lines.drain(..self.lines.len() - MAX_LINES).collect();
+            for id in gone.iter().filter_map(|l| l.id) {
+                self.ids.remove(&id);
+            }
+        }
         true
     }
 }
@@ -520,6 +532,9 @@ impl App {
             return Vec::new();
         }
         self.sent_inputs.push(text.clone());
+        if self.sent_inputs.len() > MAX_RECALL {
+            self.sent_inputs.remove(0);
+        }
         self.recall = None;
         self.set_input("");
         if let Some(cmd) = text.strip_prefix('/') {
@@ -670,6 +685,24 @@ mod tests {
             !app.on_message(&delivered("inbox/bob/dm/alice", 6, "on screen")),
             "no bell when open"
         );
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_newest_lines_only() {
+        let mut t = Thread::default();
+        for id in 1..=(MAX_LINES as u64 + 10) {
+            t.add(Line {
+                id: Some(id),
+                from: "a".into(),
+                ts: id,
+                text: String::new(),
+                stored: true,
+                failed: None,
+            });
+        }
+        assert_eq!(t.lines.len(), MAX_LINES);
+        assert_eq!(t.lines[0].id, Some(11), "the oldest went");
+        assert_eq!(t.ids.len(), MAX_LINES, "and their ids with them");
     }
 
     #[test]
